@@ -1,0 +1,182 @@
+"""The command line: parse → build a config → call the library. No logic of its own."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import yaml
+
+from .errors import UserError
+
+
+def _add_data_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("data", metavar="DATA", help="a folder of pictures, or 'digits' (built in)")
+    p.add_argument("--labels", metavar="CSV", help="CSV of id,label; pictures are DATA/<id><ext>")
+    p.add_argument("--id-col", default="id", help="id column of --labels (default: id)")
+    p.add_argument("--label-col", default="label", help="label column of --labels (default: label)")
+    p.add_argument("--ext", help="picture extension for --labels ids (default: any picture format)")
+    p.add_argument("--label-pattern", metavar="REGEX", help="label = first group of REGEX on the file name")
+
+
+def _model_arg(text: str) -> tuple[str, object]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, received {text!r}")
+    key, value = text.split("=", 1)
+    return key.replace("-", "_"), yaml.safe_load(value)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="imgcls", description="From a folder of pictures to a trained, "
+                                     "checked and usable image classifier.")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = argparse.SUPPRESS  # unset flags stay out of the namespace: defaults < --config < flags
+    t = sub.add_parser("train", help="train a model and write a run folder", argument_default=s)
+    t.add_argument("data", metavar="DATA", nargs="?", help="a folder of pictures, or 'digits' (built in)")
+    for flag, kw in [("--labels", dict(metavar="CSV", help="CSV of id,label; pictures are DATA/<id><ext>")),
+                     ("--id-col", dict(help="id column of --labels (default: id)")),
+                     ("--label-col", dict(help="label column of --labels (default: label)")),
+                     ("--ext", dict(help="picture extension for --labels ids (default: any)")),
+                     ("--label-pattern", dict(metavar="REGEX", help="label = first group of REGEX on the file name")),
+                     ("--val", dict(metavar="DATA2", help="a separate validation folder (same layout flags)")),
+                     ("--val-split", dict(type=float, help="validation fraction (default: 0.2)")),
+                     ("--split", dict(choices=["stratified", "random", "balanced"], help="default: stratified")),
+                     ("--seed", dict(type=int, help="default: 0")),
+                     ("--model", dict(help="a name from `imgcls models` (default: simple-cnn)")),
+                     ("--model-arg", dict(type=_model_arg, action="append", metavar="KEY=VALUE",
+                                          help="a model argument, e.g. width=4 (repeatable)")),
+                     ("--img-size", dict(type=int, metavar="N", help="default: the model's input size")),
+                     ("--channels", dict(type=int, choices=[1, 3], help="default: the model's")),
+                     ("--epochs", dict(type=int, help="default: 10")),
+                     ("--batch-size", dict(type=int, help="default: 64")),
+                     ("--optimizer", dict(choices=["adam", "adamw", "sgd", "rmsprop"], help="default: adam")),
+                     ("--lr", dict(type=float, help="default: 1e-3 (sgd: 1e-2)")),
+                     ("--momentum", dict(type=float, help="SGD momentum (default: 0.9)")),
+                     ("--weight-decay", dict(type=float, help="default: 0")),
+                     ("--scheduler", dict(choices=["none", "plateau", "cosine", "onecycle"], help="default: none")),
+                     ("--early-stop", dict(type=int, metavar="N", help="stop after N epochs without a better val loss")),
+                     ("--train-batches", dict(type=int, metavar="N", help="only N batches per epoch (smoke runs)")),
+                     ("--device", dict(choices=["auto", "cpu", "cuda", "mps"], help="default: auto")),
+                     ("--out", dict(metavar="RUN_DIR", help="run folder (default: runs/<model>, numbered)")),
+                     ("--resume", dict(metavar="RUN_DIR", help="finish an interrupted run; needs no other argument")),
+                     ("--config", dict(metavar="YAML", help="settings file; flags override it"))]:
+        t.add_argument(flag, **kw)
+
+    e = sub.add_parser("evaluate", help="score a saved run on labelled pictures")
+    e.add_argument("run_dir", metavar="RUN_DIR")
+    _add_data_flags(e)
+    e.add_argument("--out", metavar="JSON", help="write the metrics here")
+    e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+
+    p = sub.add_parser("predict", help="predict pictures into a CSV (a submission)")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("images", metavar="IMAGES", help="a picture or a folder of pictures")
+    p.add_argument("--out", metavar="FILE.csv", required=True)
+    p.add_argument("--proba", metavar="CLASS", help="write P(CLASS) instead of the class name")
+    p.add_argument("--template", metavar="SAMPLE.csv", help="follow this CSV's ids and column names")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+
+    m = sub.add_parser("models", help="list the models, or summarise one layer by layer")
+    m.add_argument("name", nargs="?", metavar="NAME")
+    m.add_argument("--img-size", type=int, metavar="N")
+    m.add_argument("--channels", type=int, choices=[1, 3])
+    m.add_argument("--classes", type=int, default=10, help="classes for the summary (default: 10)")
+
+    d = sub.add_parser("demo", help="train on scikit-learn's bundled digits and write a full run folder")
+    d.add_argument("--epochs", type=int, default=10)
+    d.add_argument("--out", metavar="RUN_DIR", help="default: runs/demo, numbered")
+    return parser
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    from .config import resolve_config
+    from .train import train
+
+    values = vars(args)
+    if "resume" in values:
+        others = set(values) - {"resume", "command", "quiet"}
+        if others:
+            raise UserError(f"Received: --resume with {', '.join(sorted(others))}; expected --resume RUN_DIR alone "
+                            "(the run's config.yaml holds its settings)")
+        result = train(resume=values["resume"])
+    else:
+        overrides = {k: v for k, v in values.items() if k not in ("command", "quiet", "config")}
+        if "data" in overrides:
+            overrides["source"] = overrides.pop("data")
+        if "model_arg" in overrides:
+            overrides["model_args"] = dict(overrides.pop("model_arg"))
+        config = resolve_config(values.get("config"), overrides)
+        if "data" not in values and values.get("config") is None:
+            raise UserError("Received: no DATA; expected a folder of pictures, 'digits', or --config YAML")
+        result = train(config)
+    print(f"best epoch {result.best_epoch}: val accuracy {result.val_accuracy:.4f}, log loss "
+          f"{result.val_log_loss:.4f}, {result.train_seconds:.1f} s -> {result.run_dir}")
+
+
+def _cmd_models(args: argparse.Namespace) -> None:
+    from .models.registry import create_model, get_spec, list_models
+    from .models.summary import format_summary, summarize
+
+    if args.name is None:
+        print(f"{'name':12} {'params (10 classes)':>20} {'input':>10}  description")
+        for spec in list_models():
+            model = create_model(spec.name, 10)
+            params = sum(p.numel() for p in model.parameters())
+            print(f"{spec.name:12} {params:>20,} {f'{spec.input_size}x{spec.input_size}x{spec.channels}':>10}  "
+                  f"{spec.description}")
+        return
+    spec = get_spec(args.name)
+    size, chans = args.img_size or spec.input_size, args.channels or spec.channels
+    model = create_model(args.name, args.classes, chans, size)
+    print(f"{args.name}: input {size}x{size}x{chans}, {args.classes} classes")
+    print(format_summary(summarize(model, chans, size), model))
+
+
+def _run(args: argparse.Namespace) -> None:
+    if args.command == "train":
+        _cmd_train(args)
+    elif args.command == "evaluate":
+        from .predict import evaluate
+        metrics = evaluate(args.run_dir, args.data, labels=args.labels, id_col=args.id_col,
+                           label_col=args.label_col, ext=args.ext, label_pattern=args.label_pattern,
+                           out=args.out, device=args.device)
+        print(json.dumps({k: metrics[k] for k in ("accuracy", "log_loss", "count")}))
+        if metrics["skipped"]:
+            print(f"{len(metrics['skipped'])} pictures skipped (see the log above)")
+    elif args.command == "predict":
+        from .predict import predict
+        result = predict(args.run_dir, args.images, args.out, proba=args.proba, template=args.template,
+                         device=args.device)
+        print(f"wrote {result['written']} rows to {result['out']} ({len(result['skipped'])} pictures skipped)")
+    elif args.command == "models":
+        _cmd_models(args)
+    elif args.command == "demo":
+        from .runs import next_free
+        from .train import train
+        out = args.out or str(next_free(Path("runs") / "demo"))
+        result = train(source="digits", model="simple-cnn", img_size=16, epochs=args.epochs, out=out)
+        print(f"demo: best epoch {result.best_epoch}, val accuracy {result.val_accuracy:.4f}, log loss "
+              f"{result.val_log_loss:.4f} in {result.train_seconds:.1f} s\nopen {result.run_dir}/report.html")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s",
+                        stream=sys.stderr)
+    try:
+        _run(args)
+    except UserError as error:
+        print(f"imgcls: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("imgcls: interrupted (a run folder can be finished with --resume)", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

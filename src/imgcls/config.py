@@ -1,0 +1,141 @@
+"""Run configuration as data: dataclass defaults < a YAML file < explicit overrides (CLI flags).
+
+The resolved config is written into every run folder (config.yaml) and into the model metadata,
+so a run can be resumed, evaluated or reproduced from its folder alone.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import UserError
+
+SPLITS = ("stratified", "random", "balanced")
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+SCHEDULERS = ("none", "plateau", "cosine", "onecycle")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+@dataclass
+class DataConfig:
+    """Where the pictures are and how their labels are found."""
+
+    source: str = "digits"  # a folder, or the name of a built-in dataset ("digits")
+    labels: str | None = None  # CSV of id,label beside a folder of <id><ext> pictures
+    id_col: str = "id"
+    label_col: str = "label"
+    ext: str | None = None  # None: find <id>.* whatever the picture format
+    label_pattern: str | None = None  # regex on the file name; its first group is the label
+    val: str | None = None  # a separate validation folder (same layout flags)
+    val_split: float = 0.2
+    split: str = "stratified"
+    seed: int = 0
+    img_size: int | None = None  # None: the model's default input size
+    channels: int | None = None  # None: the model's default (1 grey, 3 colour)
+
+
+@dataclass
+class TrainConfig:
+    """Everything `imgcls train` needs; `data` says where the pictures come from."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: str = "simple-cnn"
+    model_args: dict[str, Any] = field(default_factory=dict)
+    epochs: int = 10
+    batch_size: int = 64
+    optimizer: str = "adam"
+    lr: float | None = None  # None: the optimiser's usual default (see engine.optim)
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    scheduler: str = "none"
+    early_stop: int = 0  # stop after this many epochs without a better val loss; 0 = never
+    device: str = "auto"
+    train_batches: int | None = None  # use only this many batches per epoch (smoke runs)
+    out: str | None = None
+
+    def validate(self) -> None:
+        """Check every choice where it enters, naming what was received and what is allowed."""
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _choice("scheduler", self.scheduler, SCHEDULERS)
+        _choice("device", self.device, DEVICES)
+        _choice("split", self.data.split, SPLITS)
+        if self.epochs < 1:
+            raise UserError(f"Received: epochs={self.epochs}; expected an integer >= 1")
+        if self.batch_size < 1:
+            raise UserError(f"Received: batch-size={self.batch_size}; expected an integer >= 1")
+        if self.data.val is None and not 0.0 < self.data.val_split < 1.0:
+            raise UserError(f"Received: val-split={self.data.val_split}; expected a fraction between 0 and 1")
+        if self.data.channels not in (None, 1, 3):
+            raise UserError(f"Received: channels={self.data.channels}; expected 1 or 3")
+        if self.data.img_size is not None and self.data.img_size < 8:
+            raise UserError(f"Received: img-size={self.data.img_size}; expected an integer >= 8")
+        if self.lr is not None and self.lr <= 0:
+            raise UserError(f"Received: lr={self.lr}; expected a positive number")
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise UserError(f"Received: {name}={value}; expected one of {', '.join(allowed)}")
+
+
+def _data_fields() -> set[str]:
+    return {f.name for f in dataclasses.fields(DataConfig)}
+
+
+def _train_fields() -> set[str]:
+    return {f.name for f in dataclasses.fields(TrainConfig)} - {"data"}
+
+
+def config_from_dict(values: dict[str, Any], base: TrainConfig | None = None) -> TrainConfig:
+    """Overlay `values` on `base` (or the defaults). Data keys may sit flat or under `data:`."""
+    config = dataclasses.replace(base or TrainConfig())
+    data = dataclasses.replace(config.data)
+    flat = dict(values)
+    nested = flat.pop("data", None) or {}
+    if not isinstance(nested, dict):
+        raise UserError(f"Received: data={nested!r} in the config; expected a mapping of data settings")
+    flat.update(nested)
+    for key, value in flat.items():
+        key = key.replace("-", "_")
+        if key in _data_fields():
+            setattr(data, key, value)
+        elif key in _train_fields():
+            setattr(config, key, value)
+        else:
+            allowed = ", ".join(sorted(_data_fields() | _train_fields()))
+            raise UserError(f"Received: unknown config key {key!r}; expected one of {allowed}")
+    config.data = data
+    return config
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping (safe loader only: a config is data, never code)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"Received: config {path}; expected an existing YAML file")
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as error:
+        raise UserError(f"Received: config {path} that is not valid YAML ({str(error).splitlines()[0]})") from None
+    if not isinstance(values, dict):
+        raise UserError(f"Received: config {path} holding {type(values).__name__}; expected a mapping")
+    return values
+
+
+def resolve_config(yaml_path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Defaults < YAML file < overrides (keys whose value is None are left out)."""
+    config = TrainConfig()
+    if yaml_path is not None:
+        config = config_from_dict(load_yaml(yaml_path), config)
+    if overrides:
+        config = config_from_dict({k: v for k, v in overrides.items() if v is not None}, config)
+    config.validate()
+    return config
+
+
+def config_to_dict(config: TrainConfig) -> dict[str, Any]:
+    return dataclasses.asdict(config)

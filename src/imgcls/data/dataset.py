@@ -1,0 +1,106 @@
+"""Samples → tensors: every picture is decoded and resized once per run into one uint8 array, and
+batches are cut from it, normalised on the fly on the target device (like tf.data's cache())."""
+from __future__ import annotations
+
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .decode import DecodeError, decode_image
+from .sources import Samples
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DecodedImages:
+    """Pictures that decoded, as one (N, C, H, W) uint8 tensor, with their labels and paths."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    paths: list[str]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+def decode_all(paths: list[str], channels: int, size: int, desc: str = "decoding",
+               workers: int | None = None) -> tuple[np.ndarray, np.ndarray, list[dict[str, str]]]:
+    """Decode every picture in parallel (Pillow releases the GIL while it decodes).
+
+    Returns the stacked array of the pictures that decoded, the indices into `paths` that did, and
+    {path, reason} for each that did not: a broken picture is skipped and reported, never fatal.
+    """
+    from tqdm.auto import tqdm
+
+    out = np.zeros((len(paths), channels, size, size), dtype=np.uint8)
+    ok = np.zeros(len(paths), dtype=bool)
+    skipped: list[dict[str, str]] = []
+
+    def work(i: int) -> tuple[int, str | None]:
+        try:
+            out[i] = decode_image(paths[i], channels, size)
+            return i, None
+        except DecodeError as error:
+            return i, str(error)
+
+    workers = workers or min(8, (os.cpu_count() or 1) + 1)
+    with ThreadPoolExecutor(workers) as pool:
+        results = pool.map(work, range(len(paths)), chunksize=64)
+        for i, reason in tqdm(results, total=len(paths), desc=desc, unit="img", mininterval=2.0,
+                              disable=None, leave=False):
+            if reason is None:
+                ok[i] = True
+            else:
+                skipped.append({"path": paths[i], "reason": reason})
+    for item in skipped:
+        log.warning("skipped %s: %s", item["path"], item["reason"])
+    index = np.flatnonzero(ok)
+    return out[index] if len(index) < len(paths) else out, index, skipped
+
+
+def decode_samples(samples: Samples, channels: int, size: int, desc: str = "decoding") -> tuple[DecodedImages, list[dict[str, str]]]:
+    array, index, skipped = decode_all(samples.paths, channels, size, desc)
+    decoded = DecodedImages(torch.from_numpy(array), torch.from_numpy(samples.labels[index]),
+                            [samples.paths[i] for i in index])
+    return decoded, skipped
+
+
+class BatchLoader:
+    """Batches of normalised float tensors cut from a DecodedImages, shuffled by a seeded generator.
+
+    The uint8 cache stays on `device`, so a GPU run moves each picture to the GPU once, not per epoch.
+    """
+
+    def __init__(self, data: DecodedImages, batch_size: int, mean: list[float], std: list[float], *,
+                 shuffle: bool, device: torch.device, generator: torch.Generator | None = None,
+                 drop_last: bool = False):
+        self.images = data.images.to(device)
+        self.labels = data.labels.to(device)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.device = device
+        self.generator = generator
+        # Only drop the last batch when it is a tiny remainder that would make BatchNorm statistics noisy.
+        self.drop_last = drop_last and len(data) % batch_size < max(2, batch_size // 8) and len(data) > batch_size
+        self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255.0
+        self.std = torch.tensor(std, device=device).view(1, -1, 1, 1) * 255.0
+
+    def __len__(self) -> int:
+        n = len(self.labels)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        return (images.float() - self.mean) / self.std
+
+    def __iter__(self):
+        n = len(self.labels)
+        order = (torch.randperm(n, generator=self.generator).to(self.device) if self.shuffle
+                 else torch.arange(n, device=self.device))
+        for b in range(len(self)):
+            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
+            yield self.normalise(self.images[idx]), self.labels[idx]

@@ -1,0 +1,63 @@
+"""Decode one picture file into a fixed-size uint8 array, or say exactly why it cannot be read.
+
+Every colour mode (grey, RGB, RGBA, palette, CMYK, 16-bit) is converted the same way, EXIF orientation
+is applied, and Pillow's decompression-bomb warning counts as a failure rather than a risk taken.
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps
+
+
+class DecodeError(Exception):
+    """The file is not a picture we can read; the message is the reason recorded in data.json."""
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    # 16- and 32-bit greyscale (I;16, I, F) would be clipped by convert("L"): rescale instead.
+    array = np.asarray(img, dtype=np.float64)
+    top = 65535.0 if img.mode.startswith("I;16") or array.max() > 255 else 255.0
+    return Image.fromarray(np.clip(array * (255.0 / top), 0, 255).round().astype(np.uint8), "L")
+
+
+def _convert(img: Image.Image, channels: int) -> Image.Image:
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        img = _to_8bit(img)
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        # Transparent pixels become white, as a viewer shows them, rather than whatever colour they hide.
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    return img.convert("L" if channels == 1 else "RGB")
+
+
+def decode_image(path: str, channels: int, size: int | None) -> np.ndarray:
+    """Read `path` as a (channels, size, size) uint8 array; `size=None` keeps the picture's own size."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                if size is not None and img.format == "JPEG":
+                    img.draft("L" if channels == 1 else "RGB", (size, size))  # decode at reduced scale: faster
+                img.load()
+                img = ImageOps.exif_transpose(img)
+                img = _convert(img, channels)
+                if size is not None and img.size != (size, size):
+                    img = img.resize((size, size), Image.Resampling.BILINEAR)
+                array = np.asarray(img, dtype=np.uint8)
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as error:
+        raise DecodeError(f"too large to decode safely ({error})") from None
+    except FileNotFoundError:
+        raise DecodeError("file not found (moved, deleted or a broken link)") from None
+    except Exception as error:  # Pillow raises many types for broken files; each is a reason, not a crash
+        message = str(error) or type(error).__name__
+        if isinstance(error, Image.UnidentifiedImageError):
+            message = "not a picture Pillow can identify"
+        raise DecodeError(message.replace(str(path), "").strip(" :'") or type(error).__name__) from None
+    if array.ndim == 2:
+        array = array[:, :, None]
+    return np.ascontiguousarray(array.transpose(2, 0, 1))

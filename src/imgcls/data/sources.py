@@ -1,0 +1,232 @@
+"""Every data source returns the same thing: Samples(paths, labels, classes), plus what it skipped.
+
+Layouts: class folders, a CSV of ids beside a folder of <id><ext> pictures, labels in file names,
+and scikit-learn's bundled digits (written once as PNG class folders, so it is just another folder).
+"""
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UserError
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
+BUILTIN = ("digits",)
+
+
+@dataclass
+class Samples:
+    """Pictures with integer labels; `classes[label]` is the class name. `skipped` lists {path, reason}."""
+
+    paths: list[str]
+    labels: np.ndarray
+    classes: list[str]
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def subset(self, indices: np.ndarray) -> "Samples":
+        return Samples([self.paths[i] for i in indices], self.labels[indices], self.classes, [])
+
+    def counts(self) -> dict[str, int]:
+        per_class = np.bincount(self.labels, minlength=len(self.classes))
+        return {name: int(n) for name, n in zip(self.classes, per_class)}
+
+
+def id_sort_key(name: str) -> tuple[int, int | str]:
+    """Numeric ids sort numerically (2 before 10), other names alphabetically after them."""
+    stem = Path(name).stem
+    return (0, int(stem)) if stem.isdigit() else (1, stem)
+
+
+def _is_clutter(name: str) -> bool:
+    # Hidden files and folders (.DS_Store, .ipynb_checkpoints), OS thumbnails, and non-picture files.
+    return name.startswith(".") or name.lower() in ("thumbs.db", "desktop.ini")
+
+
+def scan_pictures(root: Path, skipped: list[dict[str, str]] | None = None) -> list[Path]:
+    """All picture files under root (recursive), clutter ignored; broken links go to `skipped`."""
+    found: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not _is_clutter(d))
+        for name in sorted(filenames):
+            if _is_clutter(name) or not name.lower().endswith(IMAGE_EXTENSIONS):
+                continue
+            path = Path(dirpath) / name
+            if not path.exists():
+                if skipped is not None:
+                    skipped.append({"path": str(path), "reason": "broken link"})
+                continue
+            found.append(path)
+    return found
+
+
+def _existing_dir(path: str | Path, what: str = "DATA") -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"Received: {what} {path}; expected an existing folder of pictures")
+    if not path.is_dir():
+        raise UserError(f"Received: {what} {path} (a file); expected a folder of pictures")
+    return path
+
+
+def _class_order(names: set[str]) -> list[str]:
+    # Integer labels ("0".."9") sort numerically, other names alphabetically, as Keras and torchvision do.
+    if all(n.lstrip("-").isdigit() for n in names):
+        return sorted(names, key=int)
+    return sorted(names)
+
+
+def _to_samples(pairs: list[tuple[str, str]], skipped: list[dict[str, str]], classes: list[str] | None) -> Samples:
+    names = classes if classes is not None else _class_order({label for _, label in pairs})
+    index = {name: i for i, name in enumerate(names)}
+    paths, labels = [], []
+    for path, label in pairs:
+        if label not in index:
+            skipped.append({"path": path, "reason": f"class {label!r} is not one of the run's classes"})
+            continue
+        paths.append(path)
+        labels.append(index[label])
+    return Samples(paths, np.asarray(labels, dtype=np.int64), list(names), skipped)
+
+
+def from_folder(root: str | Path, classes: list[str] | None = None) -> Samples:
+    """Class folders: one sub-folder per class, names sorted; pictures anywhere below each."""
+    root = _existing_dir(root)
+    class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not _is_clutter(d.name))
+    skipped: list[dict[str, str]] = []
+    pairs = [(str(p), d.name) for d in class_dirs for p in scan_pictures(d, skipped)]
+    if not pairs:
+        loose = scan_pictures(root)
+        hint = (" (pictures lie directly in it: give --labels CSV or --label-pattern REGEX)" if loose else "")
+        raise UserError(f"Received: DATA {root} with no pictures in class sub-folders{hint}; "
+                        "expected one sub-folder of pictures per class")
+    return _to_samples(pairs, skipped, classes)
+
+
+def from_csv(root: str | Path, labels_csv: str | Path, id_col: str = "id", label_col: str = "label",
+             ext: str | None = None, classes: list[str] | None = None) -> Samples:
+    """A CSV of id,label beside a folder of <id><ext> pictures; ids without a picture are skipped."""
+    root = _existing_dir(root)
+    labels_csv = Path(labels_csv)
+    if not labels_csv.is_file():
+        raise UserError(f"Received: --labels {labels_csv}; expected an existing CSV file")
+    with open(labels_csv, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        columns = reader.fieldnames or []
+        for col, flag in ((id_col, "--id-col"), (label_col, "--label-col")):
+            if col not in columns:
+                raise UserError(f"Received: {flag} {col!r}, not a column of {labels_csv}; "
+                                f"expected one of {', '.join(columns) or '(no header)'}")
+        rows = [(row[id_col].strip(), row[label_col].strip()) for row in reader]
+    if ext is not None:
+        ext = ext if ext.startswith(".") else "." + ext
+        by_id = {p.name[: -len(ext)]: p for p in scan_pictures(root) if p.name.lower().endswith(ext.lower())}
+    else:
+        by_id = {p.stem: p for p in scan_pictures(root)}
+    pairs, skipped = [], []
+    for picture_id, label in rows:
+        path = by_id.get(picture_id)
+        if path is None:
+            skipped.append({"path": str(root / f"{picture_id}{ext or '.*'}"), "reason": "id in CSV has no picture"})
+        else:
+            pairs.append((str(path), label))
+    if not pairs:
+        raise UserError(f"Received: {len(rows)} ids in {labels_csv}, none with a picture in {root}; "
+                        f"expected files named <id>{ext or '.<ext>'} (set --ext if they differ)")
+    return _to_samples(pairs, skipped, classes)
+
+
+def from_filenames(root: str | Path, pattern: str, classes: list[str] | None = None) -> Samples:
+    """Labels in file names: the first group of `pattern` (searched in the file name) is the label."""
+    root = _existing_dir(root)
+    try:
+        regex = re.compile(pattern)
+    except re.error as error:
+        raise UserError(f"Received: --label-pattern {pattern!r}, not a valid regex ({error})") from None
+    if regex.groups < 1:
+        raise UserError(f"Received: --label-pattern {pattern!r} without a group; expected one, e.g. '^(cat|dog)\\.'")
+    pairs, skipped = [], []
+    for path in scan_pictures(root, skipped):
+        match = regex.search(path.name)
+        if match and match.group(1):
+            pairs.append((str(path), match.group(1)))
+        else:
+            skipped.append({"path": str(path), "reason": "file name does not match --label-pattern"})
+    if not pairs:
+        raise UserError(f"Received: --label-pattern {pattern!r} that matches no file name in {root}; "
+                        "expected a regex whose first group is the label")
+    return _to_samples(pairs, skipped, classes)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("IMGCLS_HOME", Path.home() / ".cache" / "imgcls"))
+
+
+def builtin(name: str) -> Path:
+    """Write a built-in dataset once as class folders of PNGs under the cache, and return its folder."""
+    if name != "digits":
+        raise UserError(f"Received: built-in dataset {name!r}; expected one of {', '.join(BUILTIN)}")
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    root = cache_dir() / "digits"
+    if (root / ".complete").exists():
+        return root
+    digits = load_digits()
+    tmp = root.with_name(f"digits.tmp{os.getpid()}")
+    for i, (image, target) in enumerate(zip(digits.images, digits.target)):
+        folder = tmp / str(target)
+        folder.mkdir(parents=True, exist_ok=True)
+        # sklearn's digits are ink intensities 0..16; scale to 0..255 (bright ink on black, as MNIST).
+        Image.fromarray((image * (255 / 16)).round().astype(np.uint8)).save(folder / f"{i:04d}.png")
+    (tmp / ".complete").touch()
+    try:
+        tmp.rename(root)
+    except OSError:  # another process finished first; use its copy
+        import shutil
+        shutil.rmtree(tmp, ignore_errors=True)
+    return root
+
+
+def resolve_source(source: str) -> Path:
+    """A folder path, or a built-in dataset's folder when `source` names one and no such folder exists."""
+    if source in BUILTIN and not Path(source).exists():
+        return builtin(source)
+    return Path(source)
+
+
+def load_samples(source: str, labels: str | None = None, id_col: str = "id", label_col: str = "label",
+                 ext: str | None = None, label_pattern: str | None = None,
+                 classes: list[str] | None = None) -> Samples:
+    """The one entry point: picks the layout from the arguments given."""
+    if labels and label_pattern:
+        raise UserError("Received: both --labels and --label-pattern; expected at most one")
+    root = resolve_source(source)
+    if labels:
+        return from_csv(root, labels, id_col, label_col, ext, classes)
+    if label_pattern:
+        return from_filenames(root, label_pattern, classes)
+    return from_folder(root, classes)
+
+
+def list_pictures(path: str | Path) -> tuple[list[str], list[dict[str, str]]]:
+    """Pictures to predict: one file, or every picture under a folder, sorted by id."""
+    path = Path(path)
+    if path.is_file():
+        return [str(path)], []
+    skipped: list[dict[str, str]] = []
+    pictures = scan_pictures(_existing_dir(path, "IMAGES"), skipped)
+    if not pictures:
+        raise UserError(f"Received: IMAGES {path} with no pictures; expected files ending in "
+                        f"{', '.join(IMAGE_EXTENSIONS)}")
+    return sorted((str(p) for p in pictures), key=lambda p: (id_sort_key(p), p)), skipped

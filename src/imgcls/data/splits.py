@@ -1,0 +1,40 @@
+"""Seeded, reproducible train/validation splits: stratified, random or balanced."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import UserError
+
+
+def split_indices(labels: np.ndarray, val_fraction: float, kind: str = "stratified",
+                  seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Return (train, val) index arrays into `labels`, each sorted.
+
+    stratified: each class split in the same proportion; random: one shuffle of everything;
+    balanced: every class cut down to the smallest class's count first, then stratified, so both
+    sides hold equal numbers per class (the Dogs vs. Cats walkthrough's split).
+    """
+    rng = np.random.default_rng(seed)
+    n = len(labels)
+    if kind == "random":
+        order = rng.permutation(n)
+        n_val = _count(n, val_fraction)
+        return np.sort(order[n_val:]), np.sort(order[:n_val])
+    if kind not in ("stratified", "balanced"):
+        raise UserError(f"Received: split={kind}; expected one of stratified, random, balanced")
+    classes = np.unique(labels)
+    per_class = [rng.permutation(np.flatnonzero(labels == c)) for c in classes]
+    if kind == "balanced":
+        smallest = min(len(members) for members in per_class)
+        per_class = [members[:smallest] for members in per_class]
+    train, val = [], []
+    for members in per_class:
+        n_val = _count(len(members), val_fraction)
+        val.append(members[:n_val])
+        train.append(members[n_val:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
+
+
+def _count(n: int, fraction: float) -> int:
+    # At least one validation picture per group when the group has two or more.
+    return min(n - 1, max(1, round(n * fraction))) if n > 1 else 0

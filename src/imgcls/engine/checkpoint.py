@@ -1,0 +1,79 @@
+"""Weights as safetensors + JSON metadata, resume state as a weights-only .pt, every write atomic.
+
+A crash (even kill -9) mid-write leaves the previous complete file in place: each file is written
+beside its target and moved over it with os.replace, which is atomic on POSIX and Windows.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+from safetensors.torch import load_file, save_file
+
+from ..errors import UserError
+
+WEIGHTS = "model.safetensors"
+META = "model.json"
+RESUME = "resume.pt"
+
+
+def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
+    """Call write(tmp_path), then move tmp_path over `path` in one step."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def write_text(path: str | Path, text: str) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def save_model(run_dir: str | Path, model: nn.Module, meta: dict) -> None:
+    """model.safetensors + model.json: enough to rebuild the model and predict with no other file."""
+    run_dir = Path(run_dir)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    atomic_write(run_dir / WEIGHTS, lambda tmp: save_file(state, tmp))
+    write_json(run_dir / META, meta)
+
+
+def read_meta(run_dir: str | Path) -> dict:
+    path = Path(run_dir) / META
+    if not path.is_file():
+        raise UserError(f"Received: RUN_DIR {run_dir} without {META}; expected a folder written by imgcls train")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def load_weights(run_dir: str | Path, model: nn.Module) -> None:
+    path = Path(run_dir) / WEIGHTS
+    if not path.is_file():
+        raise UserError(f"Received: RUN_DIR {run_dir} without {WEIGHTS}; expected a folder written by imgcls train")
+    model.load_state_dict(load_file(str(path)))
+
+
+def save_resume(run_dir: str | Path, state: dict) -> None:
+    """Everything --resume needs (model, optimiser, schedule, RNG, epoch, history); tensors and plain data only."""
+    atomic_write(Path(run_dir) / RESUME, lambda tmp: torch.save(state, tmp))
+
+
+def load_resume(run_dir: str | Path) -> dict:
+    path = Path(run_dir) / RESUME
+    if not path.is_file():
+        raise UserError(f"Received: --resume {run_dir} without {RESUME}; expected a run folder of imgcls train")
+    # weights_only: never unpickle arbitrary objects from a file, even our own.
+    return torch.load(path, map_location="cpu", weights_only=True)

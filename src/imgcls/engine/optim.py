@@ -1,0 +1,61 @@
+"""Optimisers and learning-rate schedules by name, with each optimiser's usual default learning rate."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from ..errors import UserError
+
+DEFAULT_LR = {"adam": 1e-3, "adamw": 1e-3, "sgd": 1e-2, "rmsprop": 1e-3}
+
+
+def build_optimizer(params, name: str, lr: float | None, momentum: float = 0.9,
+                    weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """`params` is a module's parameters or a list of parameter groups (per-group learning rates)."""
+    if isinstance(params, nn.Module):
+        params = [p for p in params.parameters() if p.requires_grad]
+    lr = lr if lr is not None else DEFAULT_LR.get(name, 1e-3)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr, momentum=0.0, weight_decay=weight_decay)
+    raise UserError(f"Received: optimizer={name}; expected one of {', '.join(DEFAULT_LR)}")
+
+
+class Schedule:
+    """One interface over per-batch schedules (cosine, one-cycle) and per-epoch ReduceLROnPlateau."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, name: str, epochs: int, steps_per_epoch: int,
+                 patience: int = 2):
+        self.name = name
+        total = max(1, epochs * steps_per_epoch)
+        if name == "none":
+            self.scheduler = None
+        elif name == "plateau":
+            self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.1, patience=patience)
+        elif name == "cosine":
+            self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+        elif name == "onecycle":
+            max_lr = [group["lr"] for group in optimizer.param_groups]
+            self.scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=total)
+        else:
+            raise UserError(f"Received: scheduler={name}; expected one of none, plateau, cosine, onecycle")
+
+    def after_batch(self) -> None:
+        if self.name in ("cosine", "onecycle"):
+            self.scheduler.step()
+
+    def after_epoch(self, val_loss: float) -> None:
+        if self.name == "plateau":
+            self.scheduler.step(val_loss)
+
+    def state_dict(self) -> dict:
+        return self.scheduler.state_dict() if self.scheduler is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.scheduler is not None and state:
+            self.scheduler.load_state_dict(state)

@@ -1,0 +1,140 @@
+"""The one training loop every command uses: fit → epochs → batches, with a few named events.
+
+Callbacks see four events (fit start, batch end, epoch end, fit end); checkpointing, progress
+display and the run folder are callbacks, not flags inside the loop (fastai's callback/core.py).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Iterable
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .optim import Schedule
+
+
+@dataclass
+class TrainState:
+    """What the loop knows between epochs; saved with every checkpoint so --resume continues exactly."""
+
+    epoch: int = 0  # epochs completed
+    best_loss: float = math.inf
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    stopped_early: bool = False
+    history: list[dict] = field(default_factory=list)
+
+
+class Callback:
+    def on_fit_start(self, trainer: "Trainer") -> None: ...
+    def on_batch_end(self, trainer: "Trainer", batch: int, loss: torch.Tensor) -> None: ...
+    def on_epoch_end(self, trainer: "Trainer", row: dict, improved: bool) -> None: ...
+    def on_fit_end(self, trainer: "Trainer") -> None: ...
+
+
+@torch.no_grad()
+def predict_proba(model: nn.Module, loader: Iterable) -> tuple[np.ndarray, float, float]:
+    """Softmax probabilities for every batch of `loader`, with the mean loss and accuracy on its labels."""
+    model.eval()
+    probs, total_loss, correct, count = [], 0.0, 0, 0
+    for images, labels in loader:
+        logits = model(images).float()
+        total_loss += F.cross_entropy(logits, labels, reduction="sum").item()
+        correct += (logits.argmax(1) == labels).sum().item()
+        count += len(labels)
+        probs.append(logits.softmax(1).cpu())
+    matrix = torch.cat(probs).numpy() if probs else np.zeros((0, 0), dtype=np.float32)
+    return matrix, total_loss / max(count, 1), correct / max(count, 1)
+
+
+class Trainer:
+    """Cross-entropy training with best-epoch selection by validation loss and optional early stopping."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, schedule: Schedule, *,
+                 callbacks: Iterable[Callback] = (), early_stop: int = 0, max_batches: int | None = None,
+                 generator: torch.Generator | None = None):
+        self.model = model
+        self.optimizer = optimizer
+        self.schedule = schedule
+        self.callbacks = list(callbacks)
+        self.early_stop = early_stop
+        self.max_batches = max_batches
+        self.generator = generator
+        self.state = TrainState()
+        self.epochs = 0
+
+    def _emit(self, event: str, *args) -> None:
+        for callback in self.callbacks:
+            getattr(callback, event)(self, *args)
+
+    def train_one_epoch(self, loader) -> tuple[float, float]:
+        self.model.train()
+        total_loss = torch.zeros(())
+        correct = torch.zeros((), dtype=torch.long)
+        count = 0
+        for batch, (images, labels) in enumerate(loader):
+            if self.max_batches is not None and batch >= self.max_batches:
+                break
+            logits = self.model(images)
+            loss = F.cross_entropy(logits, labels)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.schedule.after_batch()
+            # Sums stay tensors: no device sync per batch on a GPU.
+            total_loss = total_loss.to(loss.device) + loss.detach() * len(labels)
+            correct = correct.to(labels.device) + (logits.detach().argmax(1) == labels).sum()
+            count += len(labels)
+            self._emit("on_batch_end", batch, loss.detach())
+        return total_loss.item() / max(count, 1), correct.item() / max(count, 1)
+
+    def fit(self, train_loader, val_loader, epochs: int) -> TrainState:
+        """Train until `epochs` epochs are complete (counting those done before a resume)."""
+        self.epochs = epochs
+        self._emit("on_fit_start")
+        while self.state.epoch < epochs and not self.state.stopped_early:
+            start = time.perf_counter()
+            train_loss, train_acc = self.train_one_epoch(train_loader)
+            _, val_loss, val_acc = predict_proba(self.model, val_loader)
+            lr = self.optimizer.param_groups[0]["lr"]
+            self.schedule.after_epoch(val_loss)
+            state = self.state
+            state.epoch += 1
+            improved = val_loss < state.best_loss
+            if improved:
+                state.best_loss, state.best_epoch, state.bad_epochs = val_loss, state.epoch, 0
+            else:
+                state.bad_epochs += 1
+                state.stopped_early = bool(self.early_stop) and state.bad_epochs >= self.early_stop
+            row = {"epoch": state.epoch, "train_loss": round(train_loss, 6), "train_acc": round(train_acc, 6),
+                   "val_loss": round(val_loss, 6), "val_acc": round(val_acc, 6), "lr": lr,
+                   "seconds": round(time.perf_counter() - start, 3)}
+            state.history.append(row)
+            self._emit("on_epoch_end", row, improved)
+        self._emit("on_fit_end")
+        return self.state
+
+    def state_dict(self) -> dict:
+        """Model, optimiser, schedule, RNG and loop state: tensors and plain data only (weights_only-loadable)."""
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "shuffle_rng": self.generator.get_state() if self.generator is not None else torch.empty(0),
+            "train_state": asdict(self.state),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        torch.set_rng_state(state["torch_rng"])
+        if self.generator is not None and len(state["shuffle_rng"]):
+            self.generator.set_state(state["shuffle_rng"])
+        self.state = TrainState(**state["train_state"])

@@ -1,0 +1,78 @@
+"""The one model registry: a name → a builder and the preprocessing the model expects.
+
+Names are the CLI's `--model` values. Registering a name twice is an error (timm, torchvision do the same).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch.nn as nn
+
+from ..errors import UserError
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registered architecture and its preprocessing contract (timm's default_cfg)."""
+
+    name: str
+    builder: Callable[..., nn.Module]
+    description: str
+    input_size: int
+    channels: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    defaults: dict = field(default_factory=dict)
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register(name: str, *, description: str, input_size: int, channels: int,
+             mean: tuple[float, ...], std: tuple[float, ...], **defaults) -> Callable:
+    """Decorator: register `builder(num_classes, in_chans, img_size, **kwargs) -> nn.Module` under `name`."""
+    def decorate(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} is registered twice")
+        _REGISTRY[name] = ModelSpec(name, builder, description, input_size, channels, mean, std, defaults)
+        return builder
+    return decorate
+
+
+def get_spec(name: str) -> ModelSpec:
+    _load_families()
+    if name not in _REGISTRY:
+        raise UserError(f"Received: model {name!r}; expected one of {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
+def list_models() -> list[ModelSpec]:
+    _load_families()
+    return [_REGISTRY[name] for name in sorted(_REGISTRY)]
+
+
+def create_model(name: str, num_classes: int, in_chans: int | None = None, img_size: int | None = None,
+                 **kwargs) -> nn.Module:
+    """Build a registered model; in_chans and img_size default to the model's own."""
+    spec = get_spec(name)
+    args = {**spec.defaults, **kwargs}
+    try:
+        return spec.builder(num_classes=num_classes, in_chans=in_chans or spec.channels,
+                            img_size=img_size or spec.input_size, **args)
+    except (TypeError, ValueError) as error:
+        raise UserError(f"Received: model arguments {kwargs} for {name}; {error}") from None
+
+
+def channel_stats(values: tuple[float, ...], channels: int) -> list[float]:
+    """A model's mean or std for `channels` channels (grey ↔ colour by averaging or repeating)."""
+    if len(values) == channels:
+        return list(values)
+    if channels == 1:
+        return [sum(values) / len(values)]
+    return [values[0]] * channels
+
+
+def _load_families() -> None:
+    # Importing a family module registers its models; kept lazy so `import imgcls` stays light.
+    from . import cifar_cnn, lenet, resnet, simple_cnn  # noqa: F401

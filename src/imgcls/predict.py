@@ -1,0 +1,131 @@
+"""A saved run + pictures → probabilities → a submission file, or metrics on labelled pictures."""
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .data.dataset import BatchLoader, DecodedImages, decode_all, decode_samples
+from .data.sources import id_sort_key, list_pictures, load_samples
+from .engine.checkpoint import load_weights, read_meta, write_json, write_text
+from .engine.device import resolve_device
+from .engine.metrics import classification_metrics
+from .engine.trainer import predict_proba
+from .errors import UserError
+from .models.registry import create_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedRun:
+    model: torch.nn.Module
+    meta: dict
+    device: torch.device
+
+    @property
+    def classes(self) -> list[str]:
+        return self.meta["classes"]
+
+    def loader(self, decoded: DecodedImages, batch_size: int = 256) -> BatchLoader:
+        return BatchLoader(decoded, batch_size, self.meta["mean"], self.meta["std"], shuffle=False,
+                           device=self.device)
+
+
+def load_run(run_dir: str | Path, device: str = "auto") -> LoadedRun:
+    """Rebuild the model from model.json and load model.safetensors (never a pickle)."""
+    meta = read_meta(run_dir)
+    model = create_model(meta["architecture"], meta["num_classes"], meta["channels"], meta["input_size"],
+                         **meta.get("model_args", {}))
+    load_weights(run_dir, model)
+    target = resolve_device(device)
+    return LoadedRun(model.to(target).eval(), meta, target)
+
+
+def predict_images(run: LoadedRun, paths: list[str], batch_size: int = 256) -> tuple[np.ndarray, list[str], list[dict]]:
+    """Probabilities (N, classes) for the pictures that decode, their paths, and the skipped ones."""
+    array, index, skipped = decode_all(paths, run.meta["channels"], run.meta["input_size"], "decoding")
+    kept = [paths[i] for i in index]
+    decoded = DecodedImages(torch.from_numpy(array), torch.zeros(len(kept), dtype=torch.long), kept)
+    probs, _, _ = predict_proba(run.model, run.loader(decoded, batch_size))
+    return probs, kept, skipped
+
+
+def _read_template(path: str | Path) -> tuple[list[str], list[str]]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"Received: --template {path}; expected an existing CSV file")
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        rows = list(csv.reader(f))
+    if not rows or len(rows[0]) < 2:
+        raise UserError(f"Received: --template {path}; expected a CSV with an id column and a label column")
+    return rows[0][:2], [row[0] for row in rows[1:] if row]
+
+
+def predict(run_dir: str | Path, images: str | Path, out: str | Path, *, proba: str | None = None,
+            template: str | Path | None = None, batch_size: int = 256, device: str = "auto") -> dict:
+    """Write `id,label` per picture (id = file name without extension, numeric ids in numeric order).
+
+    proba=CLASS writes P(CLASS) as the label (Kaggle Dogs vs. Cats); template=CSV follows its ids and
+    column names, filling a picture that could not be read with the uniform probability (or the first class).
+    """
+    run = load_run(run_dir, device)
+    if proba is not None and proba not in run.classes:
+        raise UserError(f"Received: --proba {proba!r}; expected one of the run's classes: {', '.join(run.classes)}")
+    paths, skipped = list_pictures(images)
+    probs, kept, failed = predict_images(run, paths, batch_size)
+    skipped += failed
+    ids = [Path(p).stem for p in kept]
+    if len(set(ids)) < len(ids):
+        raise UserError(f"Received: IMAGES {images} where several pictures share a file name; expected unique ids")
+    if proba is not None:
+        values = [f"{v:.6f}" for v in probs[:, run.classes.index(proba)]]
+        missing_value = f"{1 / len(run.classes):.6f}"
+    else:
+        values = [run.classes[i] for i in probs.argmax(1)]
+        missing_value = run.classes[0]
+    by_id = dict(zip(ids, values))
+    header = ["id", "label"]
+    order = sorted(by_id, key=id_sort_key)
+    if template is not None:
+        header, order = _read_template(template)
+        absent = [i for i in order if i not in by_id]
+        if len(absent) == len(order):
+            raise UserError(f"Received: --template {template} whose ids match no picture in {images}; "
+                            "expected ids equal to the pictures' file names without extension")
+        if absent:
+            log.warning("%d template ids have no readable picture; written as %s (first: %s)",
+                        len(absent), missing_value, absent[0])
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows([i, by_id.get(i, missing_value)] for i in order)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    write_text(out, buffer.getvalue())
+    for item in skipped:
+        log.warning("skipped %s: %s", item["path"], item["reason"])
+    log.info("wrote %d predictions to %s (%d pictures skipped)", len(order), out, len(skipped))
+    return {"written": len(order), "skipped": skipped, "out": str(out)}
+
+
+def evaluate(run_dir: str | Path, source: str, *, labels: str | None = None, id_col: str = "id",
+             label_col: str = "label", ext: str | None = None, label_pattern: str | None = None,
+             out: str | Path | None = None, batch_size: int = 256, device: str = "auto") -> dict:
+    """Score a saved run on labelled pictures (same layouts as train); classes are matched by name."""
+    run = load_run(run_dir, device)
+    samples = load_samples(source, labels, id_col, label_col, ext, label_pattern, classes=run.classes)
+    if not len(samples):
+        raise UserError(f"Received: {source} with no picture of the run's classes; expected some of "
+                        f"{', '.join(run.classes)}")
+    decoded, failed = decode_samples(samples, run.meta["channels"], run.meta["input_size"])
+    probs, _, _ = predict_proba(run.model, run.loader(decoded, batch_size))
+    metrics = classification_metrics(decoded.labels.numpy(), probs, run.classes)
+    metrics["skipped"] = samples.skipped + failed
+    if out is not None:
+        write_json(out, metrics)
+    return metrics

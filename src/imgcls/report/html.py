@@ -1,0 +1,54 @@
+"""report.html: one self-contained page (pictures embedded) with everything a run wrote."""
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+from ..engine.checkpoint import write_text
+
+PICTURES = [("curves.png", "Learning curves"), ("confusion.png", "Confusion matrix (validation)"),
+            ("val_predictions.png", "Validation pictures: predicted / true (wrong in red)"),
+            ("samples.png", "Training pictures")]
+
+
+def _table(rows: list[list], header: list[str]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def write_report(run_dir: str | Path) -> Path:
+    run_dir = Path(run_dir)
+    metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+    data = json.loads((run_dir / "data.json").read_text(encoding="utf-8"))
+    meta = json.loads((run_dir / "model.json").read_text(encoding="utf-8"))
+    val = metrics["validation"]
+    parts = [f"<h1>imgcls run: {html.escape(run_dir.name)}</h1>",
+             f"<p>Model <b>{html.escape(meta['architecture'])}</b>, {meta['input_size']} px, "
+             f"{meta['channels']} channel(s), {len(meta['classes'])} classes. Best epoch {metrics['best_epoch']} "
+             f"of {metrics['epochs_run']}: validation accuracy <b>{val['accuracy']:.4f}</b>, "
+             f"log loss <b>{val['log_loss']:.4f}</b> on {val['count']} pictures; "
+             f"training took {metrics['train_seconds']:.1f} s.</p>"]
+    per_class = [[name, v["precision"], v["recall"], v["support"]] for name, v in val["per_class"].items()]
+    parts.append("<h2>Per class (validation)</h2>" + _table(per_class, ["class", "precision", "recall", "support"]))
+    counts = [[name, data["counts"]["train"].get(name, 0), data["counts"]["val"].get(name, 0)]
+              for name in meta["classes"]]
+    parts.append("<h2>Data</h2>" + _table(counts, ["class", "train", "validation"]))
+    for name, title in PICTURES:
+        path = run_dir / name
+        if path.is_file():
+            encoded = base64.b64encode(path.read_bytes()).decode("ascii")
+            parts.append(f"<h2>{html.escape(title)}</h2><img alt='{name}' src='data:image/png;base64,{encoded}'>")
+    skipped = data.get("skipped", [])
+    if skipped:
+        parts.append(f"<h2>Skipped files ({len(skipped)})</h2>"
+                     + _table([[s["path"], s["reason"]] for s in skipped[:200]], ["file", "reason"]))
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 8px}img{max-width:100%}")
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>imgcls report</title>"
+            f"<style>{style}</style></head><body>{''.join(parts)}</body></html>\n")
+    out = run_dir / "report.html"
+    write_text(out, page)
+    return out

@@ -1,0 +1,85 @@
+"""Plots of a run; each function returns a matplotlib Figure (no pyplot, so no GUI backend is needed)."""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+
+from ..engine.checkpoint import atomic_write
+from .fonts import font_families
+
+
+@contextlib.contextmanager
+def _style():
+    # Text objects read the font family when they are created and drawn: hold it for both.
+    with matplotlib.rc_context({"font.family": font_families(), "axes.unicode_minus": False}):
+        yield
+
+
+def save_figure(fig: Figure, path: str | Path, dpi: int = 100) -> None:
+    with _style():
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight"))
+
+
+def plot_curves(history: list[dict], best_epoch: int | None = None) -> Figure:
+    """Loss and accuracy, train vs validation, side by side; the best epoch is marked."""
+    with _style():
+        fig = Figure(figsize=(11, 4))
+        epochs = [row["epoch"] for row in history]
+        for ax, key, title in zip(fig.subplots(1, 2), ("loss", "acc"), ("Loss", "Accuracy")):
+            ax.plot(epochs, [row[f"train_{key}"] for row in history], "o-", label="train")
+            ax.plot(epochs, [row[f"val_{key}"] for row in history], "o-", label="validation")
+            if best_epoch:
+                ax.axvline(best_epoch, color="grey", linestyle=":", label=f"best epoch ({best_epoch})")
+            ax.set_xlabel("epoch")
+            ax.set_title(title)
+            ax.grid(alpha=0.3)
+            ax.legend()
+        fig.tight_layout()
+    return fig
+
+
+def plot_confusion(matrix: np.ndarray, classes: list[str]) -> Figure:
+    """Counts, rows true and columns predicted; the colour is the row-normalised rate."""
+    matrix = np.asarray(matrix)
+    n = len(classes)
+    side = min(16, max(4, 0.6 * n + 2))
+    with _style():
+        fig = Figure(figsize=(side + 1, side))
+        ax = fig.subplots()
+        rates = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
+        image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+        fig.colorbar(image, ax=ax, fraction=0.046, label="share of the true class")
+        ax.set_xticks(range(n), classes, rotation=45, ha="right")
+        ax.set_yticks(range(n), classes)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        if n <= 30:
+            for i in range(n):
+                for j in range(n):
+                    ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=8,
+                            color="white" if rates[i, j] > 0.5 else "black")
+        fig.tight_layout()
+    return fig
+
+
+def plot_grid(images: np.ndarray, titles: list[str], colors: list[str] | None = None, ncols: int = 8) -> Figure:
+    """A grid of (N, C, H, W) uint8 pictures, each titled (e.g. with its label or predicted/true)."""
+    n = len(images)
+    ncols = max(1, min(ncols, n))
+    nrows = max(1, -(-n // ncols))
+    with _style():
+        fig = Figure(figsize=(1.8 * ncols, 2.0 * nrows))
+        axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+        for i, ax in enumerate(axes):
+            ax.axis("off")
+            if i >= n:
+                continue
+            picture = images[i].transpose(1, 2, 0)
+            ax.imshow(picture[:, :, 0] if picture.shape[2] == 1 else picture, cmap="gray", vmin=0, vmax=255)
+            ax.set_title(titles[i], fontsize=9, color=(colors[i] if colors else "black"))
+        fig.tight_layout()
+    return fig

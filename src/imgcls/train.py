@@ -1,0 +1,176 @@
+"""`imgcls train`: config → data → split → decoded cache → model → engine → run folder."""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import __version__
+from .config import TrainConfig, config_from_dict, config_to_dict, load_yaml
+from .data.dataset import BatchLoader, DecodedImages, decode_samples
+from .data.sources import Samples, load_samples
+from .data.splits import split_indices
+from .engine.checkpoint import RESUME, load_resume, load_weights, write_json
+from .engine.device import resolve_device, seed_everything
+from .engine.metrics import classification_metrics
+from .engine.optim import Schedule, build_optimizer
+from .engine.trainer import Trainer, predict_proba
+from .errors import UserError
+from .models.registry import channel_stats, create_model, get_spec
+from .report.html import write_report
+from .report.plots import plot_confusion, plot_curves, plot_grid, save_figure
+from .runs import (ProgressLog, RunWriter, new_run_dir, pick_examples, read_split, write_config,
+                   write_history, write_split)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunResult:
+    """What a finished run reports; the run folder holds the rest."""
+
+    run_dir: Path
+    best_epoch: int
+    val_accuracy: float
+    val_log_loss: float
+    train_seconds: float
+
+
+def _data_kwargs(config: TrainConfig, source: str) -> dict:
+    d = config.data
+    return dict(source=source, labels=d.labels, id_col=d.id_col, label_col=d.label_col, ext=d.ext,
+                label_pattern=d.label_pattern)
+
+
+def _split_samples(config: TrainConfig, samples: Samples, run_dir: Path, resuming: bool) -> tuple[Samples, Samples]:
+    if config.data.val:
+        # A separate validation folder uses the same layout flags; its classes must be the training ones.
+        val = load_samples(**_data_kwargs(config, config.data.val), classes=samples.classes)
+        return samples, val
+    if resuming and (run_dir / "split.csv").is_file():
+        # The saved split wins over re-splitting, so pictures added since cannot leak into training.
+        assigned = read_split(run_dir)
+        train_idx = np.asarray([i for i, p in enumerate(samples.paths) if assigned.get(p) == "train"], dtype=np.int64)
+        val_idx = np.asarray([i for i, p in enumerate(samples.paths) if assigned.get(p) == "val"], dtype=np.int64)
+    else:
+        train_idx, val_idx = split_indices(samples.labels, config.data.val_split, config.data.split, config.data.seed)
+    return samples.subset(train_idx), samples.subset(val_idx)
+
+
+def _model_meta(config: TrainConfig, classes: list[str], channels: int, size: int) -> dict:
+    spec = get_spec(config.model)
+    return {"format": "imgcls-model/1", "imgcls_version": __version__, "architecture": config.model,
+            "model_args": dict(config.model_args), "num_classes": len(classes), "classes": classes,
+            "input_size": size, "channels": channels, "mean": channel_stats(spec.mean, channels),
+            "std": channel_stats(spec.std, channels), "config": config_to_dict(config)}
+
+
+def _grid(decoded: DecodedImages, classes: list[str], count: int = 32) -> tuple[np.ndarray, list[str]]:
+    idx = pick_examples(decoded.labels.numpy(), count)
+    return decoded.images[idx].numpy(), [classes[int(decoded.labels[i])] for i in idx]
+
+
+def train(config: TrainConfig | None = None, *, resume: str | Path | None = None, **overrides) -> RunResult:
+    """Train a model and write a run folder. `resume=RUN_DIR` finishes an interrupted run.
+
+    Overrides are TrainConfig or DataConfig field names, e.g. train(source="digits", epochs=3).
+    """
+    if resume is not None:
+        run_dir = Path(resume)
+        if not (run_dir / "config.yaml").is_file():
+            raise UserError(f"Received: --resume {run_dir}; expected a run folder holding config.yaml and resume.pt")
+        config = config_from_dict(load_yaml(run_dir / "config.yaml"))
+        # Killed before the first epoch ended: no resume.pt yet, so start that run again from scratch.
+        state = load_resume(run_dir) if (run_dir / RESUME).is_file() else None
+    else:
+        config = config_from_dict(overrides, config)
+        state = None
+    config.validate()
+    spec = get_spec(config.model)
+    channels = config.data.channels or spec.channels
+    size = config.data.img_size or spec.input_size
+    device = resolve_device(config.device)
+    generator = seed_everything(config.data.seed)
+
+    samples = load_samples(**_data_kwargs(config, config.data.source))
+    if len(samples.classes) < 2:
+        raise UserError(f"Received: {config.data.source} with a single class ({samples.classes[0]!r}); "
+                        "expected pictures of at least two classes")
+    if resume is None:
+        run_dir = new_run_dir(config.out, config.model)
+        config.out = str(run_dir)
+        write_config(run_dir, config_to_dict(config))
+    train_samples, val_samples = _split_samples(config, samples, run_dir, resume is not None)
+    log.info("%d classes; %d training and %d validation pictures; decoding at %d px, %d channel(s)",
+             len(samples.classes), len(train_samples), len(val_samples), size, channels)
+    train_data, skipped_train = decode_samples(train_samples, channels, size, "decoding train")
+    val_data, skipped_val = decode_samples(val_samples, channels, size, "decoding val")
+    if len(train_data) == 0 or len(val_data) == 0:
+        raise UserError(f"Received: {config.data.source} where no {'training' if not len(train_data) else 'validation'} "
+                        "picture could be decoded; expected readable pictures (see the skipped list above)")
+
+    classes = samples.classes
+    skipped = samples.skipped + skipped_train + skipped_val + (val_samples.skipped if config.data.val else [])
+    write_json(run_dir / "data.json", {
+        "source": config.data.source, "classes": classes, "img_size": size, "channels": channels,
+        "counts": {"train": _counts(train_data, classes), "val": _counts(val_data, classes)},
+        "skipped_count": len(skipped), "skipped": skipped})
+    write_split(run_dir, [(p, classes[int(l)], "train") for p, l in zip(train_data.paths, train_data.labels)]
+                + [(p, classes[int(l)], "val") for p, l in zip(val_data.paths, val_data.labels)])
+    save_figure(plot_grid(*_grid(train_data, classes)), run_dir / "samples.png")
+
+    meta = _model_meta(config, classes, channels, size)
+    model = create_model(config.model, len(classes), channels, size, **config.model_args).to(device)
+    train_loader = BatchLoader(train_data, config.batch_size, meta["mean"], meta["std"], shuffle=True,
+                               device=device, generator=generator, drop_last=True)
+    val_loader = BatchLoader(val_data, max(config.batch_size, 256), meta["mean"], meta["std"], shuffle=False,
+                             device=device)
+    steps = min(len(train_loader), config.train_batches or len(train_loader))
+    optimizer = build_optimizer(model, config.optimizer, config.lr, config.momentum, config.weight_decay)
+    schedule = Schedule(optimizer, config.scheduler, config.epochs, steps)
+    trainer = Trainer(model, optimizer, schedule, early_stop=config.early_stop, max_batches=config.train_batches,
+                      generator=generator, callbacks=[RunWriter(run_dir, meta), ProgressLog(steps)])
+    if state is not None:
+        trainer.load_state_dict(state)
+        write_history(run_dir, trainer.state.history)  # drop rows of an epoch that did not finish
+        log.info("resuming %s after epoch %d of %d", run_dir, trainer.state.epoch, config.epochs)
+
+    start = time.perf_counter()
+    trainer.fit(train_loader, val_loader, config.epochs)
+    seconds = sum(row["seconds"] for row in trainer.state.history)
+    log.info("trained %d epochs in %.1f s (this process: %.1f s)", trainer.state.epoch, seconds,
+             time.perf_counter() - start)
+    return _finish(run_dir, model, trainer, val_data, val_loader, classes, seconds)
+
+
+def _counts(decoded: DecodedImages, classes: list[str]) -> dict[str, int]:
+    per_class = np.bincount(decoded.labels.numpy(), minlength=len(classes))
+    return {name: int(n) for name, n in zip(classes, per_class)}
+
+
+def _finish(run_dir: Path, model: torch.nn.Module, trainer: Trainer, val_data: DecodedImages,
+            val_loader: BatchLoader, classes: list[str], seconds: float) -> RunResult:
+    """Reload the best epoch's weights, score it on validation, and write metrics, plots and report."""
+    load_weights(run_dir, model)
+    probs, _, _ = predict_proba(model, val_loader)
+    labels = val_data.labels.numpy()
+    state = trainer.state
+    metrics = {"best_epoch": state.best_epoch, "epochs_run": state.epoch, "stopped_early": state.stopped_early,
+               "train_seconds": round(seconds, 3), "validation": classification_metrics(labels, probs, classes)}
+    write_json(run_dir / "metrics.json", metrics)
+    save_figure(plot_curves(state.history, state.best_epoch), run_dir / "curves.png")
+    save_figure(plot_confusion(np.asarray(metrics["validation"]["confusion"]), classes), run_dir / "confusion.png")
+    idx = pick_examples(labels, 32, seed=1)
+    predicted = probs.argmax(1)
+    titles = [f"{classes[predicted[i]]}/{classes[labels[i]]}" for i in idx]
+    colors = ["black" if predicted[i] == labels[i] else "red" for i in idx]
+    save_figure(plot_grid(val_data.images[idx].numpy(), titles, colors), run_dir / "val_predictions.png")
+    write_report(run_dir)
+    val = metrics["validation"]
+    log.info("best epoch %d: val accuracy %.4f, log loss %.4f → %s", state.best_epoch, val["accuracy"],
+             val["log_loss"], run_dir)
+    return RunResult(run_dir, state.best_epoch, val["accuracy"], val["log_loss"], seconds)
