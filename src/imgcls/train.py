@@ -18,7 +18,7 @@ from .engine.checkpoint import RESUME, load_resume, load_weights, write_json
 from .engine.device import resolve_device, seed_everything
 from .engine.metrics import classification_metrics
 from .engine.optim import Schedule, build_optimizer
-from .engine.trainer import Trainer, predict_proba
+from .engine.trainer import Callback, Trainer, predict_proba
 from .errors import UserError
 from .models.registry import channel_stats, create_model, get_spec
 from .report.html import write_report
@@ -74,10 +74,12 @@ def _grid(decoded: DecodedImages, classes: list[str], count: int = 32) -> tuple[
     return decoded.images[idx].numpy(), [classes[int(decoded.labels[i])] for i in idx]
 
 
-def train(config: TrainConfig | None = None, *, resume: str | Path | None = None, **overrides) -> RunResult:
+def train(config: TrainConfig | None = None, *, resume: str | Path | None = None,
+          callbacks: list[Callback] | None = None, **overrides) -> RunResult:
     """Train a model and write a run folder. `resume=RUN_DIR` finishes an interrupted run.
 
-    Overrides are TrainConfig or DataConfig field names, e.g. train(source="digits", epochs=3).
+    Overrides are TrainConfig or DataConfig field names, e.g. train(source="digits", epochs=3);
+    `callbacks` see the engine's events after the run folder's own writer.
     """
     if resume is not None:
         run_dir = Path(resume)
@@ -133,7 +135,7 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
     optimizer = build_optimizer(model, config.optimizer, config.lr, config.momentum, config.weight_decay)
     schedule = Schedule(optimizer, config.scheduler, config.epochs, steps)
     trainer = Trainer(model, optimizer, schedule, early_stop=config.early_stop, max_batches=config.train_batches,
-                      generator=generator, callbacks=[RunWriter(run_dir, meta), ProgressLog(steps)])
+                      generator=generator, callbacks=[RunWriter(run_dir, meta), ProgressLog(steps), *(callbacks or [])])
     if state is not None:
         trainer.load_state_dict(state)
         write_history(run_dir, trainer.state.history)  # drop rows of an epoch that did not finish

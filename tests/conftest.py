@@ -1,0 +1,72 @@
+"""Tiny image folders written by the tests themselves (no downloads, no shared datasets)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (40, 60, 220)}
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _imgcls_home(tmp_path_factory):
+    # Keep the built-in digits cache inside the test run, never in the user's home.
+    import os
+    os.environ["IMGCLS_HOME"] = str(tmp_path_factory.mktemp("imgcls_home"))
+
+
+def coloured_picture(rng: np.random.Generator, colour: tuple[int, int, int], size: int = 20) -> Image.Image:
+    """A noisy picture whose dominant colour is its class: easy to learn in a few epochs."""
+    base = np.array(colour, dtype=np.float32)[None, None, :]
+    noise = rng.normal(0, 30, (size, size, 3))
+    return Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8), "RGB")
+
+
+def write_class_folders(root: Path, per_class: int = 12, classes=("red", "green", "blue"), seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    for name in classes:
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            coloured_picture(rng, COLOURS.get(name, tuple(rng.integers(0, 255, 3))), ).save(folder / f"{i}.png")
+    return root
+
+
+@pytest.fixture
+def class_folder(tmp_path: Path) -> Path:
+    return write_class_folders(tmp_path / "data")
+
+
+@pytest.fixture
+def csv_folder(tmp_path: Path) -> tuple[Path, Path]:
+    """The apparel layout: pictures/<id>.png beside labels.csv with columns id,label (integer labels)."""
+    rng = np.random.default_rng(1)
+    pictures = tmp_path / "pictures"
+    pictures.mkdir()
+    rows = ["id,label"]
+    for i in range(1, 31):
+        label = i % 3
+        coloured_picture(rng, list(COLOURS.values())[label]).convert("L").save(pictures / f"{i}.png")
+        rows.append(f"{i},{label}")
+    labels = tmp_path / "labels.csv"
+    labels.write_text("\n".join(rows) + "\n")
+    return pictures, labels
+
+
+@pytest.fixture
+def filename_folder(tmp_path: Path) -> Path:
+    """The Dogs vs. Cats layout: labels only in file names (cat.0.jpg, dog.0.jpg)."""
+    rng = np.random.default_rng(2)
+    folder = tmp_path / "train"
+    folder.mkdir()
+    for i in range(10):
+        coloured_picture(rng, COLOURS["red"], 24).save(folder / f"cat.{i}.jpg")
+        coloured_picture(rng, COLOURS["blue"], 24).save(folder / f"dog.{i}.jpg")
+    return folder
+
+
+def folder_snapshot(root: Path) -> dict[str, bytes]:
+    """Every file's bytes, to prove a command left the user's files as they were."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}

@@ -1,0 +1,149 @@
+"""The command line as a user meets it: real subprocesses, exit codes, one-line errors, files written."""
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import folder_snapshot
+
+SMALL = ["--model", "simple-cnn", "--img-size", "16", "--channels", "3", "--batch-size", "8",
+         "--model-arg", "width=8"]
+
+
+def imgcls(*args, check: bool = True, **kw) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, "-m", "imgcls", *map(str, args)], capture_output=True, text=True, **kw)
+    if check and done.returncode != 0:
+        raise AssertionError(done.stderr)
+    return done
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, Path]:
+    from .conftest import write_class_folders
+    root = tmp_path_factory.mktemp("cli")
+    data = write_class_folders(root / "data")
+    imgcls("train", data, *SMALL, "--epochs", "3", "--out", root / "run")
+    return data, root / "run"
+
+
+def test_train_evaluate_predict(trained, tmp_path: Path):
+    data, run = trained
+    done = imgcls("evaluate", run, data, "--out", tmp_path / "m.json")
+    assert json.loads(done.stdout.splitlines()[0])["count"] == 36
+    assert json.loads((tmp_path / "m.json").read_text())["accuracy"] > 0.8
+    pictures = tmp_path / "test"
+    pictures.mkdir()
+    for i, path in enumerate(sorted((data / "red").glob("*.png"))[:3] + sorted((data / "blue").glob("*.png"))[:9]):
+        (pictures / f"{i + 1}.png").write_bytes(path.read_bytes())
+    (pictures / "13.png").write_text("broken")
+    before = folder_snapshot(pictures)
+    imgcls("predict", run, pictures, "--out", tmp_path / "sub.csv")
+    rows = list(csv.reader(open(tmp_path / "sub.csv")))
+    assert rows[0] == ["id", "label"]
+    assert [r[0] for r in rows[1:]] == [str(i) for i in range(1, 13)]  # numeric order, broken one skipped
+    assert [r[1] for r in rows[1:4]] == ["red"] * 3
+    imgcls("predict", run, pictures, "--proba", "blue", "--out", tmp_path / "p.csv")
+    probs = [float(r[1]) for r in list(csv.reader(open(tmp_path / "p.csv")))[1:]]
+    assert all(p < 0.5 for p in probs[:3]) and all(p > 0.5 for p in probs[3:])
+    template = tmp_path / "sample.csv"
+    template.write_text("image_id,is_blue\n13\n2\n1\n")
+    imgcls("predict", run, pictures, "--proba", "blue", "--template", template, "--out", tmp_path / "t.csv")
+    rows = list(csv.reader(open(tmp_path / "t.csv")))
+    assert rows[0] == ["image_id", "is_blue"] and [r[0] for r in rows[1:]] == ["13", "2", "1"]
+    assert float(rows[1][1]) == pytest.approx(1 / 3, abs=1e-5)  # unreadable picture: the uniform prior
+    assert folder_snapshot(pictures) == before
+
+
+def test_models_lists_and_summarises():
+    listing = imgcls("models").stdout
+    for name in ("simple-cnn", "lenet5", "cifar-cnn", "resnet50"):
+        assert name in listing
+    summary = imgcls("models", "lenet5").stdout
+    assert "(None, 6, 28, 28)" in summary and "Total params: 62,006" in summary
+
+
+def test_config_file_then_flags(trained, tmp_path: Path):
+    data, _ = trained
+    config = tmp_path / "c.yaml"
+    config.write_text(f"data:\n  source: {data}\n  img_size: 16\n  channels: 3\nepochs: 5\nbatch_size: 8\n"
+                      "model_args: {width: 4}\n")
+    imgcls("train", "--config", config, "--epochs", "1", "--out", tmp_path / "run")
+    import yaml
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["epochs"] == 1 and saved["batch_size"] == 8 and saved["data"]["img_size"] == 16
+
+
+def test_kill_9_then_resume_finishes_with_each_epoch_once(tmp_path: Path):
+    run = tmp_path / "run"
+    process = subprocess.Popen([sys.executable, "-m", "imgcls", "train", "digits", "--img-size", "16",
+                                "--epochs", "40", "--out", str(run)], stderr=subprocess.DEVNULL,
+                               stdout=subprocess.DEVNULL)
+    history = run / "history.csv"
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None:
+        if history.is_file() and len(history.read_text().splitlines()) >= 4:
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, "training ended before it could be killed"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    done_before = len(history.read_text().splitlines()) - 1
+    assert 3 <= done_before < 40
+    imgcls("train", "--resume", run)
+    epochs = [int(r["epoch"]) for r in csv.DictReader(open(history))]
+    assert epochs == list(range(1, 41))
+    assert json.loads((run / "metrics.json").read_text())["epochs_run"] == 40
+
+
+def _error(*args) -> str:
+    done = imgcls(*args, check=False)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("imgcls: error: Received"), done.stderr
+    return lines[0]
+
+
+def test_user_mistakes_end_in_one_line_exit_2(trained, tmp_path: Path, csv_folder, filename_folder):
+    data, run = trained
+    pictures, labels = csv_folder
+    single = tmp_path / "single"
+    (single / "only").mkdir(parents=True)
+    (single / "only" / "0.png").write_bytes((data / "red" / "0.png").read_bytes())
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (tmp_path / "existing").mkdir()
+    (tmp_path / "existing" / "keep.txt").write_text("mine")
+    assert "expected an existing folder" in _error("train", tmp_path / "missing")
+    assert "no pictures" in _error("train", empty)
+    assert "single class" in _error("train", single)
+    assert "not a column" in _error("train", pictures, "--labels", labels, "--label-col", "klass")
+    other = tmp_path / "other.csv"
+    other.write_text("id,label\n900,1\n")
+    assert "none with a picture" in _error("train", pictures, "--labels", other)
+    assert "matches no file name" in _error("train", filename_folder, "--label-pattern", r"^(bird)\.")
+    assert "expected one of" in _error("train", data, "--model", "resnet9000")
+    assert "expected a run folder" in _error("train", "--resume", empty)
+    assert "already holds files" in _error("train", data, "--out", tmp_path / "existing")
+    assert (tmp_path / "existing" / "keep.txt").read_text() == "mine"
+    assert "RUN_DIR" in _error("predict", empty, data, "--out", tmp_path / "x.csv")
+    assert "--proba" in _error("predict", run, data, "--proba", "purple", "--out", tmp_path / "x.csv")
+    assert "not valid YAML" in _error("train", data, "--config", _write(tmp_path / "bad.yaml", "a: [1,"))
+    assert "unknown config key" in _error("train", data, "--config", _write(tmp_path / "k.yaml", "epochz: 3\n"))
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_demo_writes_a_full_run(tmp_path: Path):
+    done = imgcls("demo", "--epochs", "2", "--out", tmp_path / "demo")
+    assert "val accuracy" in done.stdout
+    assert (tmp_path / "demo" / "report.html").is_file()

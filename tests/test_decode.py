@@ -1,0 +1,62 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from imgcls.data.dataset import decode_all
+from imgcls.data.decode import DecodeError, decode_image
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "P", "CMYK", "LA", "I;16", "1"])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_every_mode_decodes_to_the_asked_channels(tmp_path: Path, mode: str, channels: int):
+    rgb = Image.fromarray(np.full((12, 10, 3), 128, np.uint8))
+    picture = rgb.convert("L").convert(mode) if mode in ("I;16", "1", "LA") else rgb.convert(mode)
+    if mode == "I;16":
+        picture = Image.fromarray(np.full((12, 10), 40000, np.uint16))
+    path = tmp_path / ("x.tiff" if mode in ("CMYK", "I;16") else "x.png")
+    picture.save(path)
+    array = decode_image(str(path), channels, 8)
+    assert array.shape == (channels, 8, 8) and array.dtype == np.uint8
+    if mode == "I;16":
+        assert abs(int(array.mean()) - round(40000 / 65535 * 255)) <= 1  # rescaled, not clipped to 255
+
+
+def test_transparent_pixels_become_white(tmp_path: Path):
+    Image.new("RGBA", (4, 4), (0, 0, 0, 0)).save(tmp_path / "t.png")
+    assert decode_image(str(tmp_path / "t.png"), 3, None).min() == 255
+
+
+def test_exif_orientation_is_applied(tmp_path: Path):
+    picture = Image.new("RGB", (20, 10), "white")
+    exif = picture.getexif()
+    exif[0x0112] = 6  # rotate 90° clockwise to display
+    picture.save(tmp_path / "r.jpg", exif=exif)
+    assert decode_image(str(tmp_path / "r.jpg"), 3, None).shape == (3, 20, 10)
+
+
+def test_broken_files_give_reasons(tmp_path: Path):
+    good = tmp_path / "good.jpg"
+    Image.new("RGB", (64, 64), "red").save(good)
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(good.read_bytes()[:200])
+    text = tmp_path / "text.png"
+    text.write_text("hello")
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    for path in (truncated, text, empty, tmp_path / "missing.png"):
+        with pytest.raises(DecodeError):
+            decode_image(str(path), 3, 16)
+    paths = [str(good), str(truncated), str(text), str(empty)]
+    array, index, skipped = decode_all(paths, 3, 16)
+    assert array.shape == (1, 3, 16, 16) and list(index) == [0]
+    assert [s["path"] for s in skipped] == paths[1:]
+    assert all(s["reason"] for s in skipped)
+
+
+def test_decompression_bomb_is_refused(tmp_path: Path, monkeypatch):
+    Image.new("L", (100, 100)).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(DecodeError, match="too large"):
+        decode_image(str(tmp_path / "big.png"), 1, 8)
