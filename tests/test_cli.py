@@ -82,35 +82,42 @@ def test_config_file_then_flags(trained, tmp_path: Path):
 def test_kill_9_then_resume_finishes_with_each_epoch_once(tmp_path: Path):
     run = tmp_path / "run"
     process = subprocess.Popen([sys.executable, "-m", "imgcls", "train", "digits", "--img-size", "16",
-                                "--epochs", "40", "--out", str(run)], stderr=subprocess.DEVNULL,
+                                "--epochs", "12", "--out", str(run)], stderr=subprocess.DEVNULL,
                                stdout=subprocess.DEVNULL)
     history = run / "history.csv"
     deadline = time.time() + 120
     while time.time() < deadline and process.poll() is None:
-        if history.is_file() and len(history.read_text().splitlines()) >= 4:
+        if history.is_file() and len(history.read_text().splitlines()) >= 3:
             break
         time.sleep(0.05)
     assert process.poll() is None, "training ended before it could be killed"
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     done_before = len(history.read_text().splitlines()) - 1
-    assert 3 <= done_before < 40
+    assert 2 <= done_before < 12
     imgcls("train", "--resume", run)
     epochs = [int(r["epoch"]) for r in csv.DictReader(open(history))]
-    assert epochs == list(range(1, 41))
-    assert json.loads((run / "metrics.json").read_text())["epochs_run"] == 40
+    assert epochs == list(range(1, 13))
+    assert json.loads((run / "metrics.json").read_text())["epochs_run"] == 12
 
 
-def _error(*args) -> str:
-    done = imgcls(*args, check=False)
-    assert done.returncode == 2, done.stderr
-    assert "Traceback" not in done.stderr
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("imgcls: error: Received"), done.stderr
-    return lines[0]
+def test_a_mistake_is_one_line_and_exit_2_in_a_real_process(tmp_path: Path):
+    done = imgcls("train", tmp_path / "missing", check=False)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [f"imgcls: error: Received: DATA {tmp_path / 'missing'}; "
+                                                "expected an existing folder of pictures"]
 
 
-def test_user_mistakes_end_in_one_line_exit_2(trained, tmp_path: Path, csv_folder, filename_folder):
+def test_user_mistakes_end_in_one_line_exit_2(trained, tmp_path: Path, csv_folder, filename_folder, capsys):
+    from imgcls.cli import main
+
+    def _error(*args) -> str:
+        capsys.readouterr()
+        assert main([str(a) for a in args]) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("imgcls: error: Received"), lines
+        return lines[0]
+
     data, run = trained
     pictures, labels = csv_folder
     single = tmp_path / "single"
