@@ -10,6 +10,7 @@ import csv
 import io
 import logging
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -91,15 +92,22 @@ class RunWriter(Callback):
 
 
 class ProgressLog(Callback):
-    """One log line per epoch (readable in a CI log); a batch progress bar only on a terminal."""
+    """One log line per epoch (readable in a CI log); a batch progress bar only on a terminal, and
+    elsewhere a line every `every` seconds so a long epoch does not look like a hang."""
 
-    def __init__(self, steps_per_epoch: int):
+    def __init__(self, steps_per_epoch: int, every: float = 60.0):
         self.steps = steps_per_epoch
         self.bar = None
         self.interactive = sys.stderr.isatty()
+        self.every = every
+        self.last = time.monotonic()
 
     def on_batch_end(self, trainer: Trainer, batch: int, loss: torch.Tensor) -> None:
         if not self.interactive:
+            if time.monotonic() - self.last >= self.every:
+                self.last = time.monotonic()
+                log.info("epoch %d/%d  batch %d/%d  loss %.4f", trainer.state.epoch + 1, trainer.epochs,
+                         batch + 1, self.steps, loss.item())
             return
         if self.bar is None:
             from tqdm.auto import tqdm
@@ -110,6 +118,7 @@ class ProgressLog(Callback):
             self.bar.set_postfix(loss=f"{loss.item():.4f}")
 
     def on_epoch_end(self, trainer: Trainer, row: dict, improved: bool) -> None:
+        self.last = time.monotonic()
         if self.bar is not None:
             self.bar.close()
             self.bar = None
