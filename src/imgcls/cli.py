@@ -28,15 +28,9 @@ def _model_arg(text: str) -> tuple[str, object]:
     return key.replace("-", "_"), yaml.safe_load(value)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="imgcls", description="From a folder of pictures to a trained, "
-                                     "checked and usable image classifier.")
-    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    s = argparse.SUPPRESS  # unset flags stay out of the namespace: defaults < --config < flags
-    t = sub.add_parser("train", help="train a model and write a run folder", argument_default=s)
-    t.add_argument("data", metavar="DATA", nargs="?", help="a folder of pictures, or 'digits' (built in)")
+def _add_train_flags(parser: argparse.ArgumentParser) -> None:
+    """DATA and every training flag; unset flags stay out of the namespace (defaults < --config < flags)."""
+    parser.add_argument("data", metavar="DATA", nargs="?", help="a folder of pictures, or 'digits' (built in)")
     for flag, kw in [("--labels", dict(metavar="CSV", help="CSV of id,label; pictures are DATA/<id><ext>")),
                      ("--id-col", dict(help="id column of --labels (default: id)")),
                      ("--label-col", dict(help="label column of --labels (default: label)")),
@@ -58,13 +52,38 @@ def build_parser() -> argparse.ArgumentParser:
                      ("--momentum", dict(type=float, help="SGD momentum (default: 0.9)")),
                      ("--weight-decay", dict(type=float, help="default: 0")),
                      ("--scheduler", dict(choices=["none", "plateau", "cosine", "onecycle"], help="default: none")),
+                     ("--augment", dict(choices=["none", "light", "standard", "strong"], help="default: none")),
+                     ("--mixup", dict(type=float, metavar="ALPHA", help="MixUp alpha (default: 0 = off)")),
+                     ("--cutmix", dict(type=float, metavar="ALPHA", help="CutMix alpha (default: 0 = off)")),
+                     ("--label-smoothing", dict(type=float, metavar="F", help="default: 0")),
                      ("--early-stop", dict(type=int, metavar="N", help="stop after N epochs without a better val loss")),
                      ("--train-batches", dict(type=int, metavar="N", help="only N batches per epoch (smoke runs)")),
                      ("--device", dict(choices=["auto", "cpu", "cuda", "mps"], help="default: auto")),
-                     ("--out", dict(metavar="RUN_DIR", help="run folder (default: runs/<model>, numbered)")),
-                     ("--resume", dict(metavar="RUN_DIR", help="finish an interrupted run; needs no other argument")),
                      ("--config", dict(metavar="YAML", help="settings file; flags override it"))]:
-        t.add_argument(flag, **kw)
+        parser.add_argument(flag, **kw)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="imgcls", description="From a folder of pictures to a trained, "
+                                     "checked and usable image classifier.")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = argparse.SUPPRESS
+    t = sub.add_parser("train", help="train a model and write a run folder", argument_default=s)
+    _add_train_flags(t)
+    t.add_argument("--out", metavar="RUN_DIR", help="run folder (default: runs/<model>, numbered)")
+    t.add_argument("--resume", metavar="RUN_DIR", help="finish an interrupted run; needs no other argument")
+
+    u = sub.add_parser("tune", help="search training settings with Optuna (resumable)", argument_default=s)
+    _add_train_flags(u)
+    u.add_argument("--trials", type=int, default=20, help="finished trials the study should hold (default: 20)")
+    u.add_argument("--space", metavar="SPACE.yaml", help="search space (default: see README)")
+    u.add_argument("--storage", metavar="URL", help="Optuna storage (default: sqlite:///OUT/study.db)")
+    u.add_argument("--study", default="imgcls", help="study name (default: imgcls)")
+    u.add_argument("--timeout", type=float, metavar="S", help="stop starting trials after S seconds")
+    u.add_argument("--sampler", default="tpe", choices=["tpe", "random"])
+    u.add_argument("--out", default="runs/tune", metavar="DIR", help="default: runs/tune (run again to resume)")
 
     e = sub.add_parser("evaluate", help="score a saved run on labelled pictures")
     e.add_argument("run_dir", metavar="RUN_DIR")
@@ -92,8 +111,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _cmd_train(args: argparse.Namespace) -> None:
+TUNE_ONLY = ("trials", "space", "storage", "study", "timeout", "sampler")
+
+
+def _train_config(values: dict):
+    """Flags given → a resolved TrainConfig (defaults < --config YAML < flags)."""
     from .config import resolve_config
+
+    if "data" not in values and values.get("config") is None:
+        raise UserError("Received: no DATA; expected a folder of pictures, 'digits', or --config YAML")
+    overrides = {k: v for k, v in values.items() if k not in ("command", "quiet", "config", *TUNE_ONLY)}
+    if "data" in overrides:
+        overrides["source"] = overrides.pop("data")
+    if "model_arg" in overrides:
+        overrides["model_args"] = dict(overrides.pop("model_arg"))
+    return resolve_config(values.get("config"), overrides)
+
+
+def _cmd_tune(args: argparse.Namespace) -> None:
+    from .tune import load_space, tune
+
+    values = vars(args)
+    base = _train_config({k: v for k, v in values.items() if k != "out"})
+    space = values.get("space")
+    study = tune(base, args.trials, out=args.out, space=load_space(space) if space else None,
+                 storage=values.get("storage"), study_name=args.study, timeout=values.get("timeout"),
+                 sampler=args.sampler)
+    complete = [t for t in study.trials if t.value is not None]
+    if not complete:
+        print(f"no trial completed; see {args.out}/trials.csv")
+        return
+    best = study.best_trial
+    print(f"{len(study.trials)} trials; best #{best.number}: val loss {best.value:.4f}, val accuracy "
+          f"{best.user_attrs.get('val_accuracy', float('nan')):.4f}, {best.params}\n"
+          f"train it with: imgcls train --config {args.out}/best.yaml")
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
     from .train import train
 
     values = vars(args)
@@ -104,15 +158,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
                             "(the run's config.yaml holds its settings)")
         result = train(resume=values["resume"])
     else:
-        overrides = {k: v for k, v in values.items() if k not in ("command", "quiet", "config")}
-        if "data" in overrides:
-            overrides["source"] = overrides.pop("data")
-        if "model_arg" in overrides:
-            overrides["model_args"] = dict(overrides.pop("model_arg"))
-        config = resolve_config(values.get("config"), overrides)
-        if "data" not in values and values.get("config") is None:
-            raise UserError("Received: no DATA; expected a folder of pictures, 'digits', or --config YAML")
-        result = train(config)
+        result = train(_train_config(values))
     print(f"best epoch {result.best_epoch}: val accuracy {result.val_accuracy:.4f}, log loss "
           f"{result.val_log_loss:.4f}, {result.train_seconds:.1f} s -> {result.run_dir}")
 
@@ -139,6 +185,8 @@ def _cmd_models(args: argparse.Namespace) -> None:
 def _run(args: argparse.Namespace) -> None:
     if args.command == "train":
         _cmd_train(args)
+    elif args.command == "tune":
+        _cmd_tune(args)
     elif args.command == "evaluate":
         from .predict import evaluate
         metrics = evaluate(args.run_dir, args.data, labels=args.labels, id_col=args.id_col,

@@ -18,6 +18,7 @@ SPLITS = ("stratified", "random", "balanced")
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 SCHEDULERS = ("none", "plateau", "cosine", "onecycle")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+AUGMENT_PRESETS = ("none", "light", "standard", "strong")
 
 
 @dataclass
@@ -53,6 +54,10 @@ class TrainConfig:
     weight_decay: float = 0.0
     scheduler: str = "none"
     early_stop: int = 0  # stop after this many epochs without a better val loss; 0 = never
+    augment: str = "none"  # none, light, standard, strong (data.augment.PRESETS)
+    mixup: float = 0.0  # Beta(alpha, alpha) mixing of picture pairs; 0 = off
+    cutmix: float = 0.0  # alpha of CutMix; 0 = off (with mixup too, one of the two per batch)
+    label_smoothing: float = 0.0
     device: str = "auto"
     train_batches: int | None = None  # use only this many batches per epoch (smoke runs)
     out: str | None = None
@@ -63,6 +68,12 @@ class TrainConfig:
         _choice("scheduler", self.scheduler, SCHEDULERS)
         _choice("device", self.device, DEVICES)
         _choice("split", self.data.split, SPLITS)
+        _choice("augment", self.augment, AUGMENT_PRESETS)
+        for name in ("mixup", "cutmix"):
+            if getattr(self, name) < 0:
+                raise UserError(f"Received: {name}={getattr(self, name)}; expected an alpha >= 0 (0 = off)")
+        if not 0 <= self.label_smoothing < 1:
+            raise UserError(f"Received: label-smoothing={self.label_smoothing}; expected a number in [0, 1)")
         if self.epochs < 1:
             raise UserError(f"Received: epochs={self.epochs}; expected an integer >= 1")
         if self.batch_size < 1:

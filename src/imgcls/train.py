@@ -11,6 +11,7 @@ import torch
 
 from . import __version__
 from .config import TrainConfig, config_from_dict, config_to_dict, load_yaml
+from .data.augment import BatchAugment, batch_mixer
 from .data.dataset import BatchLoader, DecodedImages, decode_samples
 from .data.sources import Samples, load_samples
 from .data.splits import split_indices
@@ -123,19 +124,25 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
         "skipped_count": len(skipped), "skipped": skipped})
     write_split(run_dir, [(p, classes[int(l)], "train") for p, l in zip(train_data.paths, train_data.labels)]
                 + [(p, classes[int(l)], "val") for p, l in zip(val_data.paths, val_data.labels)])
-    save_figure(plot_grid(*_grid(train_data, classes)), run_dir / "samples.png")
+    # samples.png shows what the model sees: the pictures after augmentation.
+    shown, titles = _grid(train_data, classes)
+    if config.augment != "none":
+        shown = BatchAugment(config.augment, size, channels)(torch.from_numpy(shown)).numpy()
+    save_figure(plot_grid(shown, titles), run_dir / "samples.png")
 
     meta = _model_meta(config, classes, channels, size)
     model = create_model(config.model, len(classes), channels, size, **config.model_args).to(device)
+    augment = BatchAugment(config.augment, size, channels) if config.augment != "none" else None
     train_loader = BatchLoader(train_data, config.batch_size, meta["mean"], meta["std"], shuffle=True,
-                               device=device, generator=generator, drop_last=True)
+                               device=device, generator=generator, drop_last=True, augment=augment)
     val_loader = BatchLoader(val_data, max(config.batch_size, 256), meta["mean"], meta["std"], shuffle=False,
                              device=device)
     steps = min(len(train_loader), config.train_batches or len(train_loader))
     optimizer = build_optimizer(model, config.optimizer, config.lr, config.momentum, config.weight_decay)
     schedule = Schedule(optimizer, config.scheduler, config.epochs, steps)
     trainer = Trainer(model, optimizer, schedule, early_stop=config.early_stop, max_batches=config.train_batches,
-                      generator=generator, callbacks=[RunWriter(run_dir, meta), ProgressLog(steps), *(callbacks or [])])
+                      generator=generator, label_smoothing=config.label_smoothing,
+                      batch_transform=batch_mixer(config.mixup, config.cutmix, len(classes)), callbacks=[RunWriter(run_dir, meta), ProgressLog(steps), *(callbacks or [])])
     if state is not None:
         trainer.load_state_dict(state)
         write_history(run_dir, trainer.state.history)  # drop rows of an epoch that did not finish

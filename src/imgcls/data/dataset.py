@@ -6,6 +6,7 @@ import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -63,8 +64,18 @@ def decode_all(paths: list[str], channels: int, size: int, desc: str = "decoding
     return out[index] if len(index) < len(paths) else out, index, skipped
 
 
+# Decoded arrays of this process, so that tuning trials and audit folds decode each picture once.
+_MEMO: dict[tuple, tuple[np.ndarray, np.ndarray, list[dict[str, str]]]] = {}
+_MEMO_ENTRIES = 4
+
+
 def decode_samples(samples: Samples, channels: int, size: int, desc: str = "decoding") -> tuple[DecodedImages, list[dict[str, str]]]:
-    array, index, skipped = decode_all(samples.paths, channels, size, desc)
+    key = (tuple(samples.paths), channels, size)
+    if key not in _MEMO:
+        if len(_MEMO) >= _MEMO_ENTRIES:
+            _MEMO.pop(next(iter(_MEMO)))
+        _MEMO[key] = decode_all(samples.paths, channels, size, desc)
+    array, index, skipped = _MEMO[key]
     decoded = DecodedImages(torch.from_numpy(array), torch.from_numpy(samples.labels[index]),
                             [samples.paths[i] for i in index])
     return decoded, skipped
@@ -78,13 +89,14 @@ class BatchLoader:
 
     def __init__(self, data: DecodedImages, batch_size: int, mean: list[float], std: list[float], *,
                  shuffle: bool, device: torch.device, generator: torch.Generator | None = None,
-                 drop_last: bool = False):
+                 drop_last: bool = False, augment: Callable[[torch.Tensor], torch.Tensor] | None = None):
         self.images = data.images.to(device)
         self.labels = data.labels.to(device)
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.device = device
         self.generator = generator
+        self.augment = augment  # uint8 batch → uint8 batch, before normalisation
         # Only drop the last batch when it is a tiny remainder that would make BatchNorm statistics noisy.
         self.drop_last = drop_last and len(data) % batch_size < max(2, batch_size // 8) and len(data) > batch_size
         self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255.0
@@ -103,4 +115,7 @@ class BatchLoader:
                  else torch.arange(n, device=self.device))
         for b in range(len(self)):
             idx = order[b * self.batch_size:(b + 1) * self.batch_size]
-            yield self.normalise(self.images[idx]), self.labels[idx]
+            images = self.images[idx]
+            if self.augment is not None:
+                images = self.augment(images)
+            yield self.normalise(images), self.labels[idx]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -57,7 +57,8 @@ class Trainer:
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, schedule: Schedule, *,
                  callbacks: Iterable[Callback] = (), early_stop: int = 0, max_batches: int | None = None,
-                 generator: torch.Generator | None = None):
+                 generator: torch.Generator | None = None, label_smoothing: float = 0.0,
+                 batch_transform: Callable | None = None):
         self.model = model
         self.optimizer = optimizer
         self.schedule = schedule
@@ -65,6 +66,8 @@ class Trainer:
         self.early_stop = early_stop
         self.max_batches = max_batches
         self.generator = generator
+        self.label_smoothing = label_smoothing
+        self.batch_transform = batch_transform  # (images, labels) → (images, targets), e.g. MixUp
         self.state = TrainState()
         self.epochs = 0
 
@@ -80,15 +83,19 @@ class Trainer:
         for batch, (images, labels) in enumerate(loader):
             if self.max_batches is not None and batch >= self.max_batches:
                 break
+            targets = labels
+            if self.batch_transform is not None:
+                images, targets = self.batch_transform(images, labels)
             logits = self.model(images)
-            loss = F.cross_entropy(logits, labels)
+            loss = F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
+            hard = targets.argmax(1) if targets.ndim == 2 else targets  # mixed targets: the larger share
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
             self.schedule.after_batch()
             # Sums stay tensors: no device sync per batch on a GPU.
             total_loss = total_loss.to(loss.device) + loss.detach() * len(labels)
-            correct = correct.to(labels.device) + (logits.detach().argmax(1) == labels).sum()
+            correct = correct.to(labels.device) + (logits.detach().argmax(1) == hard).sum()
             count += len(labels)
             self._emit("on_batch_end", batch, loss.detach())
         return total_loss.item() / max(count, 1), correct.item() / max(count, 1)

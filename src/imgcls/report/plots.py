@@ -83,3 +83,32 @@ def plot_grid(images: np.ndarray, titles: list[str], colors: list[str] | None = 
             ax.set_title(titles[i], fontsize=9, color=(colors[i] if colors else "black"))
         fig.tight_layout()
     return fig
+
+
+def plot_study_history(values: list[tuple[int, float]]) -> Figure:
+    """Each complete trial's validation loss, and the best so far."""
+    with _style():
+        fig = Figure(figsize=(7, 4))
+        ax = fig.subplots()
+        numbers = [n for n, _ in values]
+        losses = [v for _, v in values]
+        ax.plot(numbers, losses, "o", label="trial")
+        ax.plot(numbers, np.minimum.accumulate(losses), "-", label="best so far")
+        ax.set_xlabel("trial")
+        ax.set_ylabel("validation loss")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+    return fig
+
+
+def plot_bars(values: dict[str, float], title: str) -> Figure:
+    """Horizontal bars, largest on top."""
+    with _style():
+        fig = Figure(figsize=(7, 0.4 * len(values) + 1.2))
+        ax = fig.subplots()
+        names = list(values)[::-1]
+        ax.barh(names, [values[n] for n in names])
+        ax.set_title(title)
+        fig.tight_layout()
+    return fig

@@ -1,0 +1,89 @@
+"""Augmentation presets applied to whole uint8 batches on the training device.
+
+Cheap geometric and photometric steps (flip, pad-and-crop, brightness/contrast) are vectorised over
+the batch, each picture drawing its own random values; the costlier ones (random resized crop for
+larger pictures, RandAugment) come from torchvision's transforms v2, applied picture by picture.
+Presets adapt to the picture size (pad-and-crop below 64 px, random resized crop above) and to
+greyscale (no colour steps that need three channels).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torchvision.transforms import v2
+
+from ..errors import UserError
+
+PRESETS = ("none", "light", "standard", "strong")
+
+
+def random_flip(x: torch.Tensor) -> torch.Tensor:
+    """Mirror about half of the pictures left-right."""
+    flip = torch.rand(len(x), device=x.device) < 0.5
+    return torch.where(flip[:, None, None, None], x.flip(3), x)
+
+
+def random_translate(x: torch.Tensor, pad: int) -> torch.Tensor:
+    """Pad by `pad` pixels (mirrored), then cut each picture back at its own random offset."""
+    n, c, h, w = x.shape
+    padded = F.pad(x.float(), (pad, pad, pad, pad), mode="reflect").to(x.dtype)
+    dy = torch.randint(0, 2 * pad + 1, (n,), device=x.device)
+    dx = torch.randint(0, 2 * pad + 1, (n,), device=x.device)
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, :, None]
+    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, :]
+    batch = torch.arange(n, device=x.device)[:, None, None]
+    return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2).contiguous()
+
+
+def random_brightness_contrast(x: torch.Tensor, strength: float) -> torch.Tensor:
+    """Scale brightness and contrast of each picture by its own factor in [1 - strength, 1 + strength]."""
+    n = len(x)
+    f = x.float()
+    brightness = 1 + (torch.rand(n, 1, 1, 1, device=x.device) * 2 - 1) * strength
+    contrast = 1 + (torch.rand(n, 1, 1, 1, device=x.device) * 2 - 1) * strength
+    mean = f.mean(dim=(1, 2, 3), keepdim=True)
+    f = ((f - mean) * contrast + mean) * brightness
+    return f.clamp_(0, 255).round_().to(torch.uint8)
+
+
+class BatchAugment:
+    """Callable on a (B, C, H, W) uint8 batch, returning an augmented uint8 batch of the same shape."""
+
+    def __init__(self, preset: str, size: int, channels: int):
+        if preset not in PRESETS:
+            raise UserError(f"Received: augment={preset}; expected one of {', '.join(PRESETS)}")
+        self.preset = preset
+        self.size = size
+        self.small = size < 64
+        self.pad = max(1, size // 8)
+        per_picture = []
+        if preset in ("standard", "strong") and not self.small:
+            per_picture.append(v2.RandomResizedCrop(size, scale=(0.35, 1.0), antialias=True))
+        if preset == "strong":
+            per_picture.append(v2.RandAugment(num_ops=2, magnitude=9))
+        self.per_picture = v2.Compose(per_picture) if per_picture else None
+        self.strength = {"none": 0.0, "light": 0.0, "standard": 0.2, "strong": 0.3}[preset]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.preset == "none":
+            return x
+        x = random_flip(x)
+        if self.small:
+            x = random_translate(x, self.pad)
+        if self.per_picture is not None:
+            x = torch.stack([self.per_picture(picture) for picture in x])
+        if self.strength:
+            x = random_brightness_contrast(x, self.strength)
+        return x
+
+
+def batch_mixer(mixup: float, cutmix: float, num_classes: int):
+    """MixUp and/or CutMix from torchvision (one of the two per batch when both are on), or None."""
+    mixers = []
+    if mixup > 0:
+        mixers.append(v2.MixUp(alpha=mixup, num_classes=num_classes))
+    if cutmix > 0:
+        mixers.append(v2.CutMix(alpha=cutmix, num_classes=num_classes))
+    if not mixers:
+        return None
+    return mixers[0] if len(mixers) == 1 else v2.RandomChoice(mixers)

@@ -1,0 +1,68 @@
+"""A tiny Optuna study on digits, killed mid-study and resumed: the trial count continues."""
+import csv
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from imgcls.config import config_from_dict, load_yaml, resolve_config
+from imgcls.errors import UserError
+from imgcls.tune import default_space, load_space, tune
+
+SPACE = {"lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True},
+         "model_args.width": {"type": "categorical", "choices": [4, 8]}}
+
+
+def test_killed_study_resumes_and_the_trial_count_continues(tmp_path: Path):
+    out = tmp_path / "study"
+    space = tmp_path / "space.yaml"
+    space.write_text("lr: {type: float, low: 0.001, high: 0.01, log: true}\n"
+                     "model_args.width: {type: categorical, choices: [4, 8]}\n")
+    process = subprocess.Popen([sys.executable, "-m", "imgcls", "tune", "digits", "--img-size", "16",
+                                "--epochs", "30", "--trials", "3", "--space", str(space), "--out", str(out)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    storage = f"sqlite:///{out / 'study.db'}"
+    deadline = time.time() + 120
+    running = False
+    while time.time() < deadline and process.poll() is None and not running:
+        time.sleep(0.5)
+        if (out / "study.db").is_file():
+            try:
+                trials = optuna.load_study(study_name="imgcls", storage=storage).trials
+            except Exception:  # the database is still being created
+                continue
+            # Kill during the first trial's training, after it has reported a few epochs.
+            running = any(len(t.intermediate_values) >= 2 for t in trials)
+    assert running, "the study never got going"
+    process.kill()
+    process.wait()
+
+    base = resolve_config(overrides={"source": "digits", "img_size": 16, "epochs": 2})
+    study = tune(base, 3, out=out, space=load_space(space))
+    finished = [t for t in study.trials if t.state.is_finished() and t.state.name != "FAIL"]
+    assert len([t for t in finished if t.state.name in ("COMPLETE", "PRUNED")]) == 3
+    killed = study.trials[0]
+    assert killed.state.name in ("RUNNING", "FAIL")  # the killed trial is never counted or reused
+    assert [t.number for t in study.trials] == [0, 1, 2, 3]
+    rows = list(csv.DictReader(open(out / "trials.csv")))
+    assert len(rows) == 4 and set(rows[0]) >= {"number", "state", "val_loss", "lr", "model_args.width"}
+    best = config_from_dict(load_yaml(out / "best.yaml"))
+    assert best.model_args["width"] in (4, 8) and 1e-3 <= best.lr <= 1e-2
+    assert (out / "history.png").is_file()
+
+
+def test_space_checks():
+    assert "model_args.width" in default_space("simple-cnn")
+    assert "model_args.width" not in default_space("lenet5")
+
+
+def test_bad_space_and_sampler(tmp_path: Path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("lr: {type: float, low: 0.1}\n")
+    with pytest.raises(UserError, match="search space entry lr"):
+        load_space(bad)
+    with pytest.raises(UserError, match="sampler"):
+        tune(resolve_config(overrides={"source": "digits"}), 1, out=tmp_path / "s", sampler="grid")
