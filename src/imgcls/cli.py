@@ -59,6 +59,12 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
                      ("--early-stop", dict(type=int, metavar="N", help="stop after N epochs without a better val loss")),
                      ("--train-batches", dict(type=int, metavar="N", help="only N batches per epoch (smoke runs)")),
                      ("--device", dict(choices=["auto", "cpu", "cuda", "mps"], help="default: auto")),
+                     ("--clean", dict(action="store_true", help="drop unreadable, tiny and cross-label "
+                                      "duplicate pictures; trim uniform borders (also when predicting)")),
+                     ("--min-pixels", dict(type=int, metavar="N", help="with --clean: smallest picture kept (default: 3600)")),
+                     ("--exclude", dict(metavar="CSV", help="leave out the pictures a suspects.csv flags")),
+                     ("--top", dict(type=int, dest="exclude_top", metavar="N",
+                                    help="with --exclude: its first N rows instead of the flagged ones")),
                      ("--config", dict(metavar="YAML", help="settings file; flags override it"))]:
         parser.add_argument(flag, **kw)
 
@@ -84,6 +90,18 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--timeout", type=float, metavar="S", help="stop starting trials after S seconds")
     u.add_argument("--sampler", default="tpe", choices=["tpe", "random"])
     u.add_argument("--out", default="runs/tune", metavar="DIR", help="default: runs/tune (run again to resume)")
+
+    c = sub.add_parser("check", help="report unreadable, tiny, bordered, duplicate and odd pictures")
+    _add_data_flags(c)
+    c.add_argument("--val", metavar="DATA2", help="a validation/test folder: duplicates across it are flagged")
+    c.add_argument("--min-pixels", type=int, default=3600, metavar="N", help="smaller pictures are 'tiny' (default: 3600)")
+    c.add_argument("--out", default="runs/check", metavar="DIR", help="default: runs/check")
+
+    a = sub.add_parser("audit", help="rank training pictures by how implausible their label is",
+                       argument_default=s)
+    _add_train_flags(a)
+    a.add_argument("--folds", type=int, default=5, help="K-fold models for out-of-fold probabilities (default: 5)")
+    a.add_argument("--out", default="runs/audit", metavar="DIR", help="default: runs/audit (a RUN_DIR: itself)")
 
     e = sub.add_parser("evaluate", help="score a saved run on labelled pictures")
     e.add_argument("run_dir", metavar="RUN_DIR")
@@ -111,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-TUNE_ONLY = ("trials", "space", "storage", "study", "timeout", "sampler")
+TUNE_ONLY = ("trials", "space", "storage", "study", "timeout", "sampler", "folds")
 
 
 def _train_config(values: dict):
@@ -145,6 +163,22 @@ def _cmd_tune(args: argparse.Namespace) -> None:
     print(f"{len(study.trials)} trials; best #{best.number}: val loss {best.value:.4f}, val accuracy "
           f"{best.user_attrs.get('val_accuracy', float('nan')):.4f}, {best.params}\n"
           f"train it with: imgcls train --config {args.out}/best.yaml")
+
+
+def _cmd_audit(args: argparse.Namespace) -> None:
+    from .audit import audit, audit_run
+
+    values = vars(args)
+    data = values.get("data")
+    if data is not None and (Path(data) / "model.json").is_file():
+        suspects, out = audit_run(data), Path(data)
+    else:
+        suspects = audit(_train_config({k: v for k, v in values.items() if k != "out"}), args.folds, args.out)
+        out = Path(args.out)
+    flagged = sum(s["flagged"] for s in suspects)
+    print(f"{flagged} of {len(suspects)} pictures flagged; ranked list: {out / 'suspects.csv'}, "
+          f"top suspects: {out / 'suspects.png'}\nretrain without them: imgcls train ... --exclude "
+          f"{out / 'suspects.csv'} [--top N]")
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
@@ -187,6 +221,17 @@ def _run(args: argparse.Namespace) -> None:
         _cmd_train(args)
     elif args.command == "tune":
         _cmd_tune(args)
+    elif args.command == "audit":
+        _cmd_audit(args)
+    elif args.command == "check":
+        from .check import check
+        from .config import DataConfig
+        data = DataConfig(source=args.data, labels=args.labels, id_col=args.id_col, label_col=args.label_col,
+                          ext=args.ext, label_pattern=args.label_pattern, val=args.val)
+        _, summary = check(data, min_pixels=args.min_pixels, out=args.out)
+        print(f"{summary['pictures_with_issues']} of {summary['pictures']} pictures have issues: "
+              f"{json.dumps(summary['issues'])}; class imbalance {summary['class_imbalance']}\n"
+              f"see {args.out}/quality.html (train with --clean to apply the default actions)")
     elif args.command == "evaluate":
         from .predict import evaluate
         metrics = evaluate(args.run_dir, args.data, labels=args.labels, id_col=args.id_col,

@@ -35,6 +35,12 @@ class DataConfig:
     val_split: float = 0.2
     split: str = "stratified"
     seed: int = 0
+    folds: int = 0  # > 1: K-fold cross-validation, validating on fold `fold` (what `imgcls audit` uses)
+    fold: int = 0
+    exclude: str | None = None  # a suspects.csv (or any CSV with a path column): leave those pictures out
+    exclude_top: int | None = None  # only its first N rows; None: the rows flagged as suspects
+    clean: bool = False  # drop unreadable, tiny and cross-label duplicates; trim uniform borders
+    min_pixels: int = 3600  # with clean: pictures with fewer pixels are dropped
     img_size: int | None = None  # None: the model's default input size
     channels: int | None = None  # None: the model's default (1 grey, 3 colour)
 
@@ -80,6 +86,8 @@ class TrainConfig:
             raise UserError(f"Received: batch-size={self.batch_size}; expected an integer >= 1")
         if self.data.val is None and not 0.0 < self.data.val_split < 1.0:
             raise UserError(f"Received: val-split={self.data.val_split}; expected a fraction between 0 and 1")
+        if self.data.folds and not 0 <= self.data.fold < self.data.folds:
+            raise UserError(f"Received: fold={self.data.fold} of folds={self.data.folds}; expected 0 <= fold < folds")
         if self.data.channels not in (None, 1, 3):
             raise UserError(f"Received: channels={self.data.channels}; expected 1 or 3")
         if self.data.img_size is not None and self.data.img_size < 8:

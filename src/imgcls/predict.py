@@ -49,7 +49,9 @@ def load_run(run_dir: str | Path, device: str = "auto") -> LoadedRun:
 
 def predict_images(run: LoadedRun, paths: list[str], batch_size: int = 256) -> tuple[np.ndarray, list[str], list[dict]]:
     """Probabilities (N, classes) for the pictures that decode, their paths, and the skipped ones."""
-    array, index, skipped = decode_all(paths, run.meta["channels"], run.meta["input_size"], "decoding")
+    # A run trained on border-trimmed pictures sees its test pictures trimmed the same way.
+    array, index, skipped = decode_all(paths, run.meta["channels"], run.meta["input_size"], "decoding",
+                                       trim=run.meta.get("trim_borders", False))
     kept = [paths[i] for i in index]
     decoded = DecodedImages(torch.from_numpy(array), torch.zeros(len(kept), dtype=torch.long), kept)
     probs, _, _ = predict_proba(run.model, run.loader(decoded, batch_size))
@@ -122,7 +124,8 @@ def evaluate(run_dir: str | Path, source: str, *, labels: str | None = None, id_
     if not len(samples):
         raise UserError(f"Received: {source} with no picture of the run's classes; expected some of "
                         f"{', '.join(run.classes)}")
-    decoded, failed = decode_samples(samples, run.meta["channels"], run.meta["input_size"])
+    decoded, failed = decode_samples(samples, run.meta["channels"], run.meta["input_size"],
+                                     trim=run.meta.get("trim_borders", False))
     probs, _, _ = predict_proba(run.model, run.loader(decoded, batch_size))
     metrics = classification_metrics(decoded.labels.numpy(), probs, run.classes)
     metrics["skipped"] = samples.skipped + failed

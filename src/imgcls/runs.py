@@ -68,6 +68,18 @@ def write_split(run_dir: Path, rows: list[tuple[str, str, str]]) -> None:
     write_text(run_dir / "split.csv", buffer.getvalue())
 
 
+def write_predictions_csv(path: Path, paths: list[str], labels: np.ndarray, probs: np.ndarray,
+                          classes: list[str]) -> None:
+    """path, label, predicted, p_given and one probability column per class (what `audit RUN_DIR` reads)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["path", "label", "predicted", "p_given", *[f"p_{c}" for c in classes]])
+    for p, label, row in zip(paths, labels, probs):
+        writer.writerow([p, classes[label], classes[int(row.argmax())], f"{row[label]:.6f}",
+                         *[f"{v:.6f}" for v in row]])
+    write_text(path, buffer.getvalue())
+
+
 def read_split(run_dir: Path) -> dict[str, str]:
     with open(run_dir / "split.csv", newline="", encoding="utf-8") as f:
         return {row["path"]: row["split"] for row in csv.DictReader(f)}

@@ -1,6 +1,7 @@
 """`imgcls train`: config → data → split → decoded cache → model → engine → run folder."""
 from __future__ import annotations
 
+import csv
 import logging
 import time
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from .config import TrainConfig, config_from_dict, config_to_dict, load_yaml
 from .data.augment import BatchAugment, batch_mixer
 from .data.dataset import BatchLoader, DecodedImages, decode_samples
 from .data.sources import Samples, load_samples
-from .data.splits import split_indices
+from .data.splits import kfold_indices, split_indices
 from .engine.checkpoint import RESUME, load_resume, load_weights, write_json
 from .engine.device import resolve_device, seed_everything
 from .engine.metrics import classification_metrics
@@ -25,7 +26,7 @@ from .models.registry import channel_stats, create_model, get_spec
 from .report.html import write_report
 from .report.plots import plot_confusion, plot_curves, plot_grid, save_figure
 from .runs import (ProgressLog, RunWriter, new_run_dir, pick_examples, read_split, write_config,
-                   write_history, write_split)
+                   write_history, write_predictions_csv, write_split)
 
 log = logging.getLogger(__name__)
 
@@ -47,24 +48,60 @@ def _data_kwargs(config: TrainConfig, source: str) -> dict:
                 label_pattern=d.label_pattern)
 
 
-def _split_samples(config: TrainConfig, samples: Samples, run_dir: Path, resuming: bool) -> tuple[Samples, Samples]:
-    if config.data.val:
-        # A separate validation folder uses the same layout flags; its classes must be the training ones.
-        val = load_samples(**_data_kwargs(config, config.data.val), classes=samples.classes)
-        return samples, val
+def _split(config: TrainConfig, decoded: DecodedImages, run_dir: Path, resuming: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(train, val) indices into the decoded pictures: saved split on resume, else K-fold or a seeded split."""
+    d = config.data
     if resuming and (run_dir / "split.csv").is_file():
         # The saved split wins over re-splitting, so pictures added since cannot leak into training.
         assigned = read_split(run_dir)
-        train_idx = np.asarray([i for i, p in enumerate(samples.paths) if assigned.get(p) == "train"], dtype=np.int64)
-        val_idx = np.asarray([i for i, p in enumerate(samples.paths) if assigned.get(p) == "val"], dtype=np.int64)
-    else:
-        train_idx, val_idx = split_indices(samples.labels, config.data.val_split, config.data.split, config.data.seed)
-    return samples.subset(train_idx), samples.subset(val_idx)
+        return tuple(np.asarray([i for i, p in enumerate(decoded.paths) if assigned.get(p) == side], dtype=np.int64)
+                     for side in ("train", "val"))
+    labels = decoded.labels.numpy()
+    if d.folds > 1:
+        return kfold_indices(labels, d.folds, d.fold, d.seed)
+    return split_indices(labels, d.val_split, d.split, d.seed)
+
+
+def _clean(config: TrainConfig, samples: Samples) -> tuple[Samples, dict[str, str]]:
+    """--clean: scan (as `imgcls check`), then drop the unreadable, tiny and cross-label duplicates."""
+    if not config.data.clean:
+        return samples, {}
+    from .data.quality import paths_to_drop, scan
+
+    rows, _ = scan(samples, min_pixels=config.data.min_pixels)
+    dropped = paths_to_drop(rows)
+    kept = samples.subset(np.asarray([i for i, p in enumerate(samples.paths) if p not in dropped], dtype=np.int64))
+    kept.skipped = samples.skipped
+    log.info("--clean dropped %d pictures (%s); uniform borders are trimmed when decoding", len(dropped),
+             ", ".join(sorted(set(dropped.values()))) or "none")
+    return kept, dropped
+
+
+def _exclude(config: TrainConfig, samples: Samples) -> tuple[Samples, list[str]]:
+    """Leave out the pictures a suspects.csv names (its flagged rows, or its first `exclude_top` rows)."""
+    if not config.data.exclude:
+        return samples, []
+    path = Path(config.data.exclude)
+    if not path.is_file():
+        raise UserError(f"Received: --exclude {path}; expected a CSV with a path column (e.g. suspects.csv)")
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    if rows and "path" not in rows[0]:
+        raise UserError(f"Received: --exclude {path} without a 'path' column; expected e.g. suspects.csv")
+    top = config.data.exclude_top
+    chosen = rows[:top] if top is not None else [r for r in rows if r.get("flagged", "1") in ("1", "True", "true")]
+    drop = {r["path"] for r in chosen}
+    keep = np.asarray([i for i, p in enumerate(samples.paths) if p not in drop], dtype=np.int64)
+    kept = samples.subset(keep)
+    kept.skipped = samples.skipped
+    log.info("excluded %d pictures listed in %s", len(samples) - len(kept), path)
+    return kept, sorted(drop & set(samples.paths))
 
 
 def _model_meta(config: TrainConfig, classes: list[str], channels: int, size: int) -> dict:
     spec = get_spec(config.model)
     return {"format": "imgcls-model/1", "imgcls_version": __version__, "architecture": config.model,
+            "trim_borders": config.data.clean,
             "model_args": dict(config.model_args), "num_classes": len(classes), "classes": classes,
             "input_size": size, "channels": channels, "mean": channel_stats(spec.mean, channels),
             "std": channel_stats(spec.std, channels), "config": config_to_dict(config)}
@@ -99,7 +136,7 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
     device = resolve_device(config.device)
     generator = seed_everything(config.data.seed)
 
-    samples = load_samples(**_data_kwargs(config, config.data.source))
+    samples, excluded = _exclude(config, load_samples(**_data_kwargs(config, config.data.source)))
     if len(samples.classes) < 2:
         raise UserError(f"Received: {config.data.source} with a single class ({samples.classes[0]!r}); "
                         "expected pictures of at least two classes")
@@ -107,21 +144,31 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
         run_dir = new_run_dir(config.out, config.model)
         config.out = str(run_dir)
         write_config(run_dir, config_to_dict(config))
-    train_samples, val_samples = _split_samples(config, samples, run_dir, resume is not None)
-    log.info("%d classes; %d training and %d validation pictures; decoding at %d px, %d channel(s)",
-             len(samples.classes), len(train_samples), len(val_samples), size, channels)
-    train_data, skipped_train = decode_samples(train_samples, channels, size, "decoding train")
-    val_data, skipped_val = decode_samples(val_samples, channels, size, "decoding val")
+    samples, dropped = _clean(config, samples)
+    log.info("%d classes, %d pictures; decoding each once at %d px, %d channel(s)", len(samples.classes),
+             len(samples), size, channels)
+    trim = config.data.clean
+    decoded, skipped = decode_samples(samples, channels, size, trim=trim)
+    skipped = samples.skipped + skipped
+    if config.data.val:
+        # A separate validation folder uses the same layout flags; its classes must be the training ones.
+        val_samples = load_samples(**_data_kwargs(config, config.data.val), classes=samples.classes)
+        train_data, (val_data, val_skipped) = decoded, decode_samples(val_samples, channels, size, trim=trim)
+        skipped += val_samples.skipped + val_skipped
+    else:
+        train_idx, val_idx = _split(config, decoded, run_dir, resume is not None)
+        train_data, val_data = decoded.subset(train_idx), decoded.subset(val_idx)
     if len(train_data) == 0 or len(val_data) == 0:
         raise UserError(f"Received: {config.data.source} where no {'training' if not len(train_data) else 'validation'} "
                         "picture could be decoded; expected readable pictures (see the skipped list above)")
 
     classes = samples.classes
-    skipped = samples.skipped + skipped_train + skipped_val + (val_samples.skipped if config.data.val else [])
     write_json(run_dir / "data.json", {
         "source": config.data.source, "classes": classes, "img_size": size, "channels": channels,
         "counts": {"train": _counts(train_data, classes), "val": _counts(val_data, classes)},
-        "skipped_count": len(skipped), "skipped": skipped})
+        "skipped_count": len(skipped), "skipped": skipped, "excluded_count": len(excluded), "excluded": excluded,
+        "cleaned": {"trim_borders": trim, "dropped_count": len(dropped),
+                    "dropped": [{"path": p, "reason": r} for p, r in dropped.items()]}})
     write_split(run_dir, [(p, classes[int(l)], "train") for p, l in zip(train_data.paths, train_data.labels)]
                 + [(p, classes[int(l)], "val") for p, l in zip(val_data.paths, val_data.labels)])
     # samples.png shows what the model sees: the pictures after augmentation.
@@ -142,7 +189,8 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
     schedule = Schedule(optimizer, config.scheduler, config.epochs, steps)
     trainer = Trainer(model, optimizer, schedule, early_stop=config.early_stop, max_batches=config.train_batches,
                       generator=generator, label_smoothing=config.label_smoothing,
-                      batch_transform=batch_mixer(config.mixup, config.cutmix, len(classes)), callbacks=[RunWriter(run_dir, meta), ProgressLog(steps), *(callbacks or [])])
+                      batch_transform=batch_mixer(config.mixup, config.cutmix, len(classes)),
+                      callbacks=[RunWriter(run_dir, meta), ProgressLog(steps), *(callbacks or [])])
     if state is not None:
         trainer.load_state_dict(state)
         write_history(run_dir, trainer.state.history)  # drop rows of an epoch that did not finish
@@ -171,6 +219,7 @@ def _finish(run_dir: Path, model: torch.nn.Module, trainer: Trainer, val_data: D
     metrics = {"best_epoch": state.best_epoch, "epochs_run": state.epoch, "stopped_early": state.stopped_early,
                "train_seconds": round(seconds, 3), "validation": classification_metrics(labels, probs, classes)}
     write_json(run_dir / "metrics.json", metrics)
+    write_predictions_csv(run_dir / "val_predictions.csv", val_data.paths, labels, probs, classes)
     save_figure(plot_curves(state.history, state.best_epoch), run_dir / "curves.png")
     save_figure(plot_confusion(np.asarray(metrics["validation"]["confusion"]), classes), run_dir / "confusion.png")
     idx = pick_examples(labels, 32, seed=1)

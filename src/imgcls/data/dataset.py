@@ -28,9 +28,13 @@ class DecodedImages:
     def __len__(self) -> int:
         return len(self.paths)
 
+    def subset(self, indices: np.ndarray) -> "DecodedImages":
+        index = torch.as_tensor(np.asarray(indices, dtype=np.int64))
+        return DecodedImages(self.images[index], self.labels[index], [self.paths[i] for i in indices])
+
 
 def decode_all(paths: list[str], channels: int, size: int, desc: str = "decoding",
-               workers: int | None = None) -> tuple[np.ndarray, np.ndarray, list[dict[str, str]]]:
+               workers: int | None = None, trim: bool = False) -> tuple[np.ndarray, np.ndarray, list[dict[str, str]]]:
     """Decode every picture in parallel (Pillow releases the GIL while it decodes).
 
     Returns the stacked array of the pictures that decoded, the indices into `paths` that did, and
@@ -44,7 +48,7 @@ def decode_all(paths: list[str], channels: int, size: int, desc: str = "decoding
 
     def work(i: int) -> tuple[int, str | None]:
         try:
-            out[i] = decode_image(paths[i], channels, size)
+            out[i] = decode_image(paths[i], channels, size, trim)
             return i, None
         except DecodeError as error:
             return i, str(error)
@@ -69,12 +73,13 @@ _MEMO: dict[tuple, tuple[np.ndarray, np.ndarray, list[dict[str, str]]]] = {}
 _MEMO_ENTRIES = 4
 
 
-def decode_samples(samples: Samples, channels: int, size: int, desc: str = "decoding") -> tuple[DecodedImages, list[dict[str, str]]]:
-    key = (tuple(samples.paths), channels, size)
+def decode_samples(samples: Samples, channels: int, size: int, desc: str = "decoding",
+                   trim: bool = False) -> tuple[DecodedImages, list[dict[str, str]]]:
+    key = (tuple(samples.paths), channels, size, trim)
     if key not in _MEMO:
         if len(_MEMO) >= _MEMO_ENTRIES:
             _MEMO.pop(next(iter(_MEMO)))
-        _MEMO[key] = decode_all(samples.paths, channels, size, desc)
+        _MEMO[key] = decode_all(samples.paths, channels, size, desc, trim=trim)
     array, index, skipped = _MEMO[key]
     decoded = DecodedImages(torch.from_numpy(array), torch.from_numpy(samples.labels[index]),
                             [samples.paths[i] for i in index])

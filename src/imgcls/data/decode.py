@@ -35,8 +35,42 @@ def _convert(img: Image.Image, channels: int) -> Image.Image:
     return img.convert("L" if channels == 1 else "RGB")
 
 
-def decode_image(path: str, channels: int, size: int | None) -> np.ndarray:
-    """Read `path` as a (channels, size, size) uint8 array; `size=None` keeps the picture's own size."""
+def border_box(img: Image.Image, min_fraction: float = 0.05) -> tuple[int, int, int, int] | None:
+    """The crop box (left, top, right, bottom) that removes uniform white or black margins, or None.
+
+    A margin row or column is one whose pixels are at least 98 % near-white (>= 240) or near-black
+    (<= 15); the box is found on a thumbnail (fast) and scaled back. None when the margins cover less
+    than `min_fraction` of the picture or would leave less than a quarter of either side.
+    """
+    thumb = img.convert("L")
+    thumb.thumbnail((256, 256))
+    grey = np.asarray(thumb, dtype=np.uint8)
+    h, w = grey.shape
+    best = None
+    for margin in (grey >= 240, grey <= 15):
+        rows, cols = margin.mean(1) >= 0.98, margin.mean(0) >= 0.98
+        if rows.all() or cols.all():
+            continue  # a blank picture: nothing to keep, so no box
+        top, bottom = int(np.argmin(rows)), h - int(np.argmin(rows[::-1]))
+        left, right = int(np.argmin(cols)), w - int(np.argmin(cols[::-1]))
+        kept = (bottom - top) * (right - left) / (h * w)
+        if (best is None or kept < best[0]) and kept <= 1 - min_fraction:
+            best = (kept, (left, top, right, bottom))
+    if best is None:
+        return None
+    left, top, right, bottom = best[1]
+    if (right - left) < w / 4 or (bottom - top) < h / 4:
+        return None
+    sx, sy = img.width / w, img.height / h
+    return (round(left * sx), round(top * sy), round(right * sx), round(bottom * sy))
+
+
+def decode_image(path: str, channels: int, size: int | None, trim: bool = False) -> np.ndarray:
+    """Read `path` as a (channels, size, size) uint8 array; `size=None` keeps the picture's own size.
+
+    trim=True crops uniform white/black margins first (border_box), as `train --clean` and every
+    later evaluate/predict of such a run do.
+    """
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -46,6 +80,9 @@ def decode_image(path: str, channels: int, size: int | None) -> np.ndarray:
                 img.load()
                 img = ImageOps.exif_transpose(img)
                 img = _convert(img, channels)
+                box = border_box(img) if trim else None
+                if box is not None:
+                    img = img.crop(box)
                 if size is not None and img.size != (size, size):
                     img = img.resize((size, size), Image.Resampling.BILINEAR)
                 array = np.asarray(img, dtype=np.uint8)

@@ -35,6 +35,19 @@ def split_indices(labels: np.ndarray, val_fraction: float, kind: str = "stratifi
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
 
 
+def kfold_indices(labels: np.ndarray, folds: int, fold: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(train, val) for fold `fold` of a seeded stratified K-fold: every picture is validated exactly once."""
+    from sklearn.model_selection import StratifiedKFold
+
+    smallest = np.bincount(labels).min()
+    if smallest < folds:
+        raise UserError(f"Received: folds={folds} with a class of only {smallest} pictures; expected at least "
+                        f"{folds} pictures per class")
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    train, val = list(splitter.split(np.zeros(len(labels)), labels))[fold]
+    return np.sort(train), np.sort(val)
+
+
 def _count(n: int, fraction: float) -> int:
     # At least one validation picture per group when the group has two or more.
     return min(n - 1, max(1, round(n * fraction))) if n > 1 else 0

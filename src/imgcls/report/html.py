@@ -10,7 +10,8 @@ from ..engine.checkpoint import write_text
 
 PICTURES = [("curves.png", "Learning curves"), ("confusion.png", "Confusion matrix (validation)"),
             ("val_predictions.png", "Validation pictures: predicted / true (wrong in red)"),
-            ("samples.png", "Training pictures")]
+            ("samples.png", "Training pictures"),
+            ("suspects.png", "Suspect labels (imgcls audit): given→predicted (P(given))")]
 
 
 def _table(rows: list[list], header: list[str]) -> str:

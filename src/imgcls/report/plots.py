@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 from pathlib import Path
 
 import matplotlib
@@ -22,6 +23,14 @@ def _style():
 def save_figure(fig: Figure, path: str | Path, dpi: int = 100) -> None:
     with _style():
         atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight"))
+
+
+def figure_png(fig: Figure, dpi: int = 80) -> bytes:
+    """The figure as PNG bytes, for pages that embed their pictures."""
+    buffer = io.BytesIO()
+    with _style():
+        fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    return buffer.getvalue()
 
 
 def plot_curves(history: list[dict], best_epoch: int | None = None) -> Figure:

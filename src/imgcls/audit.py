@@ -1,0 +1,117 @@
+"""`imgcls audit`: rank training pictures by how implausible their given label is.
+
+Out-of-fold probabilities come from K models trained by the same `train` (each picture is scored by
+a model that never saw it; the decoded cache is shared by the folds), or, for the fast variant, from
+a finished run's own validation predictions. Ranking is by self-confidence (1 - P(given label)), and
+a picture is flagged by confident learning (Northcutt et al. 2021, as cleanlab does: some other class
+j has P(j) above class j's mean self-confidence and beats the given class) or by the Dogs vs. Cats
+walkthrough's rule (P(given) < 0.3, i.e. a loss above 1.204).
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from .config import TrainConfig
+from .data.dataset import decode_all
+from .engine.checkpoint import write_json, write_text
+from .errors import UserError
+
+log = logging.getLogger(__name__)
+
+LOSS_RULE_P = 0.3  # the walkthrough's loss threshold 1.204 = -ln(0.3)
+
+
+def confident_learning_flags(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """True where the confident joint puts a picture off its given class."""
+    num_classes = probs.shape[1]
+    thresholds = np.array([probs[labels == j, j].mean() if (labels == j).any() else 1.0 for j in range(num_classes)])
+    above = probs >= thresholds[None, :]
+    masked = np.where(above, probs, -1.0)
+    confident = masked.argmax(1)
+    return above.any(1) & (confident != labels)
+
+
+def rank_suspects(paths: list[str], labels: np.ndarray, probs: np.ndarray, classes: list[str]) -> list[dict]:
+    """Every picture, most implausible first: path, given, predicted, p_given, score, rank, flagged."""
+    p_given = probs[np.arange(len(labels)), labels]
+    flagged = confident_learning_flags(labels, probs) | (p_given < LOSS_RULE_P)
+    order = np.argsort(p_given, kind="stable")
+    return [{"rank": rank + 1, "path": paths[i], "given": classes[labels[i]],
+             "predicted": classes[int(probs[i].argmax())], "p_given": round(float(p_given[i]), 6),
+             "score": round(float(1 - p_given[i]), 6), "flagged": int(flagged[i])}
+            for rank, i in enumerate(order)]
+
+
+def read_predictions(path: Path) -> tuple[list[str], np.ndarray, np.ndarray, list[str]]:
+    """A val_predictions.csv written by train: paths, integer labels, probabilities, classes."""
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    classes = [c[2:] for c in (rows[0].keys() if rows else []) if c.startswith("p_") and c != "p_given"]
+    index = {c: i for i, c in enumerate(classes)}
+    labels = np.array([index[r["label"]] for r in rows], dtype=np.int64)
+    probs = np.array([[float(r[f"p_{c}"]) for c in classes] for r in rows], dtype=np.float64)
+    return [r["path"] for r in rows], labels, probs, classes
+
+
+def write_suspects(out: Path, suspects: list[dict], shown: int = 32) -> None:
+    """suspects.csv (every picture, ranked) and suspects.png (the top ones, titled given→predicted)."""
+    from .report.plots import plot_grid, save_figure
+
+    out.mkdir(parents=True, exist_ok=True)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, ["rank", "path", "given", "predicted", "p_given", "score", "flagged"],
+                            lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(suspects)
+    write_text(out / "suspects.csv", buffer.getvalue())
+    top = suspects[:shown]
+    array, index, _ = decode_all([s["path"] for s in top], 3, 96, "decoding suspects")
+    titles = [f"{top[i]['given']}→{top[i]['predicted']} ({top[i]['p_given']:.2f})" for i in index]
+    save_figure(plot_grid(array, titles, ["red"] * len(titles), ncols=8), out / "suspects.png")
+    flagged = sum(s["flagged"] for s in suspects)
+    write_json(out / "suspects.json", {"pictures": len(suspects), "flagged": flagged,
+                                       "rule": f"confident learning or P(given) < {LOSS_RULE_P}"})
+    log.info("%d of %d pictures flagged as suspect labels → %s", flagged, len(suspects), out / "suspects.csv")
+
+
+def audit_run(run_dir: str | Path) -> list[dict]:
+    """The fast variant: rank a finished run's validation pictures by its own predictions."""
+    from .report.html import write_report
+
+    run_dir = Path(run_dir)
+    predictions = run_dir / "val_predictions.csv"
+    if not predictions.is_file():
+        raise UserError(f"Received: RUN_DIR {run_dir} without val_predictions.csv; expected a finished imgcls run")
+    paths, labels, probs, classes = read_predictions(predictions)
+    suspects = rank_suspects(paths, labels, probs, classes)
+    write_suspects(run_dir, suspects)
+    write_report(run_dir)
+    return suspects
+
+
+def audit(base: TrainConfig, folds: int = 5, out: str | Path = "runs/audit") -> list[dict]:
+    """Train `folds` models on K-fold splits; rank every picture by its out-of-fold probability."""
+    from .train import train
+
+    if folds < 2:
+        raise UserError(f"Received: folds={folds}; expected an integer >= 2")
+    out = Path(out)
+    all_paths, all_labels, all_probs, classes = [], [], [], None
+    for k in range(folds):
+        config = dataclasses.replace(base, data=dataclasses.replace(base.data, folds=folds, fold=k),
+                                     out=str(out / "folds" / f"fold{k}"))
+        log.info("audit: fold %d of %d", k + 1, folds)
+        result = train(config)
+        paths, labels, probs, classes = read_predictions(result.run_dir / "val_predictions.csv")
+        all_paths += paths
+        all_labels.append(labels)
+        all_probs.append(probs)
+    suspects = rank_suspects(all_paths, np.concatenate(all_labels), np.concatenate(all_probs), classes)
+    write_suspects(out, suspects)
+    return suspects

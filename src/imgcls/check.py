@@ -1,0 +1,78 @@
+"""`imgcls check` as a library call: scan a data source and write quality.csv, .json and .html."""
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from .config import DataConfig
+from .data.dataset import decode_all
+from .data.quality import UNLABELLED, scan
+from .data.sources import Samples, list_pictures, load_samples
+from .engine.checkpoint import write_json, write_text
+from .errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+def check(data: DataConfig, *, min_pixels: int = 3600, out: str | Path = "runs/check") -> tuple[list[dict], dict]:
+    """Scan DATA (and data.val, if given, as the other side of the split); write the three reports."""
+    samples = _load_any(data.source, data)
+    sides = None
+    if data.val:
+        val = _load_any(data.val, data, test_set=True)
+        sides = ["train"] * len(samples) + ["val"] * len(val)
+        # One label space for both sides, matched by class name.
+        classes = sorted(set(samples.classes) | set(val.classes))
+        remap = lambda s: np.array([classes.index(s.classes[l]) for l in s.labels], dtype=np.int64)  # noqa: E731
+        samples = Samples(samples.paths + val.paths, np.concatenate([remap(samples), remap(val)]), classes)
+    rows, summary = scan(samples, min_pixels=min_pixels, sides=sides)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, ["path", "label", "issue", "score", "detail"], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(sorted(rows, key=lambda r: (r["issue"], -r["score"], r["path"])))
+    write_text(out / "quality.csv", buffer.getvalue())
+    write_json(out / "quality.json", summary)
+    write_text(out / "quality.html", _html(rows, summary))
+    log.info("%d of %d pictures have issues: %s → %s", summary["pictures_with_issues"], summary["pictures"],
+             summary["issues"], out)
+    return rows, summary
+
+
+def _load_any(source: str, data: DataConfig, test_set: bool = False) -> Samples:
+    """Labelled pictures as train reads them, or, for a folder of loose pictures (a test set), unlabelled."""
+    try:
+        return load_samples(source, data.labels, data.id_col, data.label_col, data.ext, data.label_pattern)
+    except UserError:
+        if not Path(source).is_dir() or not test_set and (data.labels or data.label_pattern):
+            raise
+        paths, skipped = list_pictures(source)
+        return Samples(paths, np.zeros(len(paths), dtype=np.int64), [UNLABELLED], skipped)
+
+
+def _html(rows: list[dict], summary: dict, per_issue: int = 16) -> str:
+    """One page: the counts, then a contact sheet of the worst pictures per issue."""
+    from .report.plots import figure_png, plot_grid
+
+    parts = [f"<h1>imgcls check</h1><p>{summary['pictures']} pictures, {summary['pictures_with_issues']} with "
+             f"issues. Class imbalance (largest/smallest): {summary['class_imbalance']}.</p><ul>"]
+    parts += [f"<li>{html.escape(k)}: {v}</li>" for k, v in summary["issues"].items()] + ["</ul>"]
+    for issue in summary["issues"]:
+        worst = sorted((r for r in rows if r["issue"] == issue), key=lambda r: -r["score"])[:per_issue]
+        parts.append(f"<h2>{html.escape(issue)}</h2>")
+        if issue != "unreadable":
+            array, index, _ = decode_all([r["path"] for r in worst], 3, 96, "contact sheet")
+            if len(index):
+                png = figure_png(plot_grid(array, [Path(worst[i]["path"]).name[:24] for i in index]))
+                parts.append(f"<img src='data:image/png;base64,{base64.b64encode(png).decode()}'>")
+        parts.append("<table>" + "".join(f"<tr><td>{html.escape(r['path'])}</td><td>{html.escape(r['detail'])}</td></tr>"
+                                         for r in worst) + "</table>")
+    style = "body{font-family:sans-serif;max-width:1100px;margin:2em auto}img{max-width:100%}td{padding:0 8px}"
+    return f"<!doctype html><html><head><meta charset='utf-8'><style>{style}</style></head><body>{''.join(parts)}</body></html>\n"
