@@ -154,3 +154,16 @@ def test_demo_writes_a_full_run(tmp_path: Path):
     done = imgcls("demo", "--epochs", "2", "--out", tmp_path / "demo")
     assert "val accuracy" in done.stdout
     assert (tmp_path / "demo" / "report.html").is_file()
+
+
+def test_check_and_audit_commands(trained, tmp_path: Path, capsys):
+    from imgcls.cli import main
+
+    data, run = trained
+    assert main(["check", str(data), "--out", str(tmp_path / "check")]) == 0
+    assert "pictures have issues" in capsys.readouterr().out
+    assert json.loads((tmp_path / "check" / "quality.json").read_text())["pictures"] == 36
+    assert main(["audit", str(run)]) == 0
+    assert "flagged" in capsys.readouterr().out and (run / "suspects.csv").is_file()
+    assert main(["train", str(data), "--top", "5"]) == 2
+    assert "without exclude" in capsys.readouterr().err

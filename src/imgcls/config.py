@@ -88,6 +88,8 @@ class TrainConfig:
             raise UserError(f"Received: val-split={self.data.val_split}; expected a fraction between 0 and 1")
         if self.data.folds and not 0 <= self.data.fold < self.data.folds:
             raise UserError(f"Received: fold={self.data.fold} of folds={self.data.folds}; expected 0 <= fold < folds")
+        if self.data.exclude_top is not None and not self.data.exclude:
+            raise UserError(f"Received: top={self.data.exclude_top} without exclude; expected --exclude CSV --top N")
         if self.data.channels not in (None, 1, 3):
             raise UserError(f"Received: channels={self.data.channels}; expected 1 or 3")
         if self.data.img_size is not None and self.data.img_size < 8:

@@ -104,6 +104,9 @@ def scan(samples: Samples, *, min_pixels: int = 3600, sides: list[str] | None = 
         rows.append({"path": samples.paths[i], "label": samples.classes[labels[i]], "issue": issue,
                      "score": round(float(score), 4), "detail": detail})
 
+    # Files the source already set aside (broken links, CSV ids without a picture, unmatched names).
+    rows += [{"path": s["path"], "label": "", "issue": "skipped", "score": 1.0, "detail": s["reason"]}
+             for s in samples.skipped]
     readable = [i for i, info in enumerate(infos) if info.error is None]
     colour_share = np.mean([not infos[i].grey for i in readable]) if readable else 0.0
     for i, info in enumerate(infos):
