@@ -42,6 +42,7 @@ def test_audit_finds_most_injected_label_noise(tmp_path: Path):
     flagged = {s["path"] for s in suspects if s["flagged"]}
     assert len(flagged & flipped) / len(flipped) >= 0.8
     assert (tmp_path / "audit" / "suspects.png").is_file()
+    assert "<img" in (tmp_path / "audit" / "audit.html").read_text()
     rows = list(csv.DictReader(open(tmp_path / "audit" / "suspects.csv")))
     assert rows[0]["rank"] == "1" and set(rows[0]) >= {"path", "given", "predicted", "p_given", "score"}
 
