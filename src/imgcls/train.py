@@ -172,14 +172,14 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
     write_split(run_dir, [(p, classes[int(l)], "train") for p, l in zip(train_data.paths, train_data.labels)]
                 + [(p, classes[int(l)], "val") for p, l in zip(val_data.paths, val_data.labels)])
     # samples.png shows what the model sees: the pictures after augmentation.
+    augment = BatchAugment(config.augment, size, channels) if config.augment != "none" else None
     shown, titles = _grid(train_data, classes)
-    if config.augment != "none":
-        shown = BatchAugment(config.augment, size, channels)(torch.from_numpy(shown)).numpy()
+    if augment is not None:
+        shown = augment(torch.from_numpy(shown)).numpy()
     save_figure(plot_grid(shown, titles), run_dir / "samples.png")
 
     meta = _model_meta(config, classes, channels, size)
     model = create_model(config.model, len(classes), channels, size, **config.model_args).to(device)
-    augment = BatchAugment(config.augment, size, channels) if config.augment != "none" else None
     train_loader = BatchLoader(train_data, config.batch_size, meta["mean"], meta["std"], shuffle=True,
                                device=device, generator=generator, drop_last=True, augment=augment)
     val_loader = BatchLoader(val_data, max(config.batch_size, 256), meta["mean"], meta["std"], shuffle=False,
