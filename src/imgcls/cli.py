@@ -117,6 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--template", metavar="SAMPLE.csv", help="follow this CSV's ids and column names")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
 
+    x = sub.add_parser("export", help="export a run to ONNX (checked with onnxruntime) or TorchScript")
+    x.add_argument("run_dir", metavar="RUN_DIR")
+    x.add_argument("--format", default="onnx", choices=["onnx", "torchscript"])
+    x.add_argument("--out", metavar="FILE", help="default: RUN_DIR/model.onnx or RUN_DIR/model.torchscript.pt")
+
     m = sub.add_parser("models", help="list the models, or summarise one layer by layer")
     m.add_argument("name", nargs="?", metavar="NAME")
     m.add_argument("--img-size", type=int, metavar="N")
@@ -245,6 +250,11 @@ def _run(args: argparse.Namespace) -> None:
         result = predict(args.run_dir, args.images, args.out, proba=args.proba, template=args.template,
                          device=args.device)
         print(f"wrote {result['written']} rows to {result['out']} ({len(result['skipped'])} pictures skipped)")
+    elif args.command == "export":
+        from .export import export
+        result = export(args.run_dir, args.format, args.out)
+        print(f"wrote {result['path']} (+ {result['path']}.json, the preprocessing contract); max abs "
+              f"difference of the logits against PyTorch: {result['max_abs_diff']:.2e}")
     elif args.command == "models":
         _cmd_models(args)
     elif args.command == "demo":

@@ -1,0 +1,77 @@
+"""`imgcls export`: a saved run → ONNX (checked against onnxruntime) or TorchScript, with the
+preprocessing contract (input size, channels, mean/std, class names) written beside the model."""
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .engine.checkpoint import write_json
+from .errors import UserError
+from .predict import load_run
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("onnx", "torchscript")
+SUFFIX = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
+
+
+def contract(meta: dict, fmt: str) -> dict:
+    """What a caller must do before and after the model: the same preprocessing imgcls applies."""
+    return {"format": fmt, "input": {"name": "input", "layout": "NCHW", "dtype": "float32",
+                                     "channels": meta["channels"], "height": meta["input_size"],
+                                     "width": meta["input_size"], "batch": "dynamic"},
+            "preprocess": "resize to height x width (bilinear), scale to [0, 1], subtract mean, divide by std"
+                          + ("; crop uniform borders first (trim_borders)" if meta.get("trim_borders") else ""),
+            "mean": meta["mean"], "std": meta["std"], "trim_borders": bool(meta.get("trim_borders")),
+            "output": {"name": "logits", "postprocess": "softmax over the last axis"},
+            "classes": meta["classes"], "architecture": meta["architecture"]}
+
+
+def export(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = None, opset: int = 17) -> dict:
+    """Write the model in `fmt` and its contract (<out>.json); return the path and the check's max abs diff."""
+    if out is not None and Path(out).name in ("model.json", "model.safetensors"):
+        raise UserError(f"Received: --out {out}; expected a new file name, not one of the run's own files")
+    if fmt not in FORMATS:
+        raise UserError(f"Received: --format {fmt}; expected one of {', '.join(FORMATS)}")
+    run = load_run(run_dir, device="cpu")
+    meta = run.meta
+    out = Path(out) if out is not None else Path(run_dir) / f"model{SUFFIX[fmt]}"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    example = torch.randn(2, meta["channels"], meta["input_size"], meta["input_size"])
+    sample = torch.randn(5, meta["channels"], meta["input_size"], meta["input_size"])  # another batch size
+    with torch.no_grad():
+        expected = run.model(sample).numpy()
+        if fmt == "onnx":
+            # The TorchScript-based exporter needs no onnxscript; dynamic batch on input and output.
+            torch.onnx.export(run.model, (example,), str(out), input_names=["input"], output_names=["logits"],
+                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=opset,
+                              dynamo=False)
+            got = _onnxruntime_logits(out, sample.numpy())
+        else:
+            # TorchScript is deprecated upstream (torch 2.14 warns on every call) but still what many
+            # C++ and mobile runtimes load; say it once in the log instead of three warnings.
+            log.info("TorchScript is deprecated in PyTorch; prefer --format onnx where you can")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
+                traced = torch.jit.trace(run.model, example)
+                traced.save(str(out))
+                got = torch.jit.load(str(out)).eval()(sample).numpy()
+    difference = float(np.abs(got - expected).max())
+    write_json(Path(str(out) + ".json"), contract(meta, fmt))  # model.onnx.json: never the run's model.json
+    log.info("exported %s → %s; max abs difference of the logits on a batch of 5: %.2e", run_dir, out, difference)
+    if difference > 1e-3:
+        raise UserError(f"Received: an exported model whose logits differ by {difference:.2e} from PyTorch's; "
+                        "expected at most 1e-3 (please report this model)")
+    return {"path": str(out), "max_abs_diff": difference}
+
+
+def _onnxruntime_logits(path: Path, inputs: np.ndarray) -> np.ndarray:
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(["logits"], {"input": inputs.astype(np.float32)})[0]
