@@ -122,6 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--format", default="onnx", choices=["onnx", "torchscript"])
     x.add_argument("--out", metavar="FILE", help="default: RUN_DIR/model.onnx or RUN_DIR/model.torchscript.pt")
 
+    w = sub.add_parser("serve", help="a web page and JSON endpoint to try a run")
+    w.add_argument("run_dir", metavar="RUN_DIR")
+    w.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1 (this machine only)")
+    w.add_argument("--port", type=int, default=8000)
+    w.add_argument("--max-mb", type=float, default=10.0, help="largest upload accepted (default: 10)")
+
     m = sub.add_parser("models", help="list the models, or summarise one layer by layer")
     m.add_argument("name", nargs="?", metavar="NAME")
     m.add_argument("--img-size", type=int, metavar="N")
@@ -255,6 +261,9 @@ def _run(args: argparse.Namespace) -> None:
         result = export(args.run_dir, args.format, args.out)
         print(f"wrote {result['path']} (+ {result['path']}.json, the preprocessing contract); max abs "
               f"difference of the logits against PyTorch: {result['max_abs_diff']:.2e}")
+    elif args.command == "serve":
+        from .serve import serve
+        serve(args.run_dir, args.host, args.port, int(args.max_mb * 2**20))
     elif args.command == "models":
         _cmd_models(args)
     elif args.command == "demo":

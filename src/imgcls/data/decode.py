@@ -6,6 +6,7 @@ is applied, and Pillow's decompression-bomb warning counts as a failure rather t
 from __future__ import annotations
 
 import warnings
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -65,7 +66,7 @@ def border_box(img: Image.Image, min_fraction: float = 0.05) -> tuple[int, int, 
     return (round(left * sx), round(top * sy), round(right * sx), round(bottom * sy))
 
 
-def decode_image(path: str, channels: int, size: int | None, trim: bool = False) -> np.ndarray:
+def decode_image(path: str | BinaryIO, channels: int, size: int | None, trim: bool = False) -> np.ndarray:
     """Read `path` as a (channels, size, size) uint8 array; `size=None` keeps the picture's own size.
 
     trim=True crops uniform white/black margins first (border_box), as `train --clean` and every
@@ -94,7 +95,9 @@ def decode_image(path: str, channels: int, size: int | None, trim: bool = False)
         message = str(error) or type(error).__name__
         if isinstance(error, Image.UnidentifiedImageError):
             message = "not a picture Pillow can identify"
-        raise DecodeError(message.replace(str(path), "").strip(" :'") or type(error).__name__) from None
+        if isinstance(path, str):
+            message = message.replace(path, "")
+        raise DecodeError(message.strip(" :'") or type(error).__name__) from None
     if array.ndim == 2:
         array = array[:, :, None]
     return np.ascontiguousarray(array.transpose(2, 0, 1))
