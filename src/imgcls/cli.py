@@ -80,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_flags(t)
     t.add_argument("--out", metavar="RUN_DIR", help="run folder (default: runs/<model>, numbered)")
     t.add_argument("--resume", metavar="RUN_DIR", help="finish an interrupted run; needs no other argument")
+    t.add_argument("--nproc", type=int, metavar="N", help="data-parallel over N processes, started by torchrun "
+                   "(gloo on CPU, nccl on GPU); the global batch stays --batch-size")
 
     u = sub.add_parser("tune", help="search training settings with Optuna (resumable)", argument_default=s)
     _add_train_flags(u)
@@ -192,10 +194,36 @@ def _cmd_audit(args: argparse.Namespace) -> None:
           f"{out / 'suspects.csv'} [--top N]")
 
 
-def _cmd_train(args: argparse.Namespace) -> None:
+def _launch_torchrun(nproc: int, argv: list[str]) -> None:
+    """Re-run this same command under torchrun with N processes (torchrun manages them, not imgcls)."""
+    import os
+
+    from torch.distributed.run import main as torchrun
+
+    if nproc < 1:
+        raise UserError(f"Received: --nproc {nproc}; expected an integer >= 1")
+    rest, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            rest.append(arg)
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    torchrun(["--standalone", "--nproc_per_node", str(nproc), "-m", "imgcls", *rest])
+
+
+def _cmd_train(args: argparse.Namespace, argv: list[str]) -> None:
+    import os
+
     from .train import train
 
     values = vars(args)
+    nproc = values.pop("nproc", 1)
+    if nproc != 1 and "WORLD_SIZE" not in os.environ:
+        _launch_torchrun(nproc, argv)
+        return
     if "resume" in values:
         others = set(values) - {"resume", "command", "quiet"}
         if others:
@@ -204,6 +232,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
         result = train(resume=values["resume"])
     else:
         result = train(_train_config(values))
+    if os.environ.get("RANK", "0") != "0":
+        return  # under torchrun, rank 0 speaks for the run
     print(f"best epoch {result.best_epoch}: val accuracy {result.val_accuracy:.4f}, log loss "
           f"{result.val_log_loss:.4f}, {result.train_seconds:.1f} s -> {result.run_dir}")
 
@@ -227,9 +257,9 @@ def _cmd_models(args: argparse.Namespace) -> None:
     print(format_summary(summarize(model, chans, size), model))
 
 
-def _run(args: argparse.Namespace) -> None:
+def _run(args: argparse.Namespace, argv: list[str]) -> None:
     if args.command == "train":
-        _cmd_train(args)
+        _cmd_train(args, argv)
     elif args.command == "tune":
         _cmd_tune(args)
     elif args.command == "audit":
@@ -276,11 +306,12 @@ def _run(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s",
                         stream=sys.stderr)
     try:
-        _run(args)
+        _run(args, argv)
     except UserError as error:
         print(f"imgcls: error: {error}", file=sys.stderr)
         return 2

@@ -18,6 +18,7 @@ from .data.sources import Samples, load_samples
 from .data.splits import kfold_indices, split_indices
 from .engine.checkpoint import RESUME, load_resume, load_weights, write_json
 from .engine.device import resolve_device, seed_everything
+from .engine.distributed import init_distributed, shutdown
 from .engine.metrics import classification_metrics
 from .engine.optim import Schedule, build_optimizer
 from .engine.trainer import Callback, Trainer, predict_proba
@@ -133,17 +134,21 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
     spec = get_spec(config.model)
     channels = config.data.channels or spec.channels
     size = config.data.img_size or spec.input_size
-    device = resolve_device(config.device)
+    ranks, device = init_distributed(resolve_device(config.device))
     generator = seed_everything(config.data.seed)
+    if not ranks.main:
+        logging.getLogger("imgcls").setLevel(logging.WARNING)  # one voice in the log: rank 0's
 
     samples, excluded = _exclude(config, load_samples(**_data_kwargs(config, config.data.source)))
     if len(samples.classes) < 2:
         raise UserError(f"Received: {config.data.source} with a single class ({samples.classes[0]!r}); "
                         "expected pictures of at least two classes")
     if resume is None:
-        run_dir = new_run_dir(config.out, config.model)
+        # Only rank 0 writes; the others never touch the run folder (they need no path unless resuming).
+        run_dir = new_run_dir(config.out, config.model) if ranks.main else Path(config.out or ".")
         config.out = str(run_dir)
-        write_config(run_dir, config_to_dict(config))
+        if ranks.main:
+            write_config(run_dir, config_to_dict(config))
     samples, dropped = _clean(config, samples)
     log.info("%d classes, %d pictures; decoding each once at %d px, %d channel(s)", len(samples.classes),
              len(samples), size, channels)
@@ -163,6 +168,59 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
                         "picture could be decoded; expected readable pictures (see the skipped list above)")
 
     classes = samples.classes
+    if ranks.main:
+        _write_data_files(run_dir, config, classes, size, channels, train_data, val_data, skipped, excluded, dropped)
+    augment = BatchAugment(config.augment, size, channels) if config.augment != "none" else None
+    if ranks.main:
+        # samples.png shows what the model sees: the pictures after augmentation.
+        shown, titles = _grid(train_data, classes)
+        if augment is not None:
+            shown = augment(torch.from_numpy(shown)).numpy()
+        save_figure(plot_grid(shown, titles), run_dir / "samples.png")
+
+    meta = _model_meta(config, classes, channels, size)
+    model = create_model(config.model, len(classes), channels, size, **config.model_args).to(device)
+    train_model = model
+    if ranks.active:
+        from torch.nn.parallel import DistributedDataParallel
+        train_model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    train_loader = BatchLoader(train_data, config.batch_size, meta["mean"], meta["std"], shuffle=True,
+                               device=device, generator=generator, drop_last=True, augment=augment,
+                               shard=(ranks.rank, ranks.world))
+    val_loader = BatchLoader(val_data, max(config.batch_size, 256), meta["mean"], meta["std"], shuffle=False,
+                             device=device)
+    steps = min(len(train_loader), config.train_batches or len(train_loader))
+    optimizer = build_optimizer(model, config.optimizer, config.lr, config.momentum, config.weight_decay)
+    schedule = Schedule(optimizer, config.scheduler, config.epochs, steps)
+    writers = [RunWriter(run_dir, meta), ProgressLog(steps), *(callbacks or [])] if ranks.main else []
+    trainer = Trainer(model, optimizer, schedule, early_stop=config.early_stop, max_batches=config.train_batches,
+                      generator=generator, label_smoothing=config.label_smoothing,
+                      batch_transform=batch_mixer(config.mixup, config.cutmix, len(classes)),
+                      callbacks=writers, train_model=train_model)
+    if state is not None:
+        trainer.load_state_dict(state)
+        if ranks.main:
+            write_history(run_dir, trainer.state.history)  # drop rows of an epoch that did not finish
+        log.info("resuming %s after epoch %d of %d", run_dir, trainer.state.epoch, config.epochs)
+
+    start = time.perf_counter()
+    trainer.fit(train_loader, val_loader, config.epochs)
+    seconds = sum(row["seconds"] for row in trainer.state.history)
+    log.info("trained %d epochs in %.1f s (this process: %.1f s)", trainer.state.epoch, seconds,
+             time.perf_counter() - start)
+    if not ranks.main:
+        shutdown()
+        return RunResult(run_dir, trainer.state.best_epoch, float("nan"), float("nan"), seconds)
+    result = _finish(run_dir, model, trainer, val_data, val_loader, classes, seconds)
+    shutdown()
+    return result
+
+
+def _write_data_files(run_dir: Path, config: TrainConfig, classes: list[str], size: int, channels: int,
+                      train_data: DecodedImages, val_data: DecodedImages, skipped: list, excluded: list,
+                      dropped: dict) -> None:
+    """data.json (counts, skipped, excluded, cleaned) and split.csv."""
+    trim = config.data.clean
     write_json(run_dir / "data.json", {
         "source": config.data.source, "classes": classes, "img_size": size, "channels": channels,
         "counts": {"train": _counts(train_data, classes), "val": _counts(val_data, classes)},
@@ -171,37 +229,6 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
                     "dropped": [{"path": p, "reason": r} for p, r in dropped.items()]}})
     write_split(run_dir, [(p, classes[int(l)], "train") for p, l in zip(train_data.paths, train_data.labels)]
                 + [(p, classes[int(l)], "val") for p, l in zip(val_data.paths, val_data.labels)])
-    # samples.png shows what the model sees: the pictures after augmentation.
-    augment = BatchAugment(config.augment, size, channels) if config.augment != "none" else None
-    shown, titles = _grid(train_data, classes)
-    if augment is not None:
-        shown = augment(torch.from_numpy(shown)).numpy()
-    save_figure(plot_grid(shown, titles), run_dir / "samples.png")
-
-    meta = _model_meta(config, classes, channels, size)
-    model = create_model(config.model, len(classes), channels, size, **config.model_args).to(device)
-    train_loader = BatchLoader(train_data, config.batch_size, meta["mean"], meta["std"], shuffle=True,
-                               device=device, generator=generator, drop_last=True, augment=augment)
-    val_loader = BatchLoader(val_data, max(config.batch_size, 256), meta["mean"], meta["std"], shuffle=False,
-                             device=device)
-    steps = min(len(train_loader), config.train_batches or len(train_loader))
-    optimizer = build_optimizer(model, config.optimizer, config.lr, config.momentum, config.weight_decay)
-    schedule = Schedule(optimizer, config.scheduler, config.epochs, steps)
-    trainer = Trainer(model, optimizer, schedule, early_stop=config.early_stop, max_batches=config.train_batches,
-                      generator=generator, label_smoothing=config.label_smoothing,
-                      batch_transform=batch_mixer(config.mixup, config.cutmix, len(classes)),
-                      callbacks=[RunWriter(run_dir, meta), ProgressLog(steps), *(callbacks or [])])
-    if state is not None:
-        trainer.load_state_dict(state)
-        write_history(run_dir, trainer.state.history)  # drop rows of an epoch that did not finish
-        log.info("resuming %s after epoch %d of %d", run_dir, trainer.state.epoch, config.epochs)
-
-    start = time.perf_counter()
-    trainer.fit(train_loader, val_loader, config.epochs)
-    seconds = sum(row["seconds"] for row in trainer.state.history)
-    log.info("trained %d epochs in %.1f s (this process: %.1f s)", trainer.state.epoch, seconds,
-             time.perf_counter() - start)
-    return _finish(run_dir, model, trainer, val_data, val_loader, classes, seconds)
 
 
 def _counts(decoded: DecodedImages, classes: list[str]) -> dict[str, int]:

@@ -94,7 +94,8 @@ class BatchLoader:
 
     def __init__(self, data: DecodedImages, batch_size: int, mean: list[float], std: list[float], *,
                  shuffle: bool, device: torch.device, generator: torch.Generator | None = None,
-                 drop_last: bool = False, augment: Callable[[torch.Tensor], torch.Tensor] | None = None):
+                 drop_last: bool = False, augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 shard: tuple[int, int] = (0, 1)):
         self.images = data.images.to(device)
         self.labels = data.labels.to(device)
         self.batch_size = batch_size
@@ -102,6 +103,9 @@ class BatchLoader:
         self.device = device
         self.generator = generator
         self.augment = augment  # uint8 batch → uint8 batch, before normalisation
+        # (rank, world): every rank walks the same shuffled global batches and keeps its slice of each,
+        # so N processes with batch B train like one process with batch B.
+        self.rank, self.world = shard
         # Only drop the last batch when it is a tiny remainder that would make BatchNorm statistics noisy.
         self.drop_last = drop_last and len(data) % batch_size < max(2, batch_size // 8) and len(data) > batch_size
         self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255.0
@@ -119,7 +123,7 @@ class BatchLoader:
         order = (torch.randperm(n, generator=self.generator).to(self.device) if self.shuffle
                  else torch.arange(n, device=self.device))
         for b in range(len(self)):
-            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
+            idx = order[b * self.batch_size:(b + 1) * self.batch_size][self.rank::self.world]
             images = self.images[idx]
             if self.augment is not None:
                 images = self.augment(images)

@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .distributed import all_reduce_sum
 from .optim import Schedule
 
 
@@ -58,7 +59,7 @@ class Trainer:
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, schedule: Schedule, *,
                  callbacks: Iterable[Callback] = (), early_stop: int = 0, max_batches: int | None = None,
                  generator: torch.Generator | None = None, label_smoothing: float = 0.0,
-                 batch_transform: Callable | None = None):
+                 batch_transform: Callable | None = None, train_model: nn.Module | None = None):
         self.model = model
         self.optimizer = optimizer
         self.schedule = schedule
@@ -68,6 +69,7 @@ class Trainer:
         self.generator = generator
         self.label_smoothing = label_smoothing
         self.batch_transform = batch_transform  # (images, labels) → (images, targets), e.g. MixUp
+        self.train_model = train_model or model  # e.g. a DistributedDataParallel wrapper of `model`
         self.state = TrainState()
         self.epochs = 0
 
@@ -76,7 +78,7 @@ class Trainer:
             getattr(callback, event)(self, *args)
 
     def train_one_epoch(self, loader) -> tuple[float, float]:
-        self.model.train()
+        self.train_model.train()
         total_loss = torch.zeros(())
         correct = torch.zeros((), dtype=torch.long)
         count = 0
@@ -86,7 +88,7 @@ class Trainer:
             targets = labels
             if self.batch_transform is not None:
                 images, targets = self.batch_transform(images, labels)
-            logits = self.model(images)
+            logits = self.train_model(images)
             loss = F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
             hard = targets.argmax(1) if targets.ndim == 2 else targets  # mixed targets: the larger share
             self.optimizer.zero_grad(set_to_none=True)
@@ -98,7 +100,11 @@ class Trainer:
             correct = correct.to(labels.device) + (logits.detach().argmax(1) == hard).sum()
             count += len(labels)
             self._emit("on_batch_end", batch, loss.detach())
-        return total_loss.item() / max(count, 1), correct.item() / max(count, 1)
+        # Under torchrun every rank saw its own slice: sum over ranks (a no-op in one process).
+        device = total_loss.device
+        sums = all_reduce_sum(torch.stack([total_loss.float(), correct.to(device).float(),
+                                           torch.tensor(float(count), device=device)]))
+        return sums[0].item() / max(sums[2].item(), 1), sums[1].item() / max(sums[2].item(), 1)
 
     def fit(self, train_loader, val_loader, epochs: int) -> TrainState:
         """Train until `epochs` epochs are complete (counting those done before a resume)."""
