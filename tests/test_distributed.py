@@ -32,3 +32,23 @@ def test_nproc_must_be_positive(capsys):
     from imgcls.cli import main
     assert main(["train", "digits", "--nproc", "0"]) == 2
     assert "--nproc" in capsys.readouterr().err
+
+
+def test_resume_under_torchrun_continues_the_run(tmp_path: Path):
+    from imgcls.engine.trainer import Callback
+
+    class CrashAfterFirstEpoch(Callback):
+        def on_epoch_end(self, trainer, row, improved):
+            raise KeyboardInterrupt("simulated crash")
+
+    args = dict(source="digits", model="lenet5", epochs=3, batch_size=64)
+    whole = imgcls.train(out=str(tmp_path / "whole"), **args)
+    with pytest.raises(KeyboardInterrupt):
+        imgcls.train(out=str(tmp_path / "run"), callbacks=[CrashAfterFirstEpoch()], **args)
+    done = subprocess.run([sys.executable, "-m", "imgcls", "train", "--resume", str(tmp_path / "run"), "--nproc", "2"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    resumed = history(tmp_path / "run")
+    assert [int(r["epoch"]) for r in resumed] == [1, 2, 3]
+    for a, b in zip(resumed, history(whole.run_dir)):
+        assert float(a["val_loss"]) == pytest.approx(float(b["val_loss"]), abs=1e-4)
