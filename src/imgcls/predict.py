@@ -53,9 +53,16 @@ def predict_images(run: LoadedRun, paths: list[str], batch_size: int = 256) -> t
     array, index, skipped = decode_all(paths, run.meta["channels"], run.meta["input_size"], "decoding",
                                        trim=run.meta.get("trim_borders", False))
     kept = [paths[i] for i in index]
-    decoded = DecodedImages(torch.from_numpy(array), torch.zeros(len(kept), dtype=torch.long), kept)
+    return predict_arrays(run, array, kept, batch_size), kept, skipped
+
+
+def predict_arrays(run: LoadedRun, array: np.ndarray, names: list[str] | None = None,
+                   batch_size: int = 256) -> np.ndarray:
+    """Probabilities for decoded (N, C, H, W) uint8 pictures, normalised as in training."""
+    names = names or [""] * len(array)
+    decoded = DecodedImages(torch.from_numpy(array), torch.zeros(len(array), dtype=torch.long), names)
     probs, _, _ = predict_proba(run.model, run.loader(decoded, batch_size))
-    return probs, kept, skipped
+    return probs
 
 
 def _read_template(path: str | Path) -> tuple[list[str], list[str]]:

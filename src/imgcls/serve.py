@@ -8,13 +8,12 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.formparsers import MultiPartParser
 
 from .data.decode import DecodeError, decode_image
-from .predict import load_run
+from .predict import load_run, predict_arrays
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +26,6 @@ def create_app(run_dir: str | Path, *, max_bytes: int = MAX_BYTES, top_k: int = 
     run = load_run(run_dir, device)
     meta = run.meta
     app = FastAPI(title="imgcls", docs_url=None, redoc_url=None)
-    mean = torch.tensor(meta["mean"]).view(1, -1, 1, 1) * 255
-    std = torch.tensor(meta["std"]).view(1, -1, 1, 1) * 255
 
     def reject(status: int, message: str) -> JSONResponse:
         return JSONResponse({"detail": message}, status_code=status)
@@ -73,9 +70,7 @@ def create_app(run_dir: str | Path, *, max_bytes: int = MAX_BYTES, top_k: int = 
                                  trim=meta.get("trim_borders", False))
         except DecodeError as error:
             return reject(415, f"not a picture imgcls can read: {error}")
-        x = (torch.from_numpy(array[None]).float() - mean) / std
-        with torch.no_grad():
-            probs = run.model(x.to(run.device)).softmax(1)[0].cpu().numpy()
+        probs = predict_arrays(run, array[None])[0]
         order = np.argsort(-probs)[:top_k]
         return {"filename": upload.filename,
                 "top": [{"class": meta["classes"][i], "probability": round(float(probs[i]), 6)} for i in order]}
