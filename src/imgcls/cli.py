@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -12,11 +13,15 @@ import yaml
 from .errors import UserError
 
 
-def _add_data_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("data", metavar="DATA", help="a folder of pictures, or 'digits' (built in)")
+def _add_data_flags(p: argparse.ArgumentParser, *, optional: bool = False) -> None:
+    """DATA and the layout flags. optional=True (train, tune, audit): DATA may come from --config, and
+    the defaults stay out of the namespace so that a config file can set them."""
+    p.add_argument("data", metavar="DATA", nargs="?" if optional else None,
+                   help="a folder of pictures, or 'digits' (built in)")
+    id_col, label_col = ({}, {}) if optional else ({"default": "id"}, {"default": "label"})
     p.add_argument("--labels", metavar="CSV", help="CSV of id,label; pictures are DATA/<id><ext>")
-    p.add_argument("--id-col", default="id", help="id column of --labels (default: id)")
-    p.add_argument("--label-col", default="label", help="label column of --labels (default: label)")
+    p.add_argument("--id-col", **id_col, help="id column of --labels (default: id)")
+    p.add_argument("--label-col", **label_col, help="label column of --labels (default: label)")
     p.add_argument("--ext", help="picture extension for --labels ids (default: any picture format)")
     p.add_argument("--label-pattern", metavar="REGEX", help="label = first group of REGEX on the file name")
 
@@ -30,13 +35,8 @@ def _model_arg(text: str) -> tuple[str, object]:
 
 def _add_train_flags(parser: argparse.ArgumentParser) -> None:
     """DATA and every training flag; unset flags stay out of the namespace (defaults < --config < flags)."""
-    parser.add_argument("data", metavar="DATA", nargs="?", help="a folder of pictures, or 'digits' (built in)")
-    for flag, kw in [("--labels", dict(metavar="CSV", help="CSV of id,label; pictures are DATA/<id><ext>")),
-                     ("--id-col", dict(help="id column of --labels (default: id)")),
-                     ("--label-col", dict(help="label column of --labels (default: label)")),
-                     ("--ext", dict(help="picture extension for --labels ids (default: any)")),
-                     ("--label-pattern", dict(metavar="REGEX", help="label = first group of REGEX on the file name")),
-                     ("--val", dict(metavar="DATA2", help="a separate validation folder (same layout flags)")),
+    _add_data_flags(parser, optional=True)
+    for flag, kw in [("--val", dict(metavar="DATA2", help="a separate validation folder (same layout flags)")),
                      ("--val-split", dict(type=float, help="validation fraction (default: 0.2)")),
                      ("--split", dict(choices=["stratified", "random", "balanced"], help="default: stratified")),
                      ("--seed", dict(type=int, help="default: 0")),
@@ -196,8 +196,6 @@ def _cmd_audit(args: argparse.Namespace) -> None:
 
 def _launch_torchrun(nproc: int, argv: list[str]) -> None:
     """Re-run this same command under torchrun with N processes (torchrun manages them, not imgcls)."""
-    import os
-
     from torch.distributed.run import main as torchrun
 
     if nproc < 1:
@@ -215,8 +213,6 @@ def _launch_torchrun(nproc: int, argv: list[str]) -> None:
 
 
 def _cmd_train(args: argparse.Namespace, argv: list[str]) -> None:
-    import os
-
     from .train import train
 
     values = vars(args)

@@ -71,8 +71,7 @@ def _clean(config: TrainConfig, samples: Samples) -> tuple[Samples, dict[str, st
 
     rows, _ = scan(samples, min_pixels=config.data.min_pixels)
     dropped = paths_to_drop(rows)
-    kept = samples.subset(np.asarray([i for i, p in enumerate(samples.paths) if p not in dropped], dtype=np.int64))
-    kept.skipped = samples.skipped
+    kept = samples.without(dropped)
     log.info("--clean dropped %d pictures (%s); uniform borders are trimmed when decoding", len(dropped),
              ", ".join(sorted(set(dropped.values()))) or "none")
     return kept, dropped
@@ -92,9 +91,7 @@ def _exclude(config: TrainConfig, samples: Samples) -> tuple[Samples, list[str]]
     top = config.data.exclude_top
     chosen = rows[:top] if top is not None else [r for r in rows if r.get("flagged", "1") in ("1", "True", "true")]
     drop = {r["path"] for r in chosen}
-    keep = np.asarray([i for i, p in enumerate(samples.paths) if p not in drop], dtype=np.int64)
-    kept = samples.subset(keep)
-    kept.skipped = samples.skipped
+    kept = samples.without(drop)
     log.info("excluded %d pictures listed in %s", len(samples) - len(kept), path)
     return kept, sorted(drop & set(samples.paths))
 

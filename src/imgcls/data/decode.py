@@ -66,38 +66,53 @@ def border_box(img: Image.Image, min_fraction: float = 0.05) -> tuple[int, int, 
     return (round(left * sx), round(top * sy), round(right * sx), round(bottom * sy))
 
 
+def open_picture(path: str | BinaryIO, draft: tuple[str, int] | None = None) -> Image.Image:
+    """Open, fully load and EXIF-orient one picture; every failure becomes a DecodeError with its reason.
+
+    draft=(mode, size) lets a JPEG decode at a reduced scale no smaller than size (much faster).
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                if draft is not None and img.format == "JPEG":
+                    img.draft(draft[0], (draft[1], draft[1]))
+                img.load()
+                return ImageOps.exif_transpose(img)  # a loaded copy: outlives the file handle
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as error:
+        raise DecodeError(f"too large to decode safely ({error})") from None
+    except FileNotFoundError:
+        raise DecodeError("file not found (moved, deleted or a broken link)") from None
+    except Exception as error:  # Pillow raises many types for broken files; each is a reason, not a crash
+        raise DecodeError(_reason(error, path)) from None
+
+
+def _reason(error: Exception, path: str | BinaryIO) -> str:
+    if isinstance(error, Image.UnidentifiedImageError):
+        return "not a picture Pillow can identify"
+    message = str(error) or type(error).__name__
+    if isinstance(path, str):
+        message = message.replace(path, "")
+    return message.strip(" :'") or type(error).__name__
+
+
 def decode_image(path: str | BinaryIO, channels: int, size: int | None, trim: bool = False) -> np.ndarray:
     """Read `path` as a (channels, size, size) uint8 array; `size=None` keeps the picture's own size.
 
     trim=True crops uniform white/black margins first (border_box), as `train --clean` and every
     later evaluate/predict of such a run do.
     """
+    img = open_picture(path, draft=("L" if channels == 1 else "RGB", size) if size is not None else None)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                if size is not None and img.format == "JPEG":
-                    img.draft("L" if channels == 1 else "RGB", (size, size))  # decode at reduced scale: faster
-                img.load()
-                img = ImageOps.exif_transpose(img)
-                img = _convert(img, channels)
-                box = border_box(img) if trim else None
-                if box is not None:
-                    img = img.crop(box)
-                if size is not None and img.size != (size, size):
-                    img = img.resize((size, size), Image.Resampling.BILINEAR)
-                array = np.asarray(img, dtype=np.uint8)
-    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as error:
-        raise DecodeError(f"too large to decode safely ({error})") from None
-    except FileNotFoundError:
-        raise DecodeError("file not found (moved, deleted or a broken link)") from None
-    except Exception as error:  # Pillow raises many types for broken files; each is a reason, not a crash
-        message = str(error) or type(error).__name__
-        if isinstance(error, Image.UnidentifiedImageError):
-            message = "not a picture Pillow can identify"
-        if isinstance(path, str):
-            message = message.replace(path, "")
-        raise DecodeError(message.strip(" :'") or type(error).__name__) from None
+        img = _convert(img, channels)
+        box = border_box(img) if trim else None
+        if box is not None:
+            img = img.crop(box)
+        if size is not None and img.size != (size, size):
+            img = img.resize((size, size), Image.Resampling.BILINEAR)
+        array = np.asarray(img, dtype=np.uint8)
+    except Exception as error:  # an odd mode Pillow cannot convert: a reason, not a crash
+        raise DecodeError(_reason(error, path)) from None
     if array.ndim == 2:
         array = array[:, :, None]
     return np.ascontiguousarray(array.transpose(2, 0, 1))

@@ -11,15 +11,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import warnings
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
-from .decode import border_box
+from .decode import DecodeError, border_box, open_picture
 from .sources import Samples
 
 log = logging.getLogger(__name__)
@@ -47,14 +46,10 @@ class PictureInfo:
 def inspect_picture(path: str) -> PictureInfo:
     """Everything `check` needs from one picture, read once."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                img.load()
-                img = ImageOps.exif_transpose(img)
-                rgb = img.convert("RGB")
-    except Exception as error:  # every decoder failure is a finding, not a crash
-        return PictureInfo(path, error=str(error).replace(path, "").strip(" :'") or type(error).__name__)
+        img = open_picture(path)
+    except DecodeError as error:  # every decoder failure is a finding, not a crash
+        return PictureInfo(path, error=str(error))
+    rgb = img.convert("RGB")
     small = rgb.copy()
     small.thumbnail((64, 64))
     channels = np.asarray(small, dtype=np.int16)

@@ -37,6 +37,13 @@ class Samples:
     def subset(self, indices: np.ndarray) -> "Samples":
         return Samples([self.paths[i] for i in indices], self.labels[indices], self.classes, [])
 
+    def without(self, paths: set[str] | dict[str, str]) -> "Samples":
+        """The same samples less `paths`; the list of skipped files is kept."""
+        keep = np.asarray([i for i, p in enumerate(self.paths) if p not in paths], dtype=np.int64)
+        kept = self.subset(keep)
+        kept.skipped = self.skipped
+        return kept
+
     def counts(self) -> dict[str, int]:
         per_class = np.bincount(self.labels, minlength=len(self.classes))
         return {name: int(n) for name, n in zip(self.classes, per_class)}
