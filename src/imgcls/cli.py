@@ -33,6 +33,10 @@ def _model_arg(text: str) -> tuple[str, object]:
     return key.replace("-", "_"), yaml.safe_load(value)
 
 
+def _names(text: str) -> list[str]:
+    return [n.strip() for n in text.split(",") if n.strip()]
+
+
 def _add_train_flags(parser: argparse.ArgumentParser) -> None:
     """DATA and every training flag; unset flags stay out of the namespace (defaults < --config < flags)."""
     _add_data_flags(parser, optional=True)
@@ -43,6 +47,18 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
                      ("--model", dict(help="a name from `imgcls models` (default: simple-cnn)")),
                      ("--model-arg", dict(type=_model_arg, action="append", metavar="KEY=VALUE",
                                           help="a model argument, e.g. width=4 (repeatable)")),
+                     ("--backbones", dict(metavar="A,B", help="with --model fusion: its backbones "
+                                          "(default: resnet50,inception_v3)")),
+                     ("--pretrained", dict(action="store_true", help="start from ImageNet weights (torchvision's "
+                                           "cache under TORCH_HOME; efficientnet_lite0: the offline package)")),
+                     ("--weights", dict(metavar="FILE", help="start from a .safetensors file or a state dict")),
+                     ("--freeze", dict(choices=["none", "backbone"], help="backbone: train the head only")),
+                     ("--unfreeze", dict(type=_names, metavar="B1,B2", help="these blocks train (e.g. layer4); "
+                                         "the rest of the backbone is frozen")),
+                     ("--unfreeze-last", dict(type=int, metavar="N", help="the last N blocks of each backbone train")),
+                     ("--backbone-lr-mult", dict(type=float, metavar="F", help="backbone lr = lr * F (default: 1)")),
+                     ("--no-feature-cache", dict(action="store_false", dest="feature_cache",
+                                                 help="recompute frozen blocks every epoch (for comparisons)")),
                      ("--img-size", dict(type=int, metavar="N", help="default: the model's input size")),
                      ("--channels", dict(type=int, choices=[1, 3], help="default: the model's")),
                      ("--epochs", dict(type=int, help="default: 10")),
@@ -62,6 +78,7 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
                      ("--clean", dict(action="store_true", help="drop unreadable, tiny and cross-label "
                                       "duplicate pictures; trim uniform borders (also when predicting)")),
                      ("--min-pixels", dict(type=int, metavar="N", help="with --clean: smallest picture kept (default: 3600)")),
+                     ("--split-file", dict(metavar="CSV", help="reuse a run's split.csv (same validation pictures)")),
                      ("--exclude", dict(metavar="CSV", help="leave out the pictures a suspects.csv flags")),
                      ("--top", dict(type=int, dest="exclude_top", metavar="N",
                                     help="with --exclude: its first N rows instead of the flagged ones")),
@@ -82,6 +99,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", metavar="RUN_DIR", help="finish an interrupted run; needs no other argument")
     t.add_argument("--nproc", type=int, metavar="N", help="data-parallel over N processes, started by torchrun "
                    "(gloo on CPU, nccl on GPU); the global batch stays --batch-size")
+
+    f = sub.add_parser("finetune", help="two-stage transfer learning: head on a frozen pretrained backbone, "
+                       "then the last blocks at a tenth of the lr", argument_default=s)
+    _add_train_flags(f)
+    f.add_argument("--stage1-epochs", type=int, default=5, help="head-only epochs (default: 5)")
+    f.add_argument("--stage2-epochs", type=int, default=3, help="epochs with the last blocks unfrozen (default: 3)")
+    f.add_argument("--drop-implausible", type=int, default=0, metavar="N",
+                   help="leave out the N training pictures stage 1 finds least plausible before stage 2")
+    f.add_argument("--out", metavar="DIR", help="default: runs/finetune-<model>, numbered")
 
     u = sub.add_parser("tune", help="search training settings with Optuna (resumable)", argument_default=s)
     _add_train_flags(u)
@@ -109,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("run_dir", metavar="RUN_DIR")
     _add_data_flags(e)
     e.add_argument("--out", metavar="JSON", help="write the metrics here")
+    e.add_argument("--tta", action="store_true", help="average with the horizontally flipped picture")
     e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
 
     p = sub.add_parser("predict", help="predict pictures into a CSV (a submission)")
@@ -117,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="FILE.csv", required=True)
     p.add_argument("--proba", metavar="CLASS", help="write P(CLASS) instead of the class name")
     p.add_argument("--template", metavar="SAMPLE.csv", help="follow this CSV's ids and column names")
+    p.add_argument("--tta", action="store_true", help="average with the horizontally flipped picture")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
 
     x = sub.add_parser("export", help="export a run to ONNX (checked with onnxruntime) or TorchScript")
@@ -142,7 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-TUNE_ONLY = ("trials", "space", "storage", "study", "timeout", "sampler", "folds")
+TUNE_ONLY = ("trials", "space", "storage", "study", "timeout", "sampler", "folds", "stage1_epochs",
+             "stage2_epochs", "drop_implausible")
 
 
 def _train_config(values: dict):
@@ -154,8 +183,11 @@ def _train_config(values: dict):
     overrides = {k: v for k, v in values.items() if k not in ("command", "quiet", "config", *TUNE_ONLY)}
     if "data" in overrides:
         overrides["source"] = overrides.pop("data")
-    if "model_arg" in overrides:
-        overrides["model_args"] = dict(overrides.pop("model_arg"))
+    model_args = dict(overrides.pop("model_arg", None) or [])
+    if "backbones" in overrides:
+        model_args["backbones"] = overrides.pop("backbones")
+    if model_args:
+        overrides["model_args"] = model_args
     return resolve_config(values.get("config"), overrides)
 
 
@@ -192,6 +224,19 @@ def _cmd_audit(args: argparse.Namespace) -> None:
     print(f"{flagged} of {len(suspects)} pictures flagged; ranked list: {out / 'suspects.csv'}, "
           f"top suspects: {out / 'suspects.png'}\nretrain without them: imgcls train ... --exclude "
           f"{out / 'suspects.csv'} [--top N]")
+
+
+def _cmd_finetune(args: argparse.Namespace) -> None:
+    from .finetune import finetune
+
+    values = vars(args)
+    config = _train_config(values)
+    result = finetune(config, stage1_epochs=args.stage1_epochs, stage2_epochs=args.stage2_epochs,
+                      unfreeze_last=values.get("unfreeze_last", 2), drop_implausible=args.drop_implausible)
+    for name, run in (("stage 1", result.stage1), ("stage 2", result.stage2)):
+        print(f"{name}: best epoch {run.best_epoch}, val accuracy {run.val_accuracy:.4f}, log loss "
+              f"{run.val_log_loss:.4f}, {run.train_seconds:.1f} s -> {run.run_dir}")
+    print(f"predict with: imgcls predict {result.run_dir} IMAGES --out submission.csv [--tta]")
 
 
 def _launch_torchrun(nproc: int, argv: list[str]) -> None:
@@ -258,6 +303,8 @@ def _run(args: argparse.Namespace, argv: list[str]) -> None:
         _cmd_train(args, argv)
     elif args.command == "tune":
         _cmd_tune(args)
+    elif args.command == "finetune":
+        _cmd_finetune(args)
     elif args.command == "audit":
         _cmd_audit(args)
     elif args.command == "check":
@@ -273,14 +320,14 @@ def _run(args: argparse.Namespace, argv: list[str]) -> None:
         from .predict import evaluate
         metrics = evaluate(args.run_dir, args.data, labels=args.labels, id_col=args.id_col,
                            label_col=args.label_col, ext=args.ext, label_pattern=args.label_pattern,
-                           out=args.out, device=args.device)
+                           out=args.out, device=args.device, tta=args.tta)
         print(json.dumps({k: metrics[k] for k in ("accuracy", "log_loss", "count")}))
         if metrics["skipped"]:
             print(f"{len(metrics['skipped'])} pictures skipped (see the log above)")
     elif args.command == "predict":
         from .predict import predict
         result = predict(args.run_dir, args.images, args.out, proba=args.proba, template=args.template,
-                         device=args.device)
+                         device=args.device, tta=args.tta)
         print(f"wrote {result['written']} rows to {result['out']} ({len(result['skipped'])} pictures skipped)")
     elif args.command == "export":
         from .export import export

@@ -19,6 +19,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 SCHEDULERS = ("none", "plateau", "cosine", "onecycle")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 AUGMENT_PRESETS = ("none", "light", "standard", "strong")
+FREEZE = ("none", "backbone")
 
 
 @dataclass
@@ -37,6 +38,7 @@ class DataConfig:
     seed: int = 0
     folds: int = 0  # > 1: K-fold cross-validation, validating on fold `fold` (what `imgcls audit` uses)
     fold: int = 0
+    split_file: str | None = None  # a run's split.csv: reuse its train/val assignment (e.g. finetune's stage 2)
     exclude: str | None = None  # a suspects.csv (or any CSV with a path column): leave those pictures out
     exclude_top: int | None = None  # only its first N rows; None: the rows flagged as suspects
     clean: bool = False  # drop unreadable, tiny and cross-label duplicates; trim uniform borders
@@ -52,6 +54,14 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: str = "simple-cnn"
     model_args: dict[str, Any] = field(default_factory=dict)
+    pretrained: bool = False  # ImageNet weights through torchvision's weights API (or the offline package)
+    weights: str | None = None  # a local safetensors file or state dict to start from
+    freeze: str = "none"  # none, backbone (train the head only)
+    unfreeze: list[str] = field(default_factory=list)  # block names that train (the rest of the backbone is frozen)
+    unfreeze_last: int | None = None  # the last N blocks of each backbone train
+    backbone_lr_mult: float = 1.0  # learning rate of the backbone = lr * this (the head gets lr)
+    feature_cache: bool = True  # compute frozen leading blocks once (only without augmentation)
+    cache_before_last: int = 0  # cache no deeper than before the last N blocks (finetune: stage 2's cut, one cache)
     epochs: int = 10
     batch_size: int = 64
     optimizer: str = "adam"
@@ -75,6 +85,13 @@ class TrainConfig:
         _choice("device", self.device, DEVICES)
         _choice("split", self.data.split, SPLITS)
         _choice("augment", self.augment, AUGMENT_PRESETS)
+        _choice("freeze", self.freeze, FREEZE)
+        if self.unfreeze_last is not None and self.unfreeze_last < 0:
+            raise UserError(f"Received: unfreeze-last={self.unfreeze_last}; expected an integer >= 0")
+        if self.backbone_lr_mult <= 0:
+            raise UserError(f"Received: backbone-lr-mult={self.backbone_lr_mult}; expected a positive number")
+        if self.pretrained and self.weights:
+            raise UserError("Received: --pretrained and --weights together; expected one source of starting weights")
         for name in ("mixup", "cutmix"):
             if getattr(self, name) < 0:
                 raise UserError(f"Received: {name}={getattr(self, name)}; expected an alpha >= 0 (0 = off)")

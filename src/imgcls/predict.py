@@ -47,21 +47,22 @@ def load_run(run_dir: str | Path, device: str = "auto") -> LoadedRun:
     return LoadedRun(model.to(target).eval(), meta, target)
 
 
-def predict_images(run: LoadedRun, paths: list[str], batch_size: int = 256) -> tuple[np.ndarray, list[str], list[dict]]:
+def predict_images(run: LoadedRun, paths: list[str], batch_size: int = 256,
+                   tta: bool = False) -> tuple[np.ndarray, list[str], list[dict]]:
     """Probabilities (N, classes) for the pictures that decode, their paths, and the skipped ones."""
     # A run trained on border-trimmed pictures sees its test pictures trimmed the same way.
     array, index, skipped = decode_all(paths, run.meta["channels"], run.meta["input_size"], "decoding",
                                        trim=run.meta.get("trim_borders", False))
     kept = [paths[i] for i in index]
-    return predict_arrays(run, array, kept, batch_size), kept, skipped
+    return predict_arrays(run, array, kept, batch_size, tta), kept, skipped
 
 
 def predict_arrays(run: LoadedRun, array: np.ndarray, names: list[str] | None = None,
-                   batch_size: int = 256) -> np.ndarray:
+                   batch_size: int = 256, tta: bool = False) -> np.ndarray:
     """Probabilities for decoded (N, C, H, W) uint8 pictures, normalised as in training."""
     names = names or [""] * len(array)
     decoded = DecodedImages(torch.from_numpy(array), torch.zeros(len(array), dtype=torch.long), names)
-    probs, _, _ = predict_proba(run.model, run.loader(decoded, batch_size))
+    probs, _, _ = predict_proba(run.model, run.loader(decoded, batch_size), tta)
     return probs
 
 
@@ -77,17 +78,19 @@ def _read_template(path: str | Path) -> tuple[list[str], list[str]]:
 
 
 def predict(run_dir: str | Path, images: str | Path, out: str | Path, *, proba: str | None = None,
-            template: str | Path | None = None, batch_size: int = 256, device: str = "auto") -> dict:
+            template: str | Path | None = None, batch_size: int = 256, device: str = "auto",
+            tta: bool = False) -> dict:
     """Write `id,label` per picture (id = file name without extension, numeric ids in numeric order).
 
     proba=CLASS writes P(CLASS) as the label (Kaggle Dogs vs. Cats); template=CSV follows its ids and
     column names, filling a picture that could not be read with the uniform probability (or the first class).
+    tta=True averages each picture's probabilities with its mirror image's.
     """
     run = load_run(run_dir, device)
     if proba is not None and proba not in run.classes:
         raise UserError(f"Received: --proba {proba!r}; expected one of the run's classes: {', '.join(run.classes)}")
     paths, skipped = list_pictures(images)
-    probs, kept, failed = predict_images(run, paths, batch_size)
+    probs, kept, failed = predict_images(run, paths, batch_size, tta)
     skipped += failed
     ids = [Path(p).stem for p in kept]
     if len(set(ids)) < len(ids):
@@ -124,7 +127,7 @@ def predict(run_dir: str | Path, images: str | Path, out: str | Path, *, proba: 
 
 def evaluate(run_dir: str | Path, source: str, *, labels: str | None = None, id_col: str = "id",
              label_col: str = "label", ext: str | None = None, label_pattern: str | None = None,
-             out: str | Path | None = None, batch_size: int = 256, device: str = "auto") -> dict:
+             out: str | Path | None = None, batch_size: int = 256, device: str = "auto", tta: bool = False) -> dict:
     """Score a saved run on labelled pictures (same layouts as train); classes are matched by name."""
     run = load_run(run_dir, device)
     samples = load_samples(source, labels, id_col, label_col, ext, label_pattern, classes=run.classes)
@@ -133,7 +136,7 @@ def evaluate(run_dir: str | Path, source: str, *, labels: str | None = None, id_
                         f"{', '.join(run.classes)}")
     decoded, failed = decode_samples(samples, run.meta["channels"], run.meta["input_size"],
                                      trim=run.meta.get("trim_borders", False))
-    probs, _, _ = predict_proba(run.model, run.loader(decoded, batch_size))
+    probs, _, _ = predict_proba(run.model, run.loader(decoded, batch_size), tta)
     metrics = classification_metrics(decoded.labels.numpy(), probs, run.classes)
     metrics["skipped"] = samples.skipped + failed
     if out is not None:

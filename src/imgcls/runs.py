@@ -80,8 +80,9 @@ def write_predictions_csv(path: Path, paths: list[str], labels: np.ndarray, prob
     write_text(path, buffer.getvalue())
 
 
-def read_split(run_dir: Path) -> dict[str, str]:
-    with open(run_dir / "split.csv", newline="", encoding="utf-8") as f:
+def read_split(path: Path) -> dict[str, str]:
+    """path → "train" or "val", from a run's split.csv."""
+    with open(path, newline="", encoding="utf-8") as f:
         return {row["path"]: row["split"] for row in csv.DictReader(f)}
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -19,10 +20,12 @@ from .data.splits import kfold_indices, split_indices
 from .engine.checkpoint import RESUME, load_resume, load_weights, write_json
 from .engine.device import resolve_device, seed_everything
 from .engine.distributed import init_distributed, shutdown
+from .engine.feature_cache import CachedTail, FeatureLoader, frozen_features, weights_digest
 from .engine.metrics import classification_metrics
 from .engine.optim import Schedule, build_optimizer
 from .engine.trainer import Callback, Trainer, predict_proba
 from .errors import UserError
+from .models.backbones import apply_freezing, describe_freezing, load_pretrained, load_weights_file
 from .models.registry import channel_stats, create_model, get_spec
 from .report.html import write_report
 from .report.plots import plot_confusion, plot_curves, plot_grid, save_figure
@@ -52,9 +55,13 @@ def _data_kwargs(config: TrainConfig, source: str) -> dict:
 def _split(config: TrainConfig, decoded: DecodedImages, run_dir: Path, resuming: bool) -> tuple[np.ndarray, np.ndarray]:
     """(train, val) indices into the decoded pictures: saved split on resume, else K-fold or a seeded split."""
     d = config.data
-    if resuming and (run_dir / "split.csv").is_file():
+    split_file = run_dir / "split.csv" if resuming and (run_dir / "split.csv").is_file() else None
+    split_file = split_file or (Path(d.split_file) if d.split_file else None)
+    if split_file is not None:
         # The saved split wins over re-splitting, so pictures added since cannot leak into training.
-        assigned = read_split(run_dir)
+        if not split_file.is_file():
+            raise UserError(f"Received: split file {split_file}; expected a split.csv written by imgcls train")
+        assigned = read_split(split_file)
         return tuple(np.asarray([i for i, p in enumerate(decoded.paths) if assigned.get(p) == side], dtype=np.int64)
                      for side in ("train", "val"))
     labels = decoded.labels.numpy()
@@ -130,7 +137,7 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
     config.validate()
     spec = get_spec(config.model)
     channels = config.data.channels or spec.channels
-    size = config.data.img_size or spec.input_size
+    size = config.data.img_size or spec.size_for(config.model_args)
     ranks, device = init_distributed(resolve_device(config.device))
     generator = seed_everything(config.data.seed)
     if not ranks.main:
@@ -176,7 +183,7 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
         save_figure(plot_grid(shown, titles), run_dir / "samples.png")
 
     meta = _model_meta(config, classes, channels, size)
-    model = create_model(config.model, len(classes), channels, size, **config.model_args).to(device)
+    model = _build_model(config, len(classes), channels, size).to(device)
     train_model = model
     if ranks.active:
         from torch.nn.parallel import DistributedDataParallel
@@ -186,14 +193,20 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
                                shard=(ranks.rank, ranks.world))
     val_loader = BatchLoader(val_data, max(config.batch_size, 256), meta["mean"], meta["std"], shuffle=False,
                              device=device)
+    eval_model = model
+    cached = _feature_cache(config, model, train_data, val_data, meta, device, generator, ranks.active)
+    if cached is not None:
+        train_loader, val_loader, eval_model = cached
+        train_model = eval_model
     steps = min(len(train_loader), config.train_batches or len(train_loader))
-    optimizer = build_optimizer(model, config.optimizer, config.lr, config.momentum, config.weight_decay)
+    optimizer = build_optimizer(model, config.optimizer, config.lr, config.momentum, config.weight_decay,
+                                config.backbone_lr_mult)
     schedule = Schedule(optimizer, config.scheduler, config.epochs, steps)
     writers = [RunWriter(run_dir, meta), ProgressLog(steps), *(callbacks or [])] if ranks.main else []
     trainer = Trainer(model, optimizer, schedule, early_stop=config.early_stop, max_batches=config.train_batches,
                       generator=generator, label_smoothing=config.label_smoothing,
                       batch_transform=batch_mixer(config.mixup, config.cutmix, len(classes)),
-                      callbacks=writers, train_model=train_model)
+                      callbacks=writers, train_model=train_model, eval_model=eval_model)
     if state is not None:
         trainer.load_state_dict(state)
         if ranks.main:
@@ -208,9 +221,46 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
     if not ranks.main:
         shutdown()
         return RunResult(run_dir, trainer.state.best_epoch, float("nan"), float("nan"), seconds)
-    result = _finish(run_dir, model, trainer, val_data, val_loader, classes, seconds)
+    result = _finish(run_dir, model, trainer, val_data, val_loader, classes, seconds,
+                     eval_model, (train_data, train_loader) if cached is not None else None)
     shutdown()
     return result
+
+
+def _build_model(config: TrainConfig, num_classes: int, channels: int, size: int) -> torch.nn.Module:
+    """The architecture, its starting weights (--pretrained or --weights), then the freezing flags."""
+    model = create_model(config.model, num_classes, channels, size, **config.model_args)
+    if config.pretrained:
+        load_pretrained(model, config.model)
+    elif config.weights:
+        load_weights_file(model, config.weights)
+    if config.freeze != "none" or config.unfreeze or config.unfreeze_last is not None:
+        training = apply_freezing(model, config.freeze, config.unfreeze, config.unfreeze_last)
+        log.info("%s; training: head%s", describe_freezing(model), "".join(f", {n}" for n in training))
+    return model
+
+
+def _feature_cache(config: TrainConfig, model: torch.nn.Module, train_data: DecodedImages, val_data: DecodedImages,
+                   meta: dict, device: torch.device, generator: torch.Generator, distributed: bool):
+    """(train loader, val loader, model tail) over cached frozen-block outputs, or None when not applicable."""
+    split = model.split_frozen(config.cache_before_last) if hasattr(model, "split_frozen") else None
+    if split is None or not config.feature_cache:
+        return None
+    if config.augment != "none" or config.mixup or config.cutmix or distributed:
+        log.info("frozen-feature cache off: augmentation, mixing or several processes change the frozen "
+                 "blocks' input every epoch")
+        return None
+    prefix, rest, modules = split
+    # Keyed by what the frozen blocks compute, so later runs in this process with the same frozen
+    # weights (audit folds, finetune's stage 2) reuse it.
+    key = (config.model, json.dumps(config.model_args, sort_keys=True), weights_digest(modules),
+           meta["channels"], meta["input_size"], config.data.clean)
+    parts = {name: frozen_features(key, model, prefix, data, mean=meta["mean"], std=meta["std"], device=device)
+             for name, data in (("train", train_data), ("val", val_data))}
+    train_loader = FeatureLoader(parts["train"], train_data.labels.to(device), config.batch_size, shuffle=True,
+                                 generator=generator, drop_last=True)
+    val_loader = FeatureLoader(parts["val"], val_data.labels.to(device), max(config.batch_size, 256), shuffle=False)
+    return train_loader, val_loader, CachedTail(model, rest).to(device)
 
 
 def _write_data_files(run_dir: Path, config: TrainConfig, classes: list[str], size: int, channels: int,
@@ -233,11 +283,19 @@ def _counts(decoded: DecodedImages, classes: list[str]) -> dict[str, int]:
     return {name: int(n) for name, n in zip(classes, per_class)}
 
 
-def _finish(run_dir: Path, model: torch.nn.Module, trainer: Trainer, val_data: DecodedImages,
-            val_loader: BatchLoader, classes: list[str], seconds: float) -> RunResult:
+def _finish(run_dir: Path, model: torch.nn.Module, trainer: Trainer, val_data: DecodedImages, val_loader,
+            classes: list[str], seconds: float, eval_model: torch.nn.Module, cached_train: tuple | None) -> RunResult:
     """Reload the best epoch's weights, score it on validation, and write metrics, plots and report."""
     load_weights(run_dir, model)
-    probs, _, _ = predict_proba(model, val_loader)
+    probs, _, _ = predict_proba(eval_model, val_loader)
+    if cached_train is not None:
+        # From cached features this costs seconds: every training picture's probability under the
+        # best model (what finetune's --drop-implausible ranks by).
+        train_data, train_loader = cached_train
+        ordered = FeatureLoader(train_loader.parts, train_loader.labels, 512, shuffle=False)
+        train_probs, _, _ = predict_proba(eval_model, ordered)
+        write_predictions_csv(run_dir / "train_predictions.csv", train_data.paths, train_data.labels.numpy(),
+                              train_probs, classes)
     labels = val_data.labels.numpy()
     state = trainer.state
     metrics = {"best_epoch": state.best_epoch, "epochs_run": state.epoch, "stopped_early": state.stopped_early,

@@ -9,12 +9,24 @@ from ..errors import UserError
 DEFAULT_LR = {"adam": 1e-3, "adamw": 1e-3, "sgd": 1e-2, "rmsprop": 1e-3}
 
 
+def param_groups(model: nn.Module, lr: float, backbone_lr_mult: float = 1.0) -> list[dict]:
+    """The head at `lr`, every other trainable parameter at lr * backbone_lr_mult (fastai's discriminative lr)."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    head = {id(p) for p in model.head.parameters()} if hasattr(model, "head") else set()
+    if backbone_lr_mult == 1.0 or not head:
+        return [{"params": trainable, "lr": lr}]
+    groups = [{"params": [p for p in trainable if id(p) in head], "lr": lr},
+              {"params": [p for p in trainable if id(p) not in head], "lr": lr * backbone_lr_mult}]
+    return [g for g in groups if g["params"]]
+
+
 def build_optimizer(params, name: str, lr: float | None, momentum: float = 0.9,
-                    weight_decay: float = 0.0) -> torch.optim.Optimizer:
-    """`params` is a module's parameters or a list of parameter groups (per-group learning rates)."""
-    if isinstance(params, nn.Module):
-        params = [p for p in params.parameters() if p.requires_grad]
+                    weight_decay: float = 0.0, backbone_lr_mult: float = 1.0) -> torch.optim.Optimizer:
+    """`params` is a model (its trainable parameters, the backbone's at lr * backbone_lr_mult) or a
+    list of parameter groups."""
     lr = lr if lr is not None else DEFAULT_LR.get(name, 1e-3)
+    if isinstance(params, nn.Module):
+        params = param_groups(params, lr, backbone_lr_mult)
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     if name == "adamw":

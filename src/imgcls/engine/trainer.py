@@ -39,16 +39,21 @@ class Callback:
 
 
 @torch.no_grad()
-def predict_proba(model: nn.Module, loader: Iterable) -> tuple[np.ndarray, float, float]:
-    """Softmax probabilities for every batch of `loader`, with the mean loss and accuracy on its labels."""
+def predict_proba(model: nn.Module, loader: Iterable, tta: bool = False) -> tuple[np.ndarray, float, float]:
+    """Softmax probabilities for every batch of `loader`, with the mean loss and accuracy on its labels.
+    tta=True averages them with those of the horizontally flipped pictures."""
     model.eval()
     probs, total_loss, correct, count = [], 0.0, 0, 0
     for images, labels in loader:
-        logits = model(images).float()
-        total_loss += F.cross_entropy(logits, labels, reduction="sum").item()
-        correct += (logits.argmax(1) == labels).sum().item()
+        log_prob = model(images).float().log_softmax(1)
+        if tta:
+            mirrored = model(images.flip(-1)).float().log_softmax(1)
+            log_prob = torch.logsumexp(torch.stack([log_prob, mirrored]), 0) - math.log(2)
+        prob = log_prob.exp()
+        total_loss += F.nll_loss(log_prob, labels, reduction="sum").item()
+        correct += (prob.argmax(1) == labels).sum().item()
         count += len(labels)
-        probs.append(logits.softmax(1).cpu())
+        probs.append(prob.cpu())
     matrix = torch.cat(probs).numpy() if probs else np.zeros((0, 0), dtype=np.float32)
     return matrix, total_loss / max(count, 1), correct / max(count, 1)
 
@@ -59,7 +64,8 @@ class Trainer:
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, schedule: Schedule, *,
                  callbacks: Iterable[Callback] = (), early_stop: int = 0, max_batches: int | None = None,
                  generator: torch.Generator | None = None, label_smoothing: float = 0.0,
-                 batch_transform: Callable | None = None, train_model: nn.Module | None = None):
+                 batch_transform: Callable | None = None, train_model: nn.Module | None = None,
+                 eval_model: nn.Module | None = None):
         self.model = model
         self.optimizer = optimizer
         self.schedule = schedule
@@ -70,6 +76,7 @@ class Trainer:
         self.label_smoothing = label_smoothing
         self.batch_transform = batch_transform  # (images, labels) → (images, targets), e.g. MixUp
         self.train_model = train_model or model  # e.g. a DistributedDataParallel wrapper of `model`
+        self.eval_model = eval_model or model  # e.g. the model's tail when frozen features are cached
         self.state = TrainState()
         self.epochs = 0
 
@@ -113,7 +120,7 @@ class Trainer:
         while self.state.epoch < epochs and not self.state.stopped_early:
             start = time.perf_counter()
             train_loss, train_acc = self.train_one_epoch(train_loader)
-            _, val_loss, val_acc = predict_proba(self.model, val_loader)
+            _, val_loss, val_acc = predict_proba(self.eval_model, val_loader)
             lr = self.optimizer.param_groups[0]["lr"]
             self.schedule.after_epoch(val_loss)
             state = self.state

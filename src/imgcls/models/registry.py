@@ -24,18 +24,24 @@ class ModelSpec:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     defaults: dict = field(default_factory=dict)
+    size_from_args: Callable[[dict], int] | None = None  # e.g. fusion: the largest member's size
+
+    def size_for(self, model_args: dict) -> int:
+        return self.size_from_args(model_args) if self.size_from_args else self.input_size
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
 
 
 def register(name: str, *, description: str, input_size: int, channels: int,
-             mean: tuple[float, ...], std: tuple[float, ...], **defaults) -> Callable:
+             mean: tuple[float, ...], std: tuple[float, ...],
+             size_from_args: Callable[[dict], int] | None = None, **defaults) -> Callable:
     """Decorator: register `builder(num_classes, in_chans, img_size, **kwargs) -> nn.Module` under `name`."""
     def decorate(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is registered twice")
-        _REGISTRY[name] = ModelSpec(name, builder, description, input_size, channels, mean, std, defaults)
+        _REGISTRY[name] = ModelSpec(name, builder, description, input_size, channels, mean, std, defaults,
+                                    size_from_args)
         return builder
     return decorate
 
@@ -43,12 +49,26 @@ def register(name: str, *, description: str, input_size: int, channels: int,
 def get_spec(name: str) -> ModelSpec:
     _load_families()
     if name not in _REGISTRY:
-        raise UserError(f"Received: model {name!r}; expected one of {', '.join(sorted(_REGISTRY))}")
+        # Any torchvision classification model by name, registered the first time it is asked for.
+        from .backbones import torchvision_spec
+        spec = torchvision_spec(name)
+        if spec is not None:
+            _REGISTRY[name] = spec
+            return spec
+        raise UserError(f"Received: model {name!r}; expected one of {', '.join(sorted(_REGISTRY))} "
+                        "or a torchvision classification model name (resnet18, efficientnet_b0, ...)")
     return _REGISTRY[name]
+
+
+# torchvision models `imgcls models` lists by default; any other torchvision name works too.
+LISTED_TORCHVISION = ("resnet18", "resnet50", "inception_v3", "efficientnet_b0", "mobilenet_v3_large",
+                      "convnext_tiny")
 
 
 def list_models() -> list[ModelSpec]:
     _load_families()
+    for name in LISTED_TORCHVISION:
+        get_spec(name)
     return [_REGISTRY[name] for name in sorted(_REGISTRY)]
 
 
@@ -59,7 +79,7 @@ def create_model(name: str, num_classes: int, in_chans: int | None = None, img_s
     args = {**spec.defaults, **kwargs}
     try:
         return spec.builder(num_classes=num_classes, in_chans=in_chans or spec.channels,
-                            img_size=img_size or spec.input_size, **args)
+                            img_size=img_size or spec.size_for(args), **args)
     except (TypeError, ValueError) as error:
         raise UserError(f"Received: model arguments {kwargs} for {name}; {error}") from None
 
@@ -75,4 +95,4 @@ def channel_stats(values: tuple[float, ...], channels: int) -> list[float]:
 
 def _load_families() -> None:
     # Importing a family module registers its models; kept lazy so `import imgcls` stays light.
-    from . import cifar_cnn, lenet, resnet, simple_cnn  # noqa: F401
+    from . import cifar_cnn, efficientnet_lite, fusion, lenet, simple_cnn  # noqa: F401

@@ -1,0 +1,97 @@
+"""`imgcls finetune`: the Dogs vs. Cats walkthrough's two-stage transfer-learning recipe in one call.
+
+Stage 1 trains the head on a frozen pretrained backbone (SGD, momentum 0.91, ReduceLROnPlateau with
+patience 2); optionally the training pictures the stage-1 model finds most implausible (highest loss)
+are left out; stage 2 starts from stage 1's weights with the last blocks unfrozen at a tenth of the
+learning rate, on the same train/validation split. Both stages are ordinary `train` runs.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import TrainConfig, config_from_dict
+from .engine.checkpoint import WEIGHTS, write_text
+from .engine.optim import DEFAULT_LR
+from .errors import UserError
+from .runs import new_run_dir
+from .train import RunResult, train
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FinetuneResult:
+    stage1: RunResult
+    stage2: RunResult
+    dropped: list[str]
+
+    @property
+    def run_dir(self) -> Path:
+        """The final model: predict, evaluate, export and serve this one."""
+        return self.stage2.run_dir
+
+
+def _implausible(run_dir: Path, count: int, out: Path) -> list[str]:
+    """The `count` training pictures with the lowest probability of their own label under stage 1's
+    model, written to `out` (a CSV that --exclude reads)."""
+    path = run_dir / "train_predictions.csv"
+    if not path.is_file():
+        raise UserError("Received: --drop-implausible with augmentation on; expected --augment none, so that "
+                        "stage 1 trains on cached features and scores every training picture")
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = sorted(csv.DictReader(f), key=lambda r: float(r["p_given"]))[:count]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["path", "label", "predicted", "p_given", "loss", "flagged"])
+    for r in rows:
+        loss = -math.log(max(float(r["p_given"]), 1e-12))
+        writer.writerow([r["path"], r["label"], r["predicted"], r["p_given"], f"{loss:.4f}", 1])
+    write_text(out, buffer.getvalue())
+    return [r["path"] for r in rows]
+
+
+def finetune(config: TrainConfig | None = None, *, stage1_epochs: int = 5, stage2_epochs: int = 3,
+             unfreeze_last: int = 2, drop_implausible: int = 0, **overrides) -> FinetuneResult:
+    """Run both stages into OUT/stage1 and OUT/stage2 (OUT: config.out or runs/finetune-<model>).
+
+    `config` (or the overrides, TrainConfig/DataConfig field names) gives the data, model and the
+    stage-1 learning rate. Stage 1 starts from the pretrained weights unless `weights` is given.
+    """
+    base = config_from_dict(overrides, config)
+    base.pretrained = not base.weights
+    if stage1_epochs < 1 or stage2_epochs < 0 or unfreeze_last < 0 or drop_implausible < 0:
+        raise UserError(f"Received: stage1-epochs={stage1_epochs}, stage2-epochs={stage2_epochs}, unfreeze-last="
+                        f"{unfreeze_last}, drop-implausible={drop_implausible}; expected stage 1 >= 1, the rest >= 0")
+    base.validate()
+    out = new_run_dir(base.out, f"finetune-{base.model}")
+    lr = base.lr if base.lr is not None else DEFAULT_LR["sgd"]
+    # Both stages cache the frozen blocks' output before the last `unfreeze_last` blocks: stage 1 runs
+    # those few blocks every epoch, and stage 2 reuses the cache instead of recomputing the backbone.
+    stage1 = dataclasses.replace(base, freeze="backbone", unfreeze=[], unfreeze_last=None, optimizer="sgd",
+                                 momentum=0.91, scheduler="plateau", epochs=stage1_epochs, lr=lr,
+                                 cache_before_last=unfreeze_last, out=str(out / "stage1"))
+    log.info("finetune stage 1: head only, %d epochs, SGD lr %g momentum 0.91, plateau", stage1_epochs, lr)
+    first = train(stage1)
+    if stage2_epochs == 0:
+        return FinetuneResult(first, first, [])
+    data = dataclasses.replace(base.data, split_file=str(first.run_dir / "split.csv"))
+    dropped: list[str] = []
+    if drop_implausible:
+        suspects = out / "implausible.csv"
+        dropped = _implausible(first.run_dir, drop_implausible, suspects)
+        data = dataclasses.replace(data, exclude=str(suspects), exclude_top=None)
+        log.info("left out the %d most implausible training pictures (listed in %s)", len(dropped), suspects)
+    stage2 = dataclasses.replace(stage1, data=data, pretrained=False, weights=str(first.run_dir / WEIGHTS),
+                                 freeze="backbone", unfreeze_last=unfreeze_last, lr=lr / 10,
+                                 epochs=stage2_epochs, out=str(out / "stage2"))
+    log.info("finetune stage 2: last %d blocks of each backbone unfrozen, lr %g", unfreeze_last, lr / 10)
+    second = train(stage2)
+    log.info("stage 1 val log loss %.5f → stage 2 %.5f; final model: %s", first.val_log_loss,
+             second.val_log_loss, second.run_dir)
+    return FinetuneResult(first, second, dropped)
