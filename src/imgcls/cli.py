@@ -296,6 +296,7 @@ def _cmd_models(args: argparse.Namespace) -> None:
     model = create_model(args.name, args.classes, chans, size)
     print(f"{args.name}: input {size}x{size}x{chans}, {args.classes} classes")
     print(format_summary(summarize(model, chans, size), model))
+    print("blocks (for --unfreeze):", ", ".join(n for group in model.block_groups() for n, _ in group))
 
 
 def _run(args: argparse.Namespace, argv: list[str]) -> None:

@@ -44,7 +44,10 @@ def load_run(run_dir: str | Path, device: str = "auto") -> LoadedRun:
                          **meta.get("model_args", {}))
     load_weights(run_dir, model)
     target = resolve_device(device)
-    return LoadedRun(model.to(target).eval(), meta, target)
+    # channels_last: 1.6-2.3x faster inference on this CPU for every registered family
+    # (EfficientNet-Lite0 224 px 16 → 27 pictures/s, simple-cnn 6,800 → 15,400; bench/RESULTS.md).
+    model = model.to(target, memory_format=torch.channels_last)
+    return LoadedRun(model.eval(), meta, target)
 
 
 def predict_images(run: LoadedRun, paths: list[str], batch_size: int = 256,
