@@ -284,12 +284,13 @@ def _cmd_models(args: argparse.Namespace) -> None:
     from .models.summary import format_summary, summarize
 
     if args.name is None:
-        print(f"{'name':12} {'params (10 classes)':>20} {'input':>10}  description")
+        print(f"{'name':20} {'params (10 classes)':>20} {'input':>10}  description")
         for spec in list_models():
             model = create_model(spec.name, 10)
             params = sum(p.numel() for p in model.parameters())
-            print(f"{spec.name:12} {params:>20,} {f'{spec.input_size}x{spec.input_size}x{spec.channels}':>10}  "
+            print(f"{spec.name:20} {params:>20,} {f'{spec.input_size}x{spec.input_size}x{spec.channels}':>10}  "
                   f"{spec.description}")
+        print("any other torchvision classification model works by name too (e.g. resnet101, vit_b_16)")
         return
     spec = get_spec(args.name)
     size, chans = args.img_size or spec.input_size, args.channels or spec.channels

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data.dataset import BatchLoader, DecodedImages, decode_all, decode_samples
+from .data.dataset import BatchLoader, DecodedImages, decode_all, decode_samples, inference_batch_size
 from .data.sources import id_sort_key, list_pictures, load_samples
 from .engine.checkpoint import load_weights, read_meta, write_json, write_text
 from .engine.device import resolve_device
@@ -32,7 +32,8 @@ class LoadedRun:
     def classes(self) -> list[str]:
         return self.meta["classes"]
 
-    def loader(self, decoded: DecodedImages, batch_size: int = 256) -> BatchLoader:
+    def loader(self, decoded: DecodedImages, batch_size: int | None = None) -> BatchLoader:
+        batch_size = batch_size or inference_batch_size(self.meta["channels"], self.meta["input_size"])
         return BatchLoader(decoded, batch_size, self.meta["mean"], self.meta["std"], shuffle=False,
                            device=self.device)
 
@@ -50,7 +51,7 @@ def load_run(run_dir: str | Path, device: str = "auto") -> LoadedRun:
     return LoadedRun(model.eval(), meta, target)
 
 
-def predict_images(run: LoadedRun, paths: list[str], batch_size: int = 256,
+def predict_images(run: LoadedRun, paths: list[str], batch_size: int | None = None,
                    tta: bool = False) -> tuple[np.ndarray, list[str], list[dict]]:
     """Probabilities (N, classes) for the pictures that decode, their paths, and the skipped ones."""
     # A run trained on border-trimmed pictures sees its test pictures trimmed the same way.
@@ -61,7 +62,7 @@ def predict_images(run: LoadedRun, paths: list[str], batch_size: int = 256,
 
 
 def predict_arrays(run: LoadedRun, array: np.ndarray, names: list[str] | None = None,
-                   batch_size: int = 256, tta: bool = False) -> np.ndarray:
+                   batch_size: int | None = None, tta: bool = False) -> np.ndarray:
     """Probabilities for decoded (N, C, H, W) uint8 pictures, normalised as in training."""
     names = names or [""] * len(array)
     decoded = DecodedImages(torch.from_numpy(array), torch.zeros(len(array), dtype=torch.long), names)
@@ -81,7 +82,7 @@ def _read_template(path: str | Path) -> tuple[list[str], list[str]]:
 
 
 def predict(run_dir: str | Path, images: str | Path, out: str | Path, *, proba: str | None = None,
-            template: str | Path | None = None, batch_size: int = 256, device: str = "auto",
+            template: str | Path | None = None, batch_size: int | None = None, device: str = "auto",
             tta: bool = False) -> dict:
     """Write `id,label` per picture (id = file name without extension, numeric ids in numeric order).
 
@@ -130,7 +131,7 @@ def predict(run_dir: str | Path, images: str | Path, out: str | Path, *, proba: 
 
 def evaluate(run_dir: str | Path, source: str, *, labels: str | None = None, id_col: str = "id",
              label_col: str = "label", ext: str | None = None, label_pattern: str | None = None,
-             out: str | Path | None = None, batch_size: int = 256, device: str = "auto", tta: bool = False) -> dict:
+             out: str | Path | None = None, batch_size: int | None = None, device: str = "auto", tta: bool = False) -> dict:
     """Score a saved run on labelled pictures (same layouts as train); classes are matched by name."""
     run = load_run(run_dir, device)
     samples = load_samples(source, labels, id_col, label_col, ext, label_pattern, classes=run.classes)

@@ -14,7 +14,7 @@ import torch
 from . import __version__
 from .config import TrainConfig, config_from_dict, config_to_dict, load_yaml
 from .data.augment import BatchAugment, batch_mixer
-from .data.dataset import BatchLoader, DecodedImages, decode_samples
+from .data.dataset import BatchLoader, DecodedImages, decode_samples, inference_batch_size
 from .data.sources import Samples, load_samples
 from .data.splits import kfold_indices, split_indices
 from .engine.checkpoint import RESUME, load_resume, load_weights, write_json
@@ -191,8 +191,8 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
     train_loader = BatchLoader(train_data, config.batch_size, meta["mean"], meta["std"], shuffle=True,
                                device=device, generator=generator, drop_last=True, augment=augment,
                                shard=(ranks.rank, ranks.world))
-    val_loader = BatchLoader(val_data, max(config.batch_size, 256), meta["mean"], meta["std"], shuffle=False,
-                             device=device)
+    val_loader = BatchLoader(val_data, inference_batch_size(channels, size), meta["mean"], meta["std"],
+                             shuffle=False, device=device)
     eval_model = model
     cached = _feature_cache(config, model, train_data, val_data, meta, device, generator, ranks.active)
     if cached is not None:

@@ -15,7 +15,7 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
-from ..data.dataset import BatchLoader, DecodedImages
+from ..data.dataset import BatchLoader, DecodedImages, inference_batch_size
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def _compute(model: nn.Module, prefix: Callable, loader: BatchLoader) -> list[to
 
 
 def frozen_features(key: tuple, model: nn.Module, prefix: Callable, data: DecodedImages, *, mean: list[float],
-                    std: list[float], device: torch.device, batch_size: int = 64) -> tuple[torch.Tensor, ...]:
+                    std: list[float], device: torch.device) -> tuple[torch.Tensor, ...]:
     """prefix(picture) for every picture of `data`, computing only those not cached under `key` yet."""
     store = _MEMO.get(key)
     if store is None:
@@ -95,7 +95,9 @@ def frozen_features(key: tuple, model: nn.Module, prefix: Callable, data: Decode
     missing = [i for i, p in enumerate(data.paths) if p not in store["index"]]
     if missing:
         start = time.perf_counter()
-        loader = BatchLoader(data.subset(missing), batch_size, mean, std, shuffle=False, device=device)
+        _, channels, height, width = data.images.shape
+        loader = BatchLoader(data.subset(missing), inference_batch_size(channels, max(height, width)), mean, std,
+                             shuffle=False, device=device)
         new = _compute(model, prefix, loader)
         offset = 0 if store["parts"] is None else len(store["parts"][0])
         store["parts"] = new if store["parts"] is None else [torch.cat([a, b]) for a, b in zip(store["parts"], new)]

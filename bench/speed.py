@@ -1,0 +1,191 @@
+"""Speed benchmarks (issue 5): the hardware's matmul rate, the training loop's overhead against a bare
+PyTorch loop, the data pipeline against torchvision's ImageFolder + DataLoader, and predict against a
+plain PIL loop. Each prints a table and writes bench/out/speed-<name>.json with every repeat.
+
+    python bench/speed.py matmul|overhead|pipeline|predict [--data ../shared/datasets] [--repeats 5]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from workflows import HERE, IMGCLS, unpack
+
+
+def machine() -> dict:
+    return {"platform": platform.platform(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "python": platform.python_version()}
+
+
+def summary(values: list[float]) -> dict:
+    return {"repeats": [round(v, 2) for v in values], "median": round(statistics.median(values), 2),
+            "spread": round(max(values) - min(values), 2)}
+
+
+def matmul(args) -> dict:
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    a @ b
+    rates = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        a @ b
+        rates.append(2 * 2048**3 / (time.perf_counter() - start) / 1e9)
+    print(f"fp32 matmul 2048²: {statistics.median(rates):.1f} GFLOP/s")
+    return {"gflops": summary(rates)}
+
+
+def _train_flops(model: torch.nn.Module, shape: tuple[int, ...]) -> float:
+    """Training FLOPs per picture: 3x the forward's FLOPs (forward + two backward products)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    model.eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.randn(1, *shape))
+    model.train()
+    return 3 * counter.get_total_flops()
+
+
+def overhead(args) -> dict:
+    """imgcls's Trainer over its uint8 cache vs a bare loop over normalised float tensors, alternating."""
+    from imgcls.data.dataset import BatchLoader, DecodedImages
+    from imgcls.engine.optim import Schedule, build_optimizer
+    from imgcls.engine.trainer import Trainer
+    from imgcls.models.registry import create_model
+
+    rows = {}
+    for name, shape, batch, steps in [("simple-cnn", (1, 28, 28), 256, 60), ("resnet18", (3, 32, 32), 128, 12)]:
+        n = batch * steps
+        images = torch.randint(0, 256, (n, *shape), dtype=torch.uint8)
+        labels = torch.randint(0, 10, (n,))
+        floats = (images.float() - 127.5) / 64
+        model = create_model(name, 10, shape[0], shape[1])
+        optimizer = build_optimizer(model, "adam", 1e-3)
+        loader = BatchLoader(DecodedImages(images, labels, [""] * n), batch, [0.5] * shape[0], [0.25] * shape[0],
+                             shuffle=True, device=torch.device("cpu"), generator=torch.Generator().manual_seed(0))
+        trainer = Trainer(model, optimizer, Schedule(optimizer, "none", 1, steps))
+
+        def bare() -> None:
+            model.train()
+            for i in torch.randperm(n).split(batch):
+                loss = F.cross_entropy(model(floats[i]), labels[i])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+
+        rates = {"imgcls": [], "bare": []}
+        trainer.train_one_epoch(loader)  # warm-up
+        for _ in range(args.repeats):
+            for kind, run in (("imgcls", lambda: trainer.train_one_epoch(loader)), ("bare", bare)):
+                start = time.perf_counter()
+                run()
+                rates[kind].append(n / (time.perf_counter() - start))
+        flops = _train_flops(model, shape)
+        ratio = [a / b for a, b in zip(rates["imgcls"], rates["bare"])]
+        rows[name] = {"imgcls_img_s": summary(rates["imgcls"]), "bare_img_s": summary(rates["bare"]),
+                      "ratio": summary(ratio), "train_gflop_per_picture": round(flops / 1e9, 4),
+                      "imgcls_gflops": round(statistics.median(rates["imgcls"]) * flops / 1e9, 1)}
+        print(f"{name:11} imgcls {statistics.median(rates['imgcls']):8.0f} img/s  bare "
+              f"{statistics.median(rates['bare']):8.0f} img/s  ratio {statistics.median(ratio):.3f}  "
+              f"({rows[name]['imgcls_gflops']} GFLOP/s)")
+    return rows
+
+
+def pipeline(args) -> dict:
+    """Pictures/s delivered as normalised batches: imgcls (decode once, then cut batches) vs ImageFolder."""
+    from torch.utils.data import DataLoader
+    from torchvision import datasets, transforms
+
+    from imgcls.data.dataset import BatchLoader, decode_samples
+    from imgcls.data.sources import load_samples
+
+    folder = unpack(Path(args.data), HERE / "data") / "cifar10" / "train"
+    start = time.perf_counter()
+    decoded, _ = decode_samples(load_samples(str(folder)), 3, 32)
+    loader = BatchLoader(decoded, 256, [0.5] * 3, [0.25] * 3, shuffle=True, device=torch.device("cpu"))
+    for _ in loader:
+        pass
+    first = len(decoded) / (time.perf_counter() - start)
+    later = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        for _ in loader:
+            pass
+        later.append(len(decoded) / (time.perf_counter() - start))
+    plain_set = datasets.ImageFolder(str(folder), transforms.Compose([transforms.ToTensor(),
+                                                                      transforms.Normalize([0.5] * 3, [0.25] * 3)]))
+    plain = []
+    for _ in range(min(args.repeats, 3)):
+        start = time.perf_counter()
+        for _ in DataLoader(plain_set, batch_size=256, shuffle=True, num_workers=2):
+            pass
+        plain.append(len(plain_set) / (time.perf_counter() - start))
+    ratio = statistics.median(later) / statistics.median(plain)
+    print(f"imgcls epoch 1 {first:8.0f} img/s  later {statistics.median(later):10.0f} img/s  "
+          f"ImageFolder+DataLoader(2 workers) {statistics.median(plain):8.0f} img/s  later/plain {ratio:.1f}x")
+    return {"pictures": len(decoded), "imgcls_epoch1_img_s": round(first, 1), "imgcls_later_img_s": summary(later),
+            "plain_img_s": summary(plain), "later_over_plain": round(ratio, 1)}
+
+
+def predict(args) -> dict:
+    """`imgcls predict` on the CIFAR-10 test JPEGs (a 1-epoch cifar-cnn) vs a plain PIL + model loop."""
+    from PIL import Image
+
+    from imgcls.predict import load_run
+
+    data = unpack(Path(args.data), HERE / "data") / "cifar10"
+    run_dir = HERE / "out" / "speed-predict-run"
+    if not (run_dir / "model.json").is_file():
+        subprocess.run(IMGCLS + ["train", str(data / "train"), "--model", "cifar-cnn", "--epochs", "1",
+                                 "--train-batches", "20", "--out", str(run_dir)], check=True)
+    paths = sorted(str(p) for p in (data / "test").rglob("*.jpg"))
+    imgcls_s = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        subprocess.run(IMGCLS + ["predict", str(run_dir), str(data / "test"), "--out",
+                                 str(HERE / "out" / "speed-predict.csv")], check=True)
+        imgcls_s.append(len(paths) / (time.perf_counter() - start))
+    run = load_run(run_dir, "cpu")
+    model = run.model.to(memory_format=torch.contiguous_format)  # what a plain loop gets from torch
+    mean = torch.tensor(run.meta["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(run.meta["std"]).view(1, 3, 1, 1)
+    plain_s = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()  # in-process: no start-up cost, unlike the CLI above
+        with torch.no_grad():
+            for i in range(0, len(paths), 256):
+                batch = torch.stack([torch.from_numpy(np.asarray(Image.open(p).convert("RGB")))
+                                     for p in paths[i:i + 256]]).permute(0, 3, 1, 2).float() / 255
+                model((batch - mean) / std).softmax(1)
+        plain_s.append(len(paths) / (time.perf_counter() - start))
+    ratio = statistics.median(imgcls_s) / statistics.median(plain_s)
+    print(f"imgcls predict (CLI, start-up included) {statistics.median(imgcls_s):8.0f} pictures/s  plain PIL loop "
+          f"{statistics.median(plain_s):8.0f} pictures/s  ratio {ratio:.2f}")
+    return {"pictures": len(paths), "imgcls_cli_pictures_s": summary(imgcls_s), "plain_pictures_s": summary(plain_s),
+            "ratio": round(ratio, 2)}
+
+
+def main() -> None:
+    benches = {"matmul": matmul, "overhead": overhead, "pipeline": pipeline, "predict": predict}
+    parser = argparse.ArgumentParser()
+    parser.add_argument("bench", choices=list(benches))
+    parser.add_argument("--data", default=str(HERE.parent.parent / "shared" / "datasets"))
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    result = {"command": " ".join(["python", *sys.argv]), "machine": machine(), "result": benches[args.bench](args)}
+    out = HERE / "out" / f"speed-{args.bench}.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
