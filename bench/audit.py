@@ -11,21 +11,19 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from workflows import unpack  # noqa: E402
+from workflows import DEFAULT_DATA, run_imgcls, unpack  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--data", default=str(HERE.parent.parent / "shared" / "datasets"))
+    parser.add_argument("--data", default=DEFAULT_DATA)
     parser.add_argument("--size", type=int, default=10000)
     parser.add_argument("--noise", type=float, default=0.05)
     parser.add_argument("--folds", type=int, default=5)
@@ -50,11 +48,9 @@ def main() -> None:
         writer.writeheader()
         writer.writerows(rows)
     flipped_ids = {rows[i]["id"] for i in flipped}
-    command = [sys.executable, "-m", "imgcls", "-q", "audit", str(fm / "train"), "--labels", str(noisy),
-               "--folds", str(args.folds), "--epochs", str(args.epochs), "--out", str(out / "run")]
-    start = time.perf_counter()
-    subprocess.run(command, check=True)
-    seconds = time.perf_counter() - start
+    command = ["audit", str(fm / "train"), "--labels", str(noisy), "--folds", str(args.folds), "--epochs",
+               str(args.epochs), "--out", str(out / "run")]
+    _, _, seconds = run_imgcls(command)
     with open(out / "run" / "suspects.csv") as f:
         suspects = list(csv.DictReader(f))
     results = []
@@ -63,7 +59,7 @@ def main() -> None:
         results.append({"top": top, "precision": round(found / top, 4), "recall": round(found / len(flipped_ids), 4)})
     flagged = [s for s in suspects if s["flagged"] == "1"]
     hits = sum(Path(s["path"]).stem in flipped_ids for s in flagged)
-    report = {"command": " ".join(command[2:]), "pictures": len(rows), "flipped": len(flipped_ids),
+    report = {"command": "imgcls " + " ".join(command), "pictures": len(rows), "flipped": len(flipped_ids),
               "wall_seconds": round(seconds, 1), "top": results,
               "flagged": {"count": len(flagged), "precision": round(hits / max(len(flagged), 1), 4),
                           "recall": round(hits / len(flipped_ids), 4)}}

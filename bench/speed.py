@@ -10,7 +10,6 @@ import argparse
 import json
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from workflows import HERE, IMGCLS, unpack
+from workflows import DEFAULT_DATA, HERE, run_imgcls, unpack
 
 
 def machine() -> dict:
@@ -146,14 +145,13 @@ def predict(args) -> dict:
     data, test = root / "cifar10", root / "dogs-vs-cats" / "test1"
     run_dir = HERE / "out" / "speed-predict-run"
     if not (run_dir / "model.json").is_file():
-        subprocess.run(IMGCLS + ["train", str(data / "train"), "--model", "cifar-cnn", "--epochs", "1",
-                                 "--train-batches", "20", "--out", str(run_dir)], check=True)
+        run_imgcls(["train", data / "train", "--model", "cifar-cnn", "--epochs", "1", "--train-batches", "20",
+                    "--out", run_dir])
     paths = sorted(str(p) for p in test.glob("*.jpg"))
     imgcls_s = []
     for _ in range(args.repeats):
         start = time.perf_counter()
-        subprocess.run(IMGCLS + ["predict", str(run_dir), str(test), "--out",
-                                 str(HERE / "out" / "speed-predict.csv")], check=True)
+        run_imgcls(["predict", run_dir, test, "--out", HERE / "out" / "speed-predict.csv"])
         imgcls_s.append(len(paths) / (time.perf_counter() - start))
     run = load_run(run_dir, "cpu")
     model = run.model.to(memory_format=torch.contiguous_format)  # what a plain loop gets from torch
@@ -179,7 +177,7 @@ def main() -> None:
     benches = {"matmul": matmul, "overhead": overhead, "pipeline": pipeline, "predict": predict}
     parser = argparse.ArgumentParser()
     parser.add_argument("bench", choices=list(benches))
-    parser.add_argument("--data", default=str(HERE.parent.parent / "shared" / "datasets"))
+    parser.add_argument("--data", default=DEFAULT_DATA)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     result = {"command": " ".join(["python", *sys.argv]), "machine": machine(), "result": benches[args.bench](args)}

@@ -13,28 +13,21 @@ import json
 import platform
 import re
 import shutil
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import torch
 
-from workflows import HERE, IMGCLS, unpack
+from workflows import DEFAULT_DATA, HERE, run_imgcls, unpack
 
 
 def run(command: list[str]) -> tuple[float, str, str]:
-    start = time.perf_counter()
-    done = subprocess.run(IMGCLS[:-1] + command, capture_output=True, text=True)  # not -q: the log has timings
-    seconds = time.perf_counter() - start
-    if done.returncode:
-        sys.exit(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
-    return seconds, done.stdout, done.stderr
+    stdout, stderr, seconds = run_imgcls(command, quiet=False)  # not -q: the log has the cache timings
+    return seconds, stdout, stderr
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--data", default=str(HERE.parent.parent / "shared" / "datasets"))
+    parser.add_argument("--data", default=DEFAULT_DATA)
     parser.add_argument("--model", default="efficientnet_lite0")
     parser.add_argument("--stage1-epochs", default="8")
     parser.add_argument("--stage2-epochs", default="4")

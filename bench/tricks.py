@@ -10,29 +10,22 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from workflows import unpack  # noqa: E402
-
-IMGCLS = [sys.executable, "-m", "imgcls", "-q"]
+from workflows import DEFAULT_DATA, run_imgcls, unpack  # noqa: E402
 
 
-def run(args: list[str]) -> tuple[str, float]:
-    start = time.perf_counter()
-    done = subprocess.run(IMGCLS + [str(a) for a in args], capture_output=True, text=True)
-    if done.returncode:
-        sys.exit(f"imgcls {' '.join(map(str, args))} failed:\n{done.stderr[-2000:]}")
-    return done.stdout.strip(), time.perf_counter() - start
+def run(args: list) -> tuple[str, float]:
+    stdout, _, seconds = run_imgcls(args)
+    return stdout, seconds
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--data", default=str(HERE.parent.parent / "shared" / "datasets"))
+    parser.add_argument("--data", default=DEFAULT_DATA)
     parser.add_argument("--train-size", type=int, default=10000)
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--epochs", type=int, default=10)

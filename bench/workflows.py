@@ -20,6 +20,19 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 IMGCLS = [sys.executable, "-m", "imgcls", "-q"]
+DEFAULT_DATA = str(HERE.parent.parent / "shared" / "datasets")
+
+
+def run_imgcls(args: list, *, quiet: bool = True) -> tuple[str, str, float]:
+    """Run one imgcls command in a fresh process: (stdout, stderr, wall seconds); a failure ends the
+    benchmark with the command and the tail of its stderr."""
+    start = time.perf_counter()
+    command = (IMGCLS if quiet else IMGCLS[:-1]) + [str(a) for a in args]
+    done = subprocess.run(command, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode:
+        sys.exit(f"imgcls {' '.join(map(str, args))} failed:\n{done.stderr[-3000:]}")
+    return done.stdout.strip(), done.stderr, seconds
 
 
 def workflows(d: Path, runs: Path) -> dict[str, list[list[str]]]:
@@ -69,7 +82,7 @@ def unpack(shared: Path, target: Path) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--data", default=str(HERE.parent.parent / "shared" / "datasets"))
+    parser.add_argument("--data", default=DEFAULT_DATA)
     parser.add_argument("--only", help="comma-separated workflow names")
     args = parser.parse_args()
     data = unpack(Path(args.data), HERE / "data")
@@ -84,13 +97,9 @@ def main() -> None:
     for name, commands in chosen.items():
         steps = []
         for command in commands:
-            start = time.perf_counter()
-            done = subprocess.run(IMGCLS + command, capture_output=True, text=True)
-            seconds = time.perf_counter() - start
-            if done.returncode:
-                sys.exit(f"{name}: {' '.join(command)} failed:\n{done.stderr[-2000:]}")
+            stdout, _, seconds = run_imgcls(command)
             steps.append({"command": "imgcls " + " ".join(command), "seconds": round(seconds, 1),
-                          "stdout": done.stdout.strip()})
+                          "stdout": stdout})
         run_dir = Path(commands[0][commands[0].index("--out") + 1])
         metrics = json.loads((run_dir / "metrics.json").read_text())
         test_file = run_dir / "test_metrics.json"

@@ -55,8 +55,10 @@ def _data_kwargs(config: TrainConfig, source: str) -> dict:
 def _split(config: TrainConfig, decoded: DecodedImages, run_dir: Path, resuming: bool) -> tuple[np.ndarray, np.ndarray]:
     """(train, val) indices into the decoded pictures: saved split on resume, else K-fold or a seeded split."""
     d = config.data
-    split_file = run_dir / "split.csv" if resuming and (run_dir / "split.csv").is_file() else None
-    split_file = split_file or (Path(d.split_file) if d.split_file else None)
+    if resuming and (run_dir / "split.csv").is_file():
+        split_file = run_dir / "split.csv"
+    else:
+        split_file = Path(d.split_file) if d.split_file else None
     if split_file is not None:
         # The saved split wins over re-splitting, so pictures added since cannot leak into training.
         if not split_file.is_file():

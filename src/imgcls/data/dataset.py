@@ -93,6 +93,26 @@ def inference_batch_size(channels: int, size: int) -> int:
     return max(8, min(256, 2**22 // (channels * size * size)))
 
 
+class BatchOrder:
+    """The index tensors of one epoch's batches: a seeded shuffle (or in order), the last batch dropped
+    only when it is a tiny remainder that would make BatchNorm statistics noisy."""
+
+    def __init__(self, n: int, batch_size: int, *, shuffle: bool, device: torch.device,
+                 generator: torch.Generator | None = None, drop_last: bool = False):
+        self.n, self.batch_size, self.shuffle = n, batch_size, shuffle
+        self.device, self.generator = device, generator
+        self.drop_last = drop_last and n % batch_size < max(2, batch_size // 8) and n > batch_size
+
+    def __len__(self) -> int:
+        return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
+
+    def __iter__(self):
+        order = (torch.randperm(self.n, generator=self.generator).to(self.device) if self.shuffle
+                 else torch.arange(self.n, device=self.device))
+        for b in range(len(self)):
+            yield order[b * self.batch_size:(b + 1) * self.batch_size]
+
+
 class BatchLoader:
     """Batches of normalised float tensors cut from a DecodedImages, shuffled by a seeded generator.
 
@@ -105,32 +125,24 @@ class BatchLoader:
                  shard: tuple[int, int] = (0, 1)):
         self.images = data.images.to(device)
         self.labels = data.labels.to(device)
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.device = device
-        self.generator = generator
+        self.order = BatchOrder(len(data), batch_size, shuffle=shuffle, device=device, generator=generator,
+                                drop_last=drop_last)
         self.augment = augment  # uint8 batch → uint8 batch, before normalisation
         # (rank, world): every rank walks the same shuffled global batches and keeps its slice of each,
         # so N processes with batch B train like one process with batch B.
         self.rank, self.world = shard
-        # Only drop the last batch when it is a tiny remainder that would make BatchNorm statistics noisy.
-        self.drop_last = drop_last and len(data) % batch_size < max(2, batch_size // 8) and len(data) > batch_size
         self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255.0
         self.std = torch.tensor(std, device=device).view(1, -1, 1, 1) * 255.0
 
     def __len__(self) -> int:
-        n = len(self.labels)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        return len(self.order)
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
         return (images.float() - self.mean) / self.std
 
     def __iter__(self):
-        n = len(self.labels)
-        order = (torch.randperm(n, generator=self.generator).to(self.device) if self.shuffle
-                 else torch.arange(n, device=self.device))
-        for b in range(len(self)):
-            idx = order[b * self.batch_size:(b + 1) * self.batch_size][self.rank::self.world]
+        for idx in self.order:
+            idx = idx[self.rank::self.world]
             images = self.images[idx]
             if self.augment is not None:
                 images = self.augment(images)

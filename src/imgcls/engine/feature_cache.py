@@ -15,7 +15,7 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
-from ..data.dataset import BatchLoader, DecodedImages, inference_batch_size
+from ..data.dataset import BatchLoader, BatchOrder, DecodedImages, inference_batch_size
 
 log = logging.getLogger(__name__)
 
@@ -43,20 +43,14 @@ class FeatureLoader:
     def __init__(self, parts: tuple[torch.Tensor, ...], labels: torch.Tensor, batch_size: int, *, shuffle: bool,
                  generator: torch.Generator | None = None, drop_last: bool = False):
         self.parts, self.labels = parts, labels
-        self.batch_size, self.shuffle, self.generator = batch_size, shuffle, generator
-        n = len(labels)
-        self.drop_last = drop_last and n % batch_size < max(2, batch_size // 8) and n > batch_size
+        self.order = BatchOrder(len(labels), batch_size, shuffle=shuffle, device=labels.device,
+                                generator=generator, drop_last=drop_last)
 
     def __len__(self) -> int:
-        n = len(self.labels)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        return len(self.order)
 
     def __iter__(self):
-        n = len(self.labels)
-        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
-        order = order.to(self.labels.device)
-        for b in range(len(self)):
-            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
+        for idx in self.order:
             parts = tuple(p[idx] for p in self.parts)
             yield (parts[0] if len(parts) == 1 else parts), self.labels[idx]
 

@@ -15,7 +15,7 @@ import torch.nn as nn
 import torchvision.models as tv_models
 
 from ..errors import UserError
-from .base import Classifier, is_frozen
+from .base import Classifier, has_params, is_frozen
 from .registry import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -201,7 +201,7 @@ def apply_freezing(model: Classifier, freeze: str = "none", unfreeze: list[str] 
                         f"{', '.join(sorted(known))}")
     training = []
     for group in groups:
-        with_params = [(n, b) for n, b in group if any(True for _ in b.parameters())]
+        with_params = [(n, b) for n, b in group if has_params(b)]
         last = set(n for n, _ in with_params[len(with_params) - unfreeze_last:]) if unfreeze_last else set()
         for name, block in group:
             trains = name in unfreeze or name in last
@@ -213,6 +213,6 @@ def apply_freezing(model: Classifier, freeze: str = "none", unfreeze: list[str] 
 
 def describe_freezing(model: Classifier) -> str:
     groups = model.block_groups()
-    frozen = sum(is_frozen(b) and any(True for _ in b.parameters()) for g in groups for _, b in g)
-    total = sum(any(True for _ in b.parameters()) for g in groups for _, b in g)
+    frozen = sum(is_frozen(b) and has_params(b) for g in groups for _, b in g)
+    total = sum(has_params(b) for g in groups for _, b in g)
     return f"{frozen} of {total} backbone blocks frozen"

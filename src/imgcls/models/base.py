@@ -16,6 +16,10 @@ import torch.nn as nn
 FrozenSplit = tuple[Callable[[torch.Tensor], Any], Callable[[Any], torch.Tensor], list[nn.Module]]
 
 
+def has_params(module: nn.Module) -> bool:
+    return any(True for _ in module.parameters())
+
+
 def is_frozen(module: nn.Module) -> bool:
     """No trainable parameter (a block without parameters, such as pooling, counts as frozen)."""
     return not any(p.requires_grad for p in module.parameters())
@@ -53,7 +57,7 @@ class Classifier(nn.Module):
         """How many leading blocks have no trainable parameter (their output can be computed once),
         stopping before the last `keep_last` blocks that have parameters."""
         blocks = self.blocks()
-        with_params = [i for i, (_, b) in enumerate(blocks) if any(True for _ in b.parameters())]
+        with_params = [i for i, (_, b) in enumerate(blocks) if has_params(b)]
         limit = with_params[-keep_last] if 0 < keep_last <= len(with_params) else len(blocks)
         count = 0
         for _, block in blocks[:limit]:
