@@ -3,10 +3,15 @@ PyTorch loop, the data pipeline against torchvision's ImageFolder + DataLoader, 
 plain PIL loop. Each prints a table and writes bench/out/speed-<name>.json with every repeat.
 
     python bench/speed.py matmul|overhead|pipeline|predict [--data ../shared/datasets] [--repeats 5]
+    python bench/speed.py fashion|cifar10 [--repeats 1] [-- extra imgcls train flags]
+
+fashion and cifar10 time the whole command line (decoding included): `imgcls train` with the default
+recipe, then `imgcls evaluate` on the test pictures. Every run appends its table to bench/RESULTS.md.
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import platform
 import statistics
@@ -22,8 +27,23 @@ from workflows import DEFAULT_DATA, HERE, run_imgcls, unpack
 
 
 def machine() -> dict:
-    return {"platform": platform.platform(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version()}
+    import torchvision
+
+    import imgcls
+    return {"platform": platform.platform(), "processor": _cpu_name(), "threads": torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+            "torch": torch.__version__, "torchvision": torchvision.__version__, "numpy": np.__version__,
+            "imgcls": imgcls.__version__, "python": platform.python_version()}
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
 
 
 def summary(values: list[float]) -> dict:
@@ -173,18 +193,86 @@ def predict(args) -> dict:
             "ratio": round(ratio, 2)}
 
 
+def _recipe_runs(args, name: str, train: list, test: list, variants: list[tuple[str, list]]) -> dict:
+    """Each variant: `imgcls train` + `imgcls evaluate` (plain and --tta) timed end to end, `repeats` times."""
+    rows = {}
+    for label, flags in variants:
+        walls, accs, tta_accs, epoch_s, flops = [], [], [], [], None
+        for repeat in range(args.repeats):
+            run_dir = HERE / "out" / f"{name}-{len(rows)}-{repeat}"
+            if run_dir.exists():
+                import shutil
+                shutil.rmtree(run_dir)
+            _, _, train_s = run_imgcls(["train", *train, *flags, *args.extra, "--out", run_dir])
+            _, _, eval_s = run_imgcls(["evaluate", run_dir, *test, "--out", run_dir / "test.json"])
+            run_imgcls(["evaluate", run_dir, *test, "--tta", "--out", run_dir / "test_tta.json"])
+            walls.append(train_s + eval_s)
+            accs.append(json.loads((run_dir / "test.json").read_text())["accuracy"])
+            tta_accs.append(json.loads((run_dir / "test_tta.json").read_text())["accuracy"])
+            with open(run_dir / "history.csv", newline="") as f:
+                epoch_s += [float(row["seconds"]) for row in csv.DictReader(f)]
+            flops = flops or _run_flops(run_dir)
+        rows[label] = {"flags": " ".join(map(str, [*flags, *args.extra])), "wall_s": summary(walls),
+                       "test_accuracy": summary(accs), "test_accuracy_tta": summary(tta_accs),
+                       "epoch_s": summary(epoch_s) if epoch_s else None, "train_gflop_per_picture": flops}
+        print(f"{label:38} wall {statistics.median(walls):7.1f} s  test acc {statistics.median(accs):.4f}  "
+              f"(--tta {statistics.median(tta_accs):.4f})  {flops} GFLOP/picture trained")
+    return rows
+
+
+def _run_flops(run_dir: Path) -> float:
+    from imgcls.predict import load_run
+    run = load_run(run_dir, "cpu")
+    return round(_train_flops(run.model, (run.meta["channels"], run.meta["input_size"], run.meta["input_size"])) / 1e9, 4)
+
+
+def fashion(args) -> dict:
+    """The apparel CSV layout: the default recipe, and the walkthrough's 4-filter simple-cnn with mini-batches."""
+    fm = unpack(Path(args.data), HERE / "data") / "fashion-mnist"
+    train = [fm / "train", "--labels", fm / "train.csv", "--val-split", "0.1"]
+    test = [fm / "test", "--labels", fm / "test_labels.csv"]
+    variants = [("default recipe (small: airnet)", [])]
+    if not args.extra:
+        variants.append(("walkthrough simple-cnn width=4", ["--model", "simple-cnn", "--model-arg", "width=4",
+                                                            "--epochs", "10", "--batch-size", "64"]))
+    return _recipe_runs(args, "fashion", train, test, variants)
+
+
+def cifar10(args) -> dict:
+    """The CIFAR-10 class folders (50,000 train JPEGs, 10,000 test): the default recipe."""
+    cifar = unpack(Path(args.data), HERE / "data") / "cifar10"
+    return _recipe_runs(args, "cifar10", [cifar / "train", "--val-split", "0.1"], [cifar / "test"],
+                        [("default recipe (small: airnet)", [])])
+
+
+def append_results(name: str, command: str, result: dict, info: dict) -> None:
+    """Append the run's figures to bench/RESULTS.md (the JSON in bench/out keeps every repeat)."""
+    lines = [f"\n### `{command}` ({time.strftime('%Y-%m-%d')})\n",
+             f"Machine: {info['processor']}, {info['threads']} threads, torch {info['torch']}"
+             + (f", {info['cuda']}" if info["cuda"] else "") + ".\n", "```",
+             json.dumps(result, indent=1)[:4000], "```"]
+    with open(HERE / "RESULTS.md", "a", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+
+
 def main() -> None:
-    benches = {"matmul": matmul, "overhead": overhead, "pipeline": pipeline, "predict": predict}
+    benches = {"matmul": matmul, "overhead": overhead, "pipeline": pipeline, "predict": predict,
+               "fashion": fashion, "cifar10": cifar10}
     parser = argparse.ArgumentParser()
     parser.add_argument("bench", choices=list(benches))
     parser.add_argument("--data", default=DEFAULT_DATA)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, help="default: 5, or 1 for fashion and cifar10")
+    parser.add_argument("extra", nargs="*", help="after --: more `imgcls train` flags (fashion, cifar10)")
     args = parser.parse_args()
-    result = {"command": " ".join(["python", *sys.argv]), "machine": machine(), "result": benches[args.bench](args)}
+    args.repeats = args.repeats or (1 if args.bench in ("fashion", "cifar10") else 5)
+    command = " ".join(["python", *sys.argv])
+    info = machine()
+    result = benches[args.bench](args)
     out = HERE / "out" / f"speed-{args.bench}.json"
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {out}")
+    out.write_text(json.dumps({"command": command, "machine": info, "result": result}, indent=2))
+    append_results(args.bench, command, result, info)
+    print(f"wrote {out}; appended to bench/RESULTS.md")
 
 
 if __name__ == "__main__":

@@ -72,7 +72,7 @@ def test_config_file_then_flags(trained, tmp_path: Path):
     data, _ = trained
     config = tmp_path / "c.yaml"
     config.write_text(f"data:\n  source: {data}\n  img_size: 16\n  channels: 3\nepochs: 5\nbatch_size: 8\n"
-                      "model_args: {width: 4}\n")
+                      "model: simple-cnn\nmodel_args: {width: 4}\n")
     imgcls("train", "--config", config, "--epochs", "1", "--out", tmp_path / "run")
     import yaml
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())

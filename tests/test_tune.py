@@ -21,7 +21,7 @@ def test_killed_study_resumes_and_the_trial_count_continues(tmp_path: Path):
     space = tmp_path / "space.yaml"
     space.write_text("lr: {type: float, low: 0.001, high: 0.01, log: true}\n"
                      "model_args.width: {type: categorical, choices: [4, 8]}\n")
-    process = subprocess.Popen([sys.executable, "-m", "imgcls", "tune", "digits", "--img-size", "16",
+    process = subprocess.Popen([sys.executable, "-m", "imgcls", "tune", "digits", "--model", "simple-cnn", "--img-size", "16",
                                 "--epochs", "30", "--trials", "3", "--space", str(space), "--out", str(out)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     storage = f"sqlite:///{out / 'study.db'}"
@@ -40,7 +40,7 @@ def test_killed_study_resumes_and_the_trial_count_continues(tmp_path: Path):
     process.kill()
     process.wait()
 
-    base = resolve_config(overrides={"source": "digits", "img_size": 16, "epochs": 2})
+    base = resolve_config(overrides={"source": "digits", "model": "simple-cnn", "img_size": 16, "epochs": 2})
     study = tune(base, 3, out=out, space=load_space(space))
     finished = [t for t in study.trials if t.state.is_finished() and t.state.name != "FAIL"]
     assert len([t for t in finished if t.state.name in ("COMPLETE", "PRUNED")]) == 3

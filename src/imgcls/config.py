@@ -20,6 +20,23 @@ SCHEDULERS = ("none", "plateau", "cosine", "onecycle")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 AUGMENT_PRESETS = ("none", "light", "standard", "strong")
 FREEZE = ("none", "backbone")
+PRECISIONS = ("auto", "fp32", "bf16")
+
+# Named sets of defaults, applied beneath a YAML file and flags (like Ultralytics' default.yaml or
+# fastai's fit_one_cycle defaults). "auto" is "small" when no model is named anywhere, else "none".
+RECIPES: dict[str, dict[str, Any]] = {
+    "none": {},
+    # airnet at the pictures' own size, one-cycle AdamW, label smoothing, flips and shifts:
+    # Fashion-MNIST and CIFAR-10 on a 2-core CPU (bench/RESULTS.md, issue 5).
+    "small": {"model": "airnet", "optimizer": "adamw", "lr": 2e-3, "weight_decay": 5e-4, "scheduler": "onecycle",
+              "label_smoothing": 0.1, "augment": "light", "batch_size": 256, "epochs": 8},
+    # airbench94's shape and schedule for a GPU: data held on the GPU, channels_last, bf16, compiled.
+    "cifar10-speed": {"model": "airnet", "model_args": {"widths": "64,256,256", "second_conv": "1,1,1",
+                                                        "stem": 24, "act": "gelu"},
+                      "optimizer": "sgd", "lr": 0.2, "momentum": 0.85, "weight_decay": 5e-4,
+                      "scheduler": "onecycle", "label_smoothing": 0.2, "augment": "light", "batch_size": 1024,
+                      "epochs": 10, "compile": True},
+}
 
 
 @dataclass
@@ -52,6 +69,7 @@ class TrainConfig:
     """Everything `imgcls train` needs; `data` says where the pictures come from."""
 
     data: DataConfig = field(default_factory=DataConfig)
+    recipe: str = "auto"  # a name in RECIPES: defaults beneath the YAML file and flags
     model: str = "simple-cnn"
     model_args: dict[str, Any] = field(default_factory=dict)
     pretrained: bool = False  # ImageNet weights through torchvision's weights API (or the offline package)
@@ -75,6 +93,9 @@ class TrainConfig:
     cutmix: float = 0.0  # alpha of CutMix; 0 = off (with mixup too, one of the two per batch)
     label_smoothing: float = 0.0
     device: str = "auto"
+    channels_last: bool = True  # NHWC memory layout: faster convolutions on the CPU and on GPUs (bench/RESULTS.md)
+    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 elsewhere (this CPU kind has no bf16 units)
+    compile: bool = False  # torch.compile the model: a GPU gain; on the CPU no gain for 30-60 s of compiling
     train_batches: int | None = None  # use only this many batches per epoch (smoke runs)
     out: str | None = None
 
@@ -86,6 +107,8 @@ class TrainConfig:
         _choice("split", self.data.split, SPLITS)
         _choice("augment", self.augment, AUGMENT_PRESETS)
         _choice("freeze", self.freeze, FREEZE)
+        _choice("recipe", self.recipe, ("auto", *RECIPES))
+        _choice("precision", self.precision, PRECISIONS)
         if self.unfreeze_last is not None and self.unfreeze_last < 0:
             raise UserError(f"Received: unfreeze-last={self.unfreeze_last}; expected an integer >= 0")
         if self.backbone_lr_mult <= 0:
@@ -128,9 +151,23 @@ def _train_fields() -> set[str]:
     return {f.name for f in dataclasses.fields(TrainConfig)} - {"data"}
 
 
+def recipe_defaults(values: dict[str, Any]) -> TrainConfig:
+    """The defaults with the recipe `values` asks for laid over them ("auto": "small" unless a model is named)."""
+    name = values.get("recipe") or "auto"
+    if name == "auto":
+        name = "none" if values.get("model") else "small"
+    if name not in RECIPES:
+        raise UserError(f"Received: recipe={name}; expected one of auto, {', '.join(RECIPES)}")
+    config = TrainConfig()
+    for key, value in RECIPES[name].items():
+        setattr(config, key, dict(value) if isinstance(value, dict) else value)
+    return config
+
+
 def config_from_dict(values: dict[str, Any], base: TrainConfig | None = None) -> TrainConfig:
-    """Overlay `values` on `base` (or the defaults). Data keys may sit flat or under `data:`."""
-    config = dataclasses.replace(base or TrainConfig())
+    """Overlay `values` on `base` (or on the defaults of the recipe they ask for). Data keys may sit
+    flat or under `data:`."""
+    config = dataclasses.replace(base or recipe_defaults(values))
     data = dataclasses.replace(config.data)
     flat = dict(values)
     nested = flat.pop("data", None) or {}
@@ -139,6 +176,8 @@ def config_from_dict(values: dict[str, Any], base: TrainConfig | None = None) ->
     flat.update(nested)
     for key, value in flat.items():
         key = key.replace("-", "_")
+        if key == "model_args" and flat.get("model", config.model) == config.model:
+            value = {**config.model_args, **(value or {})}  # a recipe's model arguments, one changed
         if key in _data_fields():
             setattr(data, key, value)
         elif key in _train_fields():
@@ -165,12 +204,10 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def resolve_config(yaml_path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """Defaults < YAML file < overrides (keys whose value is None are left out)."""
-    config = TrainConfig()
-    if yaml_path is not None:
-        config = config_from_dict(load_yaml(yaml_path), config)
-    if overrides:
-        config = config_from_dict({k: v for k, v in overrides.items() if v is not None}, config)
+    """Defaults < recipe < YAML file < overrides (keys whose value is None are left out)."""
+    values = load_yaml(yaml_path) if yaml_path is not None else {}
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    config = config_from_dict(values)
     config.validate()
     return config
 

@@ -14,6 +14,7 @@ import torch
 from . import __version__
 from .config import TrainConfig, config_from_dict, config_to_dict, load_yaml
 from .data.augment import BatchAugment, batch_mixer
+from .data.decode import probe_pictures
 from .data.dataset import BatchLoader, DecodedImages, decode_samples, inference_batch_size
 from .data.sources import Samples, load_samples
 from .data.splits import kfold_indices, split_indices
@@ -138,8 +139,6 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
         state = None
     config.validate()
     spec = get_spec(config.model)
-    channels = config.data.channels or spec.channels
-    size = config.data.img_size or spec.size_for(config.model_args)
     ranks, device = init_distributed(resolve_device(config.device))
     generator = seed_everything(config.data.seed)
     if not ranks.main:
@@ -156,6 +155,7 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
         if ranks.main:
             write_config(run_dir, config_to_dict(config))
     samples, dropped = _clean(config, samples)
+    channels, size = _picture_shape(config, spec, samples)
     log.info("%d classes, %d pictures; decoding each once at %d px, %d channel(s)", len(samples.classes),
              len(samples), size, channels)
     trim = config.data.clean
@@ -186,15 +186,17 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
 
     meta = _model_meta(config, classes, channels, size)
     model = _build_model(config, len(classes), channels, size).to(device)
-    train_model = model
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    train_model = torch.compile(model) if config.compile else model
     if ranks.active:
         from torch.nn.parallel import DistributedDataParallel
-        train_model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+        train_model = DistributedDataParallel(train_model, device_ids=[device] if device.type == "cuda" else None)
     train_loader = BatchLoader(train_data, config.batch_size, meta["mean"], meta["std"], shuffle=True,
                                device=device, generator=generator, drop_last=True, augment=augment,
-                               shard=(ranks.rank, ranks.world))
+                               shard=(ranks.rank, ranks.world), channels_last=config.channels_last)
     val_loader = BatchLoader(val_data, inference_batch_size(channels, size), meta["mean"], meta["std"],
-                             shuffle=False, device=device)
+                             shuffle=False, device=device, channels_last=config.channels_last)
     eval_model = model
     cached = _feature_cache(config, model, train_data, val_data, meta, device, generator, ranks.active)
     if cached is not None:
@@ -208,7 +210,8 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
     trainer = Trainer(model, optimizer, schedule, early_stop=config.early_stop, max_batches=config.train_batches,
                       generator=generator, label_smoothing=config.label_smoothing,
                       batch_transform=batch_mixer(config.mixup, config.cutmix, len(classes)),
-                      callbacks=writers, train_model=train_model, eval_model=eval_model)
+                      callbacks=writers, train_model=train_model, eval_model=eval_model,
+                      autocast=_autocast_dtype(config.precision, device))
     if state is not None:
         trainer.load_state_dict(state)
         if ranks.main:
@@ -227,6 +230,23 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
                      eval_model, (train_data, train_loader) if cached is not None else None)
     shutdown()
     return result
+
+
+def _picture_shape(config: TrainConfig, spec, samples: Samples) -> tuple[int, int]:
+    """(channels, side) to decode at: the flags', else the model's; a model that fits any picture
+    (airnet) takes the pictures' own channel count and side, kept within 16-64 px."""
+    d = config.data
+    if spec.fits_pictures and (d.channels is None or d.img_size is None):
+        channels, side = probe_pictures(samples.paths)
+        return d.channels or channels, d.img_size or min(64, max(16, side))
+    return d.channels or spec.channels, d.img_size or spec.size_for(config.model_args)
+
+
+def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast where the hardware has bf16 units (CUDA); this CPU kind runs bf16 ~40x slower (FACTS)."""
+    if precision == "bf16" or precision == "auto" and device.type == "cuda":
+        return torch.bfloat16
+    return None
 
 
 def _build_model(config: TrainConfig, num_classes: int, channels: int, size: int) -> torch.nn.Module:

@@ -122,7 +122,7 @@ class BatchLoader:
     def __init__(self, data: DecodedImages, batch_size: int, mean: list[float], std: list[float], *,
                  shuffle: bool, device: torch.device, generator: torch.Generator | None = None,
                  drop_last: bool = False, augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 shard: tuple[int, int] = (0, 1)):
+                 shard: tuple[int, int] = (0, 1), channels_last: bool = False):
         self.images = data.images.to(device)
         self.labels = data.labels.to(device)
         self.order = BatchOrder(len(data), batch_size, shuffle=shuffle, device=device, generator=generator,
@@ -133,12 +133,13 @@ class BatchLoader:
         self.rank, self.world = shard
         self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255.0
         self.std = torch.tensor(std, device=device).view(1, -1, 1, 1) * 255.0
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
     def __len__(self) -> int:
         return len(self.order)
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
-        return (images.float() - self.mean) / self.std
+        return ((images.float() - self.mean) / self.std).contiguous(memory_format=self.memory_format)
 
     def __iter__(self):
         for idx in self.order:

@@ -116,3 +116,21 @@ def decode_image(path: str | BinaryIO, channels: int, size: int | None, trim: bo
     if array.ndim == 2:
         array = array[:, :, None]
     return np.ascontiguousarray(array.transpose(2, 0, 1))
+
+
+GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+
+
+def probe_pictures(paths: list[str], count: int = 32) -> tuple[int, int]:
+    """(channels, side) of a typical picture among `paths`, from the headers of `count` evenly spaced
+    ones: 1 channel when all of them are greyscale, else 3; side = the median longer side."""
+    step = max(1, len(paths) // count)
+    grey, sides = True, []
+    for path in paths[::step][:count]:
+        try:
+            with Image.open(path) as img:  # reads the header only
+                grey &= img.mode in GREY_MODES
+                sides.append(max(img.size))
+        except Exception:  # a broken picture says nothing here; decoding reports it
+            continue
+    return (1 if grey and sides else 3), (int(np.median(sides)) if sides else 32)

@@ -65,7 +65,7 @@ class Trainer:
                  callbacks: Iterable[Callback] = (), early_stop: int = 0, max_batches: int | None = None,
                  generator: torch.Generator | None = None, label_smoothing: float = 0.0,
                  batch_transform: Callable | None = None, train_model: nn.Module | None = None,
-                 eval_model: nn.Module | None = None):
+                 eval_model: nn.Module | None = None, autocast: torch.dtype | None = None):
         self.model = model
         self.optimizer = optimizer
         self.schedule = schedule
@@ -75,8 +75,10 @@ class Trainer:
         self.generator = generator
         self.label_smoothing = label_smoothing
         self.batch_transform = batch_transform  # (images, labels) → (images, targets), e.g. MixUp
-        self.train_model = train_model or model  # e.g. a DistributedDataParallel wrapper of `model`
-        self.eval_model = eval_model or model  # e.g. the model's tail when frozen features are cached
+        # (`is None`, not `or`: a compiled module has no truth value)
+        self.train_model = model if train_model is None else train_model  # e.g. DDP or torch.compile of `model`
+        self.eval_model = model if eval_model is None else eval_model  # e.g. the tail over cached frozen features
+        self.autocast = autocast  # e.g. torch.bfloat16: forward and loss under mixed precision
         self.state = TrainState()
         self.epochs = 0
 
@@ -95,8 +97,9 @@ class Trainer:
             targets = labels
             if self.batch_transform is not None:
                 images, targets = self.batch_transform(images, labels)
-            logits = self.train_model(images)
-            loss = F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
+            with torch.autocast(images.device.type, self.autocast or torch.float32, enabled=self.autocast is not None):
+                logits = self.train_model(images)
+                loss = F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
             hard = targets.argmax(1) if targets.ndim == 2 else targets  # mixed targets: the larger share
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -25,6 +25,7 @@ class ModelSpec:
     std: tuple[float, ...]
     defaults: dict = field(default_factory=dict)
     size_from_args: Callable[[dict], int] | None = None  # e.g. fusion: the largest member's size
+    fits_pictures: bool = False  # any size and channel count: train at the pictures' own (see train.py)
 
     def size_for(self, model_args: dict) -> int:
         return self.size_from_args(model_args) if self.size_from_args else self.input_size
@@ -35,13 +36,14 @@ _REGISTRY: dict[str, ModelSpec] = {}
 
 def register(name: str, *, description: str, input_size: int, channels: int,
              mean: tuple[float, ...], std: tuple[float, ...],
-             size_from_args: Callable[[dict], int] | None = None, **defaults) -> Callable:
+             size_from_args: Callable[[dict], int] | None = None, fits_pictures: bool = False,
+             **defaults) -> Callable:
     """Decorator: register `builder(num_classes, in_chans, img_size, **kwargs) -> nn.Module` under `name`."""
     def decorate(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is registered twice")
         _REGISTRY[name] = ModelSpec(name, builder, description, input_size, channels, mean, std, defaults,
-                                    size_from_args)
+                                    size_from_args, fits_pictures)
         return builder
     return decorate
 
@@ -95,4 +97,4 @@ def channel_stats(values: tuple[float, ...], channels: int) -> list[float]:
 
 def _load_families() -> None:
     # Importing a family module registers its models; kept lazy so `import imgcls` stays light.
-    from . import cifar_cnn, efficientnet_lite, fusion, lenet, simple_cnn  # noqa: F401
+    from . import airnet, cifar_cnn, efficientnet_lite, fusion, lenet, simple_cnn  # noqa: F401
