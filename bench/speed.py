@@ -2,7 +2,7 @@
 PyTorch loop, the data pipeline against torchvision's ImageFolder + DataLoader, and predict against a
 plain PIL loop. Each prints a table and writes bench/out/speed-<name>.json with every repeat.
 
-    python bench/speed.py matmul|overhead|pipeline|predict [--data ../shared/datasets] [--repeats 5]
+    python bench/speed.py matmul|overhead|layout|pipeline|predict [--data ../shared/datasets] [--repeats 5]
     python bench/speed.py fashion|cifar10 [--repeats 1] [-- extra imgcls train flags]
 
 fashion and cifar10 time the whole command line (decoding included): `imgcls train` with the default
@@ -81,7 +81,8 @@ def overhead(args) -> dict:
     from imgcls.models.registry import create_model
 
     rows = {}
-    for name, shape, batch, steps in [("simple-cnn", (1, 28, 28), 256, 60), ("resnet18", (3, 32, 32), 128, 12)]:
+    for name, shape, batch, steps in [("simple-cnn", (1, 28, 28), 256, 60), ("resnet18", (3, 32, 32), 128, 12),
+                                      ("airnet", (1, 28, 28), 256, 12)]:
         n = batch * steps
         images = torch.randint(0, 256, (n, *shape), dtype=torch.uint8)
         labels = torch.randint(0, 10, (n,))
@@ -115,6 +116,44 @@ def overhead(args) -> dict:
         print(f"{name:11} imgcls {statistics.median(rates['imgcls']):8.0f} img/s  bare "
               f"{statistics.median(rates['bare']):8.0f} img/s  ratio {statistics.median(ratio):.3f}  "
               f"({rows[name]['imgcls_gflops']} GFLOP/s)")
+    return rows
+
+
+def layout(args) -> dict:
+    """Training pictures/s with NCHW against channels_last memory layout, same model, alternating."""
+    from imgcls.engine.optim import build_optimizer
+    from imgcls.models.registry import create_model
+
+    rows = {}
+    for name, shape, batch, steps in [("airnet", (1, 28, 28), 256, 12), ("airnet", (3, 32, 32), 256, 8),
+                                      ("simple-cnn", (1, 28, 28), 256, 30), ("resnet18", (3, 32, 32), 128, 6)]:
+        images = torch.randn(batch * steps, *shape)
+        labels = torch.randint(0, 10, (batch * steps,))
+        model = create_model(name, 10, shape[0], shape[1])
+        optimizer = build_optimizer(model, "adamw", 1e-3)
+
+        def epoch(memory_format) -> float:
+            model.to(memory_format=memory_format).train()
+            start = time.perf_counter()
+            for i in range(steps):
+                x = images[i * batch:(i + 1) * batch].contiguous(memory_format=memory_format)
+                loss = F.cross_entropy(model(x), labels[i * batch:(i + 1) * batch])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+            return batch * steps / (time.perf_counter() - start)
+
+        epoch(torch.channels_last)  # warm-up
+        rates = {"nchw": [], "channels_last": []}
+        for _ in range(args.repeats):
+            rates["nchw"].append(epoch(torch.contiguous_format))
+            rates["channels_last"].append(epoch(torch.channels_last))
+        key = f"{name} {'x'.join(map(str, shape))}"
+        ratio = statistics.median(rates["channels_last"]) / statistics.median(rates["nchw"])
+        rows[key] = {"nchw_img_s": summary(rates["nchw"]), "channels_last_img_s": summary(rates["channels_last"]),
+                     "ratio": round(ratio, 3), "train_gflop_per_picture": round(_train_flops(model, shape) / 1e9, 4)}
+        print(f"{key:20} NCHW {statistics.median(rates['nchw']):7.0f} img/s  channels_last "
+              f"{statistics.median(rates['channels_last']):7.0f} img/s  ratio {ratio:.2f}")
     return rows
 
 
@@ -256,7 +295,7 @@ def append_results(name: str, command: str, result: dict, info: dict) -> None:
 
 
 def main() -> None:
-    benches = {"matmul": matmul, "overhead": overhead, "pipeline": pipeline, "predict": predict,
+    benches = {"matmul": matmul, "overhead": overhead, "layout": layout, "pipeline": pipeline, "predict": predict,
                "fashion": fashion, "cifar10": cifar10}
     parser = argparse.ArgumentParser()
     parser.add_argument("bench", choices=list(benches))

@@ -47,7 +47,7 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
                      ("--recipe", dict(choices=["auto", "none", "small", "cifar10-speed"],
                                        help="a named set of defaults that flags override (default: auto = small "
                                        "when no --model is named: airnet, one-cycle AdamW, label smoothing 0.1, "
-                                       "flips and shifts, batch 256, 8 epochs; cifar10-speed: airbench's GPU recipe)")),
+                                       "batch 256, 6 epochs; cifar10-speed: airbench's GPU recipe)")),
                      ("--model", dict(help="a name from `imgcls models` (default: the recipe's; none: simple-cnn)")),
                      ("--model-arg", dict(type=_model_arg, action="append", metavar="KEY=VALUE",
                                           help="a model argument, e.g. width=4 (repeatable)")),
@@ -297,7 +297,8 @@ def _cmd_models(args: argparse.Namespace) -> None:
         for spec in list_models():
             model = create_model(spec.name, 10)
             params = sum(p.numel() for p in model.parameters())
-            print(f"{spec.name:20} {params:>20,} {f'{spec.input_size}x{spec.input_size}x{spec.channels}':>10}  "
+            shape = "pictures'" if spec.fits_pictures else f"{spec.input_size}x{spec.input_size}x{spec.channels}"
+            print(f"{spec.name:20} {params:>20,} {shape:>10}  "
                   f"{spec.description}")
         print("any other torchvision classification model works by name too (e.g. resnet101, vit_b_16)")
         return
