@@ -46,9 +46,9 @@ def _cpu_name() -> str:
     return platform.processor()
 
 
-def summary(values: list[float]) -> dict:
-    return {"repeats": [round(v, 2) for v in values], "median": round(statistics.median(values), 2),
-            "spread": round(max(values) - min(values), 2)}
+def summary(values: list[float], digits: int = 2) -> dict:
+    return {"repeats": [round(v, digits) for v in values], "median": round(statistics.median(values), digits),
+            "spread": round(max(values) - min(values), digits)}
 
 
 def matmul(args) -> dict:
@@ -125,15 +125,24 @@ def layout(args) -> dict:
     from imgcls.models.registry import create_model
 
     rows = {}
-    for name, shape, batch, steps in [("airnet", (1, 28, 28), 256, 12), ("airnet", (3, 32, 32), 256, 8),
-                                      ("simple-cnn", (1, 28, 28), 256, 30), ("resnet18", (3, 32, 32), 128, 6)]:
+    from imgcls.config import RECIPES
+
+    speed_args = RECIPES["cifar10-speed"]["model_args"]
+    for name, shape, batch, steps, model_args in [
+            ("airnet", (1, 28, 28), 256, 12, {}), ("airnet", (3, 32, 32), 256, 8, {}),
+            ("airnet", (3, 32, 32), 512, 2, speed_args),  # the cifar10-speed recipe's network
+            ("simple-cnn", (1, 28, 28), 256, 30, {}), ("resnet18", (3, 32, 32), 128, 6, {})]:
         images = torch.randn(batch * steps, *shape)
         labels = torch.randint(0, 10, (batch * steps,))
-        model = create_model(name, 10, shape[0], shape[1])
-        optimizer = build_optimizer(model, "adamw", 1e-3)
+        torch.manual_seed(0)
+        # One model and optimiser per layout: switching one model back and forth would leave the
+        # optimiser's state in the other layout and slow whichever layout came second.
+        models = {fmt: create_model(name, 10, shape[0], shape[1], **model_args).to(memory_format=fmt)
+                  for fmt in (torch.contiguous_format, torch.channels_last)}
+        optimizers = {fmt: build_optimizer(model, "adamw", 1e-3) for fmt, model in models.items()}
 
         def epoch(memory_format) -> float:
-            model.to(memory_format=memory_format).train()
+            model, optimizer = models[memory_format].train(), optimizers[memory_format]
             start = time.perf_counter()
             for i in range(steps):
                 x = images[i * batch:(i + 1) * batch].contiguous(memory_format=memory_format)
@@ -143,15 +152,17 @@ def layout(args) -> dict:
                 optimizer.step()
             return batch * steps / (time.perf_counter() - start)
 
-        epoch(torch.channels_last)  # warm-up
+        epoch(torch.contiguous_format)  # warm-up
+        epoch(torch.channels_last)
         rates = {"nchw": [], "channels_last": []}
         for _ in range(args.repeats):
             rates["nchw"].append(epoch(torch.contiguous_format))
             rates["channels_last"].append(epoch(torch.channels_last))
-        key = f"{name} {'x'.join(map(str, shape))}"
+        key = f"{name} {'x'.join(map(str, shape))}" + (" (cifar10-speed)" if model_args else "")
         ratio = statistics.median(rates["channels_last"]) / statistics.median(rates["nchw"])
+        flops = _train_flops(models[torch.contiguous_format], shape)
         rows[key] = {"nchw_img_s": summary(rates["nchw"]), "channels_last_img_s": summary(rates["channels_last"]),
-                     "ratio": round(ratio, 3), "train_gflop_per_picture": round(_train_flops(model, shape) / 1e9, 4)}
+                     "ratio": round(ratio, 3), "train_gflop_per_picture": round(flops / 1e9, 4)}
         print(f"{key:20} NCHW {statistics.median(rates['nchw']):7.0f} img/s  channels_last "
               f"{statistics.median(rates['channels_last']):7.0f} img/s  ratio {ratio:.2f}")
     return rows
@@ -252,7 +263,7 @@ def _recipe_runs(args, name: str, train: list, test: list, variants: list[tuple[
                 epoch_s += [float(row["seconds"]) for row in csv.DictReader(f)]
             flops = flops or _run_flops(run_dir)
         rows[label] = {"flags": " ".join(map(str, [*flags, *args.extra])), "wall_s": summary(walls),
-                       "test_accuracy": summary(accs), "test_accuracy_tta": summary(tta_accs),
+                       "test_accuracy": summary(accs, 4), "test_accuracy_tta": summary(tta_accs, 4),
                        "epoch_s": summary(epoch_s) if epoch_s else None, "train_gflop_per_picture": flops}
         print(f"{label:38} wall {statistics.median(walls):7.1f} s  test acc {statistics.median(accs):.4f}  "
               f"(--tta {statistics.median(tta_accs):.4f})  {flops} GFLOP/picture trained")
@@ -284,12 +295,21 @@ def cifar10(args) -> dict:
                         [("default recipe (small: airnet)", [])])
 
 
-def append_results(name: str, command: str, result: dict, info: dict) -> None:
-    """Append the run's figures to bench/RESULTS.md (the JSON in bench/out keeps every repeat)."""
+def append_results(command: str, result: dict, info: dict) -> None:
+    """Append a table of medians (spread over the repeats) to bench/RESULTS.md; the JSON in bench/out
+    keeps every repeat."""
+    def cell(value) -> str:
+        if isinstance(value, dict) and "median" in value:
+            return f"{value['median']:,}" + (f" (±{value['spread'] / 2:,.4g})" if len(value["repeats"]) > 1 else "")
+        return "" if value is None else str(value)
+
+    rows = result if all(isinstance(v, dict) and "median" not in v for v in result.values()) else {"": result}
+    columns = list(dict.fromkeys(key for row in rows.values() for key in row))
     lines = [f"\n### `{command}` ({time.strftime('%Y-%m-%d')})\n",
-             f"Machine: {info['processor']}, {info['threads']} threads, torch {info['torch']}"
-             + (f", {info['cuda']}" if info["cuda"] else "") + ".\n", "```",
-             json.dumps(result, indent=1)[:4000], "```"]
+             f"{info['processor']}, {info['threads']} threads, torch {info['torch']}"
+             + (f", {info['cuda']}" if info["cuda"] else "") + "; medians (± half the spread) of the repeats.\n",
+             "| | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    lines += [f"| {name} | " + " | ".join(cell(row.get(c)) for c in columns) + " |" for name, row in rows.items()]
     with open(HERE / "RESULTS.md", "a", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
 
@@ -310,7 +330,7 @@ def main() -> None:
     out = HERE / "out" / f"speed-{args.bench}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps({"command": command, "machine": info, "result": result}, indent=2))
-    append_results(args.bench, command, result, info)
+    append_results(command, result, info)
     print(f"wrote {out}; appended to bench/RESULTS.md")
 
 

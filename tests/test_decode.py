@@ -60,3 +60,20 @@ def test_decompression_bomb_is_refused(tmp_path: Path, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
     with pytest.raises(DecodeError, match="too large"):
         decode_image(str(tmp_path / "big.png"), 1, 8)
+
+
+def test_forked_processes_decode_like_threads(tmp_path: Path):
+    """Many pictures are decoded in forked processes (chunks of 256): same pixels, order and reasons."""
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(600):
+        path = tmp_path / f"{i}.png"
+        if i % 97 == 5:
+            path.write_bytes(b"broken")
+        else:
+            Image.fromarray(rng.integers(0, 255, (12, 10, 3), dtype=np.uint8)).save(path)
+        paths.append(str(path))
+    threads = decode_all(paths, 3, 8, processes=1)
+    processes = decode_all(paths, 3, 8, processes=2)
+    assert np.array_equal(threads[0], processes[0]) and np.array_equal(threads[1], processes[1])
+    assert threads[2] == processes[2] and len(threads[2]) == 7

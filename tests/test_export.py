@@ -14,7 +14,7 @@ from imgcls.cli import main
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("export") / "run"
-    imgcls.train(source="digits", img_size=16, epochs=1, out=str(out), model_args={"width": 8})
+    imgcls.train(source="digits", model="simple-cnn", img_size=16, epochs=1, out=str(out), model_args={"width": 8})
     return out
 
 

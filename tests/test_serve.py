@@ -22,7 +22,7 @@ def run_dir(tmp_path_factory) -> Path:
     from .conftest import write_class_folders
     root = tmp_path_factory.mktemp("serve")
     data = write_class_folders(root / "data")
-    imgcls.train(source=str(data), img_size=16, channels=3, epochs=3, batch_size=8, out=str(root / "run"),
+    imgcls.train(source=str(data), model="simple-cnn", img_size=16, channels=3, epochs=3, batch_size=8, out=str(root / "run"),
                  model_args={"width": 8})
     return root / "run"
 

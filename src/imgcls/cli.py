@@ -81,7 +81,8 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
                      ("--device", dict(choices=["auto", "cpu", "cuda", "mps"], help="default: auto")),
                      ("--precision", dict(choices=["auto", "fp32", "bf16"], help="auto: bf16 autocast on CUDA, "
                                           "fp32 elsewhere")),
-                     ("--compile", dict(action="store_true", help="torch.compile the model (a GPU gain)")),
+                     ("--compile", dict(action=argparse.BooleanOptionalAction,
+                                        help="torch.compile the model (a GPU gain; cifar10-speed turns it on)")),
                      ("--no-channels-last", dict(action="store_false", dest="channels_last",
                                                  help="keep NCHW memory layout (for comparisons)")),
                      ("--clean", dict(action="store_true", help="drop unreadable, tiny and cross-label "

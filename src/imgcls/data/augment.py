@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torchvision.transforms import v2
 
 from ..errors import UserError
 
@@ -56,6 +55,10 @@ class BatchAugment:
         self.size = size
         self.small = size < 64
         self.pad = max(1, size // 8)
+        # torchvision imported here, not at the top: its import costs seconds that runs without these
+        # steps (and `imgcls predict`) need not pay.
+        from torchvision.transforms import v2
+
         per_picture = []
         if preset in ("standard", "strong") and not self.small:
             per_picture.append(v2.RandomResizedCrop(size, scale=(0.35, 1.0), antialias=True))
@@ -79,11 +82,13 @@ class BatchAugment:
 
 def batch_mixer(mixup: float, cutmix: float, num_classes: int):
     """MixUp and/or CutMix from torchvision (one of the two per batch when both are on), or None."""
+    if mixup <= 0 and cutmix <= 0:
+        return None
+    from torchvision.transforms import v2  # lazily, as above
+
     mixers = []
     if mixup > 0:
         mixers.append(v2.MixUp(alpha=mixup, num_classes=num_classes))
     if cutmix > 0:
         mixers.append(v2.CutMix(alpha=cutmix, num_classes=num_classes))
-    if not mixers:
-        return None
     return mixers[0] if len(mixers) == 1 else v2.RandomChoice(mixers)

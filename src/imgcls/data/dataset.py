@@ -3,9 +3,11 @@ batches are cut from it, normalised on the fly on the target device (like tf.dat
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable
 
 import numpy as np
@@ -34,8 +36,11 @@ class DecodedImages:
 
 
 def decode_all(paths: list[str], channels: int, size: int, desc: str = "decoding",
-               workers: int | None = None, trim: bool = False) -> tuple[np.ndarray, np.ndarray, list[dict[str, str]]]:
-    """Decode every picture in parallel (Pillow releases the GIL while it decodes).
+               workers: int | None = None, trim: bool = False,
+               processes: int | None = None) -> tuple[np.ndarray, np.ndarray, list[dict[str, str]]]:
+    """Decode every picture in parallel: threads for a few pictures, forked processes for many (Pillow
+    holds the GIL for most of a small picture's decode: 60,000 28x28 PNGs take 20 s in threads, about
+    half that in two processes).
 
     Returns the stacked array of the pictures that decoded, the indices into `paths` that did, and
     {path, reason} for each that did not: a broken picture is skipped and reported, never fatal.
@@ -45,27 +50,48 @@ def decode_all(paths: list[str], channels: int, size: int, desc: str = "decoding
     out = np.zeros((len(paths), channels, size, size), dtype=np.uint8)
     ok = np.zeros(len(paths), dtype=bool)
     skipped: list[dict[str, str]] = []
-
-    def work(i: int) -> tuple[int, str | None]:
-        try:
-            out[i] = decode_image(paths[i], channels, size, trim)
-            return i, None
-        except DecodeError as error:
-            return i, str(error)
-
-    workers = workers or min(8, (os.cpu_count() or 1) + 1)
-    with ThreadPoolExecutor(workers) as pool:
-        results = pool.map(work, range(len(paths)), chunksize=64)
-        for i, reason in tqdm(results, total=len(paths), desc=desc, unit="img", mininterval=2.0,
-                              disable=None, leave=False):
-            if reason is None:
-                ok[i] = True
-            else:
-                skipped.append({"path": paths[i], "reason": reason})
+    if processes is None:
+        processes = (os.cpu_count() or 1) if len(paths) >= PROCESS_MIN and _can_fork() else 1
+    # Each task carries its own slice of paths: pickling the whole list per task would dominate.
+    chunks = [(start, paths[start:start + CHUNK]) for start in range(0, len(paths), CHUNK)]
+    job = partial(_decode_chunk, channels, size, trim)
+    pool = (ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("fork")) if processes > 1
+            else ThreadPoolExecutor(workers or min(8, (os.cpu_count() or 1) + 1)))
+    with pool, tqdm(total=len(paths), desc=desc, unit="img", mininterval=2.0, disable=None, leave=False) as bar:
+        for start, array, reasons in pool.map(job, chunks):
+            out[start:start + len(reasons)] = array
+            for i, reason in enumerate(reasons, start):
+                if reason is None:
+                    ok[i] = True
+                else:
+                    skipped.append({"path": paths[i], "reason": reason})
+            bar.update(len(reasons))
     for item in skipped:
         log.warning("skipped %s: %s", item["path"], item["reason"])
     index = np.flatnonzero(ok)
     return out[index] if len(index) < len(paths) else out, index, skipped
+
+
+PROCESS_MIN = 4096  # pictures from which forked processes pay for their start
+CHUNK = 256
+
+
+def _can_fork() -> bool:
+    return "fork" in multiprocessing.get_all_start_methods()
+
+
+def _decode_chunk(channels: int, size: int, trim: bool,
+                  chunk: tuple[int, list[str]]) -> tuple[int, np.ndarray, list[str | None]]:
+    start, paths = chunk
+    array = np.zeros((len(paths), channels, size, size), dtype=np.uint8)
+    reasons: list[str | None] = []
+    for j, path in enumerate(paths):
+        try:
+            array[j] = decode_image(path, channels, size, trim)
+            reasons.append(None)
+        except DecodeError as error:
+            reasons.append(str(error))
+    return start, array, reasons
 
 
 # Decoded arrays of this process, so that tuning trials and audit folds decode each picture once.

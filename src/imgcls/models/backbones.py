@@ -12,11 +12,17 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-import torchvision.models as tv_models
 
 from ..errors import UserError
 from .base import Classifier, has_params, is_frozen
 from .registry import ModelSpec
+
+
+def _tv():
+    """torchvision.models, imported on first use: the import takes seconds, which a run of a small
+    imgcls model (and every `imgcls predict` of one) need not pay."""
+    import torchvision.models
+    return torchvision.models
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +35,9 @@ _BUILD_ARGS = {"inception_v3": dict(aux_logits=False, init_weights=True, transfo
 
 def torchvision_spec(name: str) -> ModelSpec | None:
     """A registry entry for a torchvision classification model; size and normalisation from its weights."""
-    if name not in tv_models.list_models(module=tv_models):
+    if name not in _tv().list_models(module=_tv()):
         return None
-    weights = tv_models.get_model_weights(name).DEFAULT
+    weights = _tv().get_model_weights(name).DEFAULT
     preset = weights.transforms()
     mean, std = _MEAN_STD_OVERRIDES.get(name, (tuple(preset.mean), tuple(preset.std)))
     return ModelSpec(name, lambda num_classes, in_chans, img_size: TorchvisionBackbone(name, num_classes, in_chans),
@@ -91,7 +97,7 @@ class TorchvisionBackbone(Classifier):
     def __init__(self, name: str, num_classes: int, in_chans: int = 3):
         super().__init__()
         self.name = name
-        body = tv_models.get_model(name, weights=None, **_BUILD_ARGS.get(name, {}))
+        body = _tv().get_model(name, weights=None, **_BUILD_ARGS.get(name, {}))
         path, last = _final_linear(body)
         self.num_features = last.in_features
         _replace(body, path, nn.Identity())
@@ -106,7 +112,7 @@ class TorchvisionBackbone(Classifier):
         return list(self._blocks)
 
     def load_pretrained(self) -> None:
-        weights = tv_models.get_model_weights(self.name).DEFAULT
+        weights = _tv().get_model_weights(self.name).DEFAULT
         load_matching(self.body, torch.load(_cached_download(weights.url), map_location="cpu", weights_only=True),
                       f"torchvision {weights}")
 
