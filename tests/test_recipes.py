@@ -1,7 +1,5 @@
 """Recipes (named defaults beneath the YAML file and flags), airnet, and the speed settings (issue 5)."""
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np

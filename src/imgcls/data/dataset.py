@@ -39,8 +39,8 @@ def decode_all(paths: list[str], channels: int, size: int, desc: str = "decoding
                workers: int | None = None, trim: bool = False,
                processes: int | None = None) -> tuple[np.ndarray, np.ndarray, list[dict[str, str]]]:
     """Decode every picture in parallel: threads for a few pictures, forked processes for many (Pillow
-    holds the GIL for most of a small picture's decode: 60,000 28x28 PNGs take 20 s in threads, about
-    half that in two processes).
+    holds the GIL for most of a small picture's decode: 60,000 28x28 PNGs took 25.4 s in three threads
+    and 7.9 s in two processes, bench/RESULTS.md).
 
     Returns the stacked array of the pictures that decoded, the indices into `paths` that did, and
     {path, reason} for each that did not: a broken picture is skipped and reported, never fatal.
