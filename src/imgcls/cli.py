@@ -83,6 +83,8 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
                                           "fp32 elsewhere")),
                      ("--compile", dict(action=argparse.BooleanOptionalAction,
                                         help="torch.compile the model (a GPU gain; cifar10-speed turns it on)")),
+                     ("--sync-bn", dict(action="store_true", help="with --nproc/torchrun: BatchNorm statistics "
+                                        "over the global batch (as one process computes them)")),
                      ("--no-channels-last", dict(action="store_false", dest="channels_last",
                                                  help="keep NCHW memory layout (for comparisons)")),
                      ("--clean", dict(action="store_true", help="drop unreadable, tiny and cross-label "

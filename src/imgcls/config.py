@@ -97,6 +97,7 @@ class TrainConfig:
     device: str = "auto"
     channels_last: bool = True  # NHWC memory layout: faster convolutions on the CPU and on GPUs (bench/RESULTS.md)
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 elsewhere (this CPU kind has no bf16 units)
+    sync_bn: bool = False  # under torchrun: BatchNorm statistics over the global batch, not each rank's slice
     compile: bool = False  # torch.compile the model: a GPU gain; on the CPU no gain for 30-60 s of compiling
     train_batches: int | None = None  # use only this many batches per epoch (smoke runs)
     out: str | None = None

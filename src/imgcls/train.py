@@ -20,7 +20,7 @@ from .data.sources import Samples, load_samples
 from .data.splits import kfold_indices, split_indices
 from .engine.checkpoint import RESUME, load_resume, load_weights, write_json
 from .engine.device import resolve_device, seed_everything
-from .engine.distributed import init_distributed, shutdown
+from .engine.distributed import convert_sync_batchnorm, init_distributed, shutdown
 from .engine.feature_cache import CachedTail, FeatureLoader, frozen_features, weights_digest
 from .engine.metrics import classification_metrics
 from .engine.optim import Schedule, build_optimizer
@@ -140,7 +140,10 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
     config.validate()
     spec = get_spec(config.model)
     ranks, device = init_distributed(resolve_device(config.device))
-    generator = seed_everything(config.data.seed)
+    generator = seed_everything(config.data.seed, offset=ranks.rank)
+    if ranks.active and config.batch_size < ranks.world:
+        raise UserError(f"Received: batch-size {config.batch_size} over {ranks.world} processes; expected a "
+                        "global batch of at least one picture per process")
     if not ranks.main:
         logging.getLogger("imgcls").setLevel(logging.WARNING)  # one voice in the log: rank 0's
 
@@ -188,6 +191,8 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
     model = _build_model(config, len(classes), channels, size).to(device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if ranks.active and config.sync_bn:
+        log.info("--sync-bn: %d BatchNorm layers use the global batch's statistics", convert_sync_batchnorm(model))
     train_model = torch.compile(model) if config.compile else model
     if ranks.active:
         from torch.nn.parallel import DistributedDataParallel

@@ -124,10 +124,13 @@ class BatchOrder:
     only when it is a tiny remainder that would make BatchNorm statistics noisy."""
 
     def __init__(self, n: int, batch_size: int, *, shuffle: bool, device: torch.device,
-                 generator: torch.Generator | None = None, drop_last: bool = False):
+                 generator: torch.Generator | None = None, drop_last: bool = False, ranks: int = 1):
         self.n, self.batch_size, self.shuffle = n, batch_size, shuffle
         self.device, self.generator = device, generator
-        self.drop_last = drop_last and n % batch_size < max(2, batch_size // 8) and n > batch_size
+        # Split over `ranks` processes, a remainder under 2 per rank would leave a rank one picture or none
+        # (BatchNorm cannot train on that; an empty slice gave a NaN loss).
+        tiny = max(2, batch_size // 8, 2 * ranks if ranks > 1 else 0)
+        self.drop_last = drop_last and n % batch_size < tiny and n > batch_size
 
     def __len__(self) -> int:
         return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
@@ -152,7 +155,7 @@ class BatchLoader:
         self.images = data.images.to(device)
         self.labels = data.labels.to(device)
         self.order = BatchOrder(len(data), batch_size, shuffle=shuffle, device=device, generator=generator,
-                                drop_last=drop_last)
+                                drop_last=drop_last, ranks=shard[1])
         self.augment = augment  # uint8 batch → uint8 batch, before normalisation
         # (rank, world): every rank walks the same shuffled global batches and keeps its slice of each,
         # so N processes with batch B train like one process with batch B.

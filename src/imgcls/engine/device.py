@@ -18,9 +18,11 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def seed_everything(seed: int) -> torch.Generator:
-    """Seed torch's global RNG (weights, dropout) and return a separate generator for shuffling."""
-    torch.manual_seed(seed)
+def seed_everything(seed: int, offset: int = 0) -> torch.Generator:
+    """Seed torch's global RNG (weights, dropout, augmentation) with seed + offset, and return a separate
+    generator for shuffling seeded with `seed`. Under torchrun offset = rank (as nanoGPT does): every rank
+    walks the same batch order but draws its own augmentation and dropout; DDP copies rank 0's weights."""
+    torch.manual_seed(seed + offset)
     generator = torch.Generator()
     generator.manual_seed(seed)
     return generator

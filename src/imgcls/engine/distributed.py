@@ -51,6 +51,74 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     return values
 
 
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def global_count(count: int, device: torch.device) -> int:
+    """The number of pictures in this batch over all ranks (`count` in one process)."""
+    if world_size() == 1:
+        return count
+    return int(all_reduce_sum(torch.tensor([count], device=device)).item())
+
+
 def shutdown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks, differentiable: the gradient of a sum every rank uses is the sum of their gradients."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        return all_reduce_sum(tensor)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return all_reduce_sum(grad.contiguous())
+
+
+class _GlooSyncBatchNorm:
+    """BatchNorm whose training statistics are those of the global batch over all ranks, on the CPU too
+    (torch.nn.SyncBatchNorm runs on GPUs only). Mixed into the layer's own class in place, so the
+    model's block lists, names and state dict stay as they are."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        dims = [0, *range(2, x.ndim)]
+        shape = [1, -1, *([1] * (x.ndim - 2))]
+        count = _AllReduceSum.apply(torch.tensor([x.numel() / x.shape[1]], dtype=x.dtype, device=x.device))
+        mean = _AllReduceSum.apply(x.sum(dims)) / count
+        centred = x - mean.view(shape)
+        var = _AllReduceSum.apply((centred * centred).sum(dims)) / count  # two passes: as exact as one process's
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                unbiased = var * count / (count - 1).clamp(min=1)
+                self.running_mean.lerp_(mean.detach(), momentum)
+                self.running_var.lerp_(unbiased.detach(), momentum)
+        out = centred * torch.rsqrt(var + self.eps).view(shape)
+        if self.affine:
+            out = out * self.weight.view(shape) + self.bias.view(shape)
+        return out
+
+
+_SYNC_CLASSES: dict[type, type] = {}
+
+
+def convert_sync_batchnorm(model: torch.nn.Module) -> int:
+    """--sync-bn: every trainable BatchNorm layer normalises with the global batch's statistics, on any
+    device (torch.nn.SyncBatchNorm would need CUDA and a rebuilt model). Returns the layers converted."""
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    layers = [m for m in model.modules() if isinstance(m, _BatchNorm) and not isinstance(m, _GlooSyncBatchNorm)
+              and any(p.requires_grad for p in m.parameters(recurse=False))]
+    for layer in layers:
+        base = type(layer)
+        if base not in _SYNC_CLASSES:
+            _SYNC_CLASSES[base] = type(f"Sync{base.__name__}", (_GlooSyncBatchNorm, base), {})
+        layer.__class__ = _SYNC_CLASSES[base]
+    return len(layers)

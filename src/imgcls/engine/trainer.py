@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .distributed import all_reduce_sum
+from .distributed import all_reduce_sum, global_count, world_size
 from .optim import Schedule
 
 
@@ -97,16 +97,21 @@ class Trainer:
             targets = labels
             if self.batch_transform is not None:
                 images, targets = self.batch_transform(images, labels)
-            with torch.autocast(images.device.type, self.autocast or torch.float32, enabled=self.autocast is not None):
+            # The device comes from the labels: `images` may be a tuple (a fusion model's cached features).
+            with torch.autocast(labels.device.type, self.autocast or torch.float32, enabled=self.autocast is not None):
                 logits = self.train_model(images)
-                loss = F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
+                summed = F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing, reduction="sum")
+                # Under torchrun each rank holds a slice of the global batch, slices may differ by a picture,
+                # and DDP averages gradients over ranks: sum / (global count / ranks) makes that average the
+                # global batch's mean loss, as in one process.
+                loss = summed * (world_size() / global_count(len(labels), labels.device))
             hard = targets.argmax(1) if targets.ndim == 2 else targets  # mixed targets: the larger share
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
             self.schedule.after_batch()
             # Sums stay tensors: no device sync per batch on a GPU.
-            total_loss = total_loss.to(loss.device) + loss.detach() * len(labels)
+            total_loss = total_loss.to(loss.device) + summed.detach()
             correct = correct.to(labels.device) + (logits.detach().argmax(1) == hard).sum()
             count += len(labels)
             self._emit("on_batch_end", batch, loss.detach())
