@@ -66,3 +66,28 @@ def test_confident_learning_flags_the_confidently_other_class():
     labels = np.array([0, 0, 0, 1, 1, 1])
     probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.1, 0.9], [0.2, 0.8], [0.1, 0.9], [0.7, 0.3]])
     assert confident_learning_flags(labels, probs).tolist() == [False, False, True, False, False, True]
+
+
+def test_audit_again_into_the_same_folder_resumes_or_starts_afresh(tmp_path: Path, caplog):
+    from .conftest import write_class_folders
+
+    data = write_class_folders(tmp_path / "data", per_class=8)
+    config = resolve_config(overrides={"source": str(data), "model": "simple-cnn", "img_size": 16, "epochs": 1})
+    out = tmp_path / "audit"
+    first = audit(config, folds=2, out=out)
+    weights = {k: (out / "folds" / f"fold{k}" / "model.safetensors").stat().st_mtime_ns for k in range(2)}
+    # An interrupted second fold: its run folder exists but never finished.
+    (out / "folds" / "fold1" / "val_predictions.csv").unlink()
+    caplog.set_level("INFO")
+    again = audit(config, folds=2, out=out)
+    assert "resuming the audit" in caplog.text and "fold 1 of 2 already finished" in caplog.text
+    assert (out / "folds" / "fold0" / "model.safetensors").stat().st_mtime_ns == weights[0]  # reused, not retrained
+    assert (out / "folds" / "fold1" / "val_predictions.csv").is_file()
+    assert [s["path"] for s in again] == [s["path"] for s in first]
+
+    caplog.clear()
+    changed = resolve_config(overrides={"source": str(data), "model": "simple-cnn", "img_size": 16, "epochs": 2})
+    audit(changed, folds=2, out=out)
+    assert "starting afresh" in caplog.text
+    assert (out / "folds-previous" / "fold0" / "model.safetensors").is_file()  # moved aside, not deleted
+    assert len(list(csv.DictReader(open(out / "folds" / "fold0" / "history.csv")))) == 2

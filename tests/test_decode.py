@@ -77,3 +77,25 @@ def test_forked_processes_decode_like_threads(tmp_path: Path):
     processes = decode_all(paths, 3, 8, processes=2)
     assert np.array_equal(threads[0], processes[0]) and np.array_equal(threads[1], processes[1])
     assert threads[2] == processes[2] and len(threads[2]) == 7
+
+
+def test_bombs_are_refused_from_the_header_in_threaded_decodes_and_checks(tmp_path: Path, monkeypatch):
+    """Between 1x and 2x MAX_IMAGE_PIXELS Pillow only warns; the refusal must not depend on a warnings
+    filter (warnings.catch_warnings is not thread-safe, and decoding and checking run in thread pools)."""
+    from imgcls.data.quality import inspect_picture
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 6000)
+    rng = np.random.default_rng(0)
+    paths, bombs = [], []
+    for i in range(240):
+        path = tmp_path / f"{i}.png"
+        side = 100 if i % 10 == 3 else 12  # 10,000 pixels: a bomb under this limit
+        Image.fromarray(rng.integers(0, 255, (side, side), dtype=np.uint8)).save(path)
+        paths.append(str(path))
+        if side == 100:
+            bombs.append(str(path))
+    with pytest.warns(Image.DecompressionBombWarning):  # Pillow's own warning still reaches the user
+        _, index, skipped = decode_all(paths, 1, 8, processes=1, workers=6)
+    assert sorted(s["path"] for s in skipped) == sorted(bombs) and len(index) == 240 - len(bombs)
+    assert all("too large to decode safely" in s["reason"] and "10,000 pixels" in s["reason"] for s in skipped)
+    assert all("too large" in (inspect_picture(p).error or "") for p in bombs)

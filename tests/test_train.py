@@ -1,6 +1,7 @@
 """Training end to end through the Python API: the run folder, reload + predict, resume, determinism."""
 import csv
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -126,3 +127,16 @@ def test_class_names_in_any_language_render(tmp_path: Path, recwarn):
     missing = [w for w in recwarn.list if "missing from font" in str(w.message)]
     assert missing == []
     assert Image.open(result.run_dir / "confusion.png").size[0] > 100
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640)])
+def test_run_files_follow_the_users_umask(class_folder: Path, tmp_path: Path, umask: int, mode: int):
+    previous = os.umask(umask)
+    try:
+        result = imgcls.train(source=str(class_folder), model="simple-cnn", img_size=16, epochs=1, out=str(tmp_path / "run"))
+        imgcls.predict(result.run_dir, class_folder / "red", tmp_path / "submission.csv")
+    finally:
+        os.umask(previous)
+    written = [p for p in result.run_dir.rglob("*") if p.is_file()] + [tmp_path / "submission.csv"]
+    assert len(written) > 10
+    assert {oct(p.stat().st_mode & 0o777) for p in written} == {oct(mode)}

@@ -14,6 +14,7 @@ import csv
 import dataclasses
 import html
 import io
+import json
 import logging
 from pathlib import Path
 
@@ -21,7 +22,7 @@ import numpy as np
 
 from .config import TrainConfig
 from .data.dataset import decode_all
-from .engine.checkpoint import write_json, write_text
+from .engine.checkpoint import final_run_dir, write_json, write_text
 from .errors import UserError
 
 log = logging.getLogger(__name__)
@@ -101,7 +102,7 @@ def audit_run(run_dir: str | Path) -> list[dict]:
     """The fast variant: rank a finished run's validation pictures by its own predictions."""
     from .report.html import write_report
 
-    run_dir = Path(run_dir)
+    run_dir = final_run_dir(run_dir)
     predictions = run_dir / "val_predictions.csv"
     if not predictions.is_file():
         raise UserError(f"Received: RUN_DIR {run_dir} without val_predictions.csv; expected a finished imgcls run")
@@ -113,19 +114,49 @@ def audit_run(run_dir: str | Path) -> list[dict]:
 
 
 def audit(base: TrainConfig, folds: int = 5, out: str | Path = "runs/audit") -> list[dict]:
-    """Train `folds` models on K-fold splits; rank every picture by its out-of-fold probability."""
+    """Train `folds` models on K-fold splits; rank every picture by its out-of-fold probability.
+
+    Run again into the same `out` with the same settings, it resumes: finished folds are reused and an
+    interrupted one is finished with --resume. With other settings it starts afresh, moving the
+    previous folds aside (OUT/folds-previous, numbered), never deleting them.
+    """
+    from .config import config_to_dict
+    from .runs import next_free
     from .train import train
 
     if folds < 2:
         raise UserError(f"Received: folds={folds}; expected an integer >= 2")
     out = Path(out)
+    # Through JSON, so that it compares equal to what audit.json reads back (tuples become lists).
+    settings = json.loads(json.dumps({"format": "imgcls-audit/1", "folds": folds,
+                                      "config": {**config_to_dict(base), "out": None}}))
+    marker = out / "audit.json"
+    previous = json.loads(marker.read_text(encoding="utf-8")) if marker.is_file() else None
+    if (out / "folds").is_dir() and previous != settings:
+        aside = next_free(out / "folds-previous")
+        (out / "folds").rename(aside)
+        log.info("audit: starting afresh in %s (%s); the previous folds are now in %s", out,
+                 "its settings differ from this run's" if previous else "it holds folds of an unknown audit", aside)
+    elif previous == settings:
+        log.info("audit: resuming the audit in %s (same settings): finished folds are reused", out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(marker, settings)
     all_paths, all_labels, all_probs, classes = [], [], [], None
     for k in range(folds):
-        config = dataclasses.replace(base, data=dataclasses.replace(base.data, folds=folds, fold=k),
-                                     out=str(out / "folds" / f"fold{k}"))
-        log.info("audit: fold %d of %d", k + 1, folds)
-        result = train(config)
-        paths, labels, probs, classes = read_predictions(result.run_dir / "val_predictions.csv")
+        fold_dir = out / "folds" / f"fold{k}"
+        if (fold_dir / "val_predictions.csv").is_file():
+            log.info("audit: fold %d of %d already finished in %s", k + 1, folds, fold_dir)
+            predictions = fold_dir / "val_predictions.csv"
+        else:
+            log.info("audit: fold %d of %d", k + 1, folds)
+            if (fold_dir / "config.yaml").is_file():  # interrupted: finish it, each epoch once
+                result = train(resume=fold_dir)
+            else:
+                config = dataclasses.replace(base, data=dataclasses.replace(base.data, folds=folds, fold=k),
+                                             out=str(fold_dir))
+                result = train(config)
+            predictions = result.run_dir / "val_predictions.csv"
+        paths, labels, probs, classes = read_predictions(predictions)
         all_paths += paths
         all_labels.append(labels)
         all_probs.append(probs)

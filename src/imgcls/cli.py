@@ -227,8 +227,9 @@ def _cmd_audit(args: argparse.Namespace) -> None:
 
     values = vars(args)
     data = values.get("data")
-    if data is not None and (Path(data) / "model.json").is_file():
-        suspects, out = audit_run(data), Path(data)
+    if data is not None and any((Path(data) / name).is_file() for name in ("model.json", "finetune.json")):
+        from .engine.checkpoint import final_run_dir
+        suspects, out = audit_run(data), final_run_dir(data)
     else:
         suspects = audit(_train_config({k: v for k, v in values.items() if k != "out"}), args.folds, args.out)
         out = Path(args.out)

@@ -39,7 +39,7 @@ def export(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = None
         raise UserError(f"Received: --format {fmt}; expected one of {', '.join(FORMATS)}")
     run = load_run(run_dir, device="cpu")
     meta = run.meta
-    out = Path(out) if out is not None else Path(run_dir) / f"model{SUFFIX[fmt]}"
+    out = Path(out) if out is not None else run.run_dir / f"model{SUFFIX[fmt]}"
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     example = torch.randn(2, meta["channels"], meta["input_size"], meta["input_size"])
@@ -63,7 +63,7 @@ def export(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = None
                 got = torch.jit.load(str(out)).eval()(sample).numpy()
     difference = float(np.abs(got - expected).max())
     write_json(Path(str(out) + ".json"), contract(meta, fmt))  # model.onnx.json: never the run's model.json
-    log.info("exported %s → %s; max abs difference of the logits on a batch of 5: %.2e", run_dir, out, difference)
+    log.info("exported %s → %s; max abs difference of the logits on a batch of 5: %.2e", run.run_dir, out, difference)
     if difference > 1e-3:
         raise UserError(f"Received: an exported model whose logits differ by {difference:.2e} from PyTorch's; "
                         "expected at most 1e-3 (please report this model)")

@@ -12,7 +12,7 @@ import torch
 
 from .data.dataset import BatchLoader, DecodedImages, decode_all, decode_samples, inference_batch_size
 from .data.sources import id_sort_key, list_pictures, load_samples
-from .engine.checkpoint import load_weights, read_meta, write_json, write_text
+from .engine.checkpoint import final_run_dir, load_weights, read_meta, write_json, write_text
 from .engine.device import resolve_device
 from .engine.metrics import classification_metrics
 from .engine.trainer import predict_proba
@@ -27,6 +27,7 @@ class LoadedRun:
     model: torch.nn.Module
     meta: dict
     device: torch.device
+    run_dir: Path  # the folder the weights came from (a finetune folder's final stage)
 
     @property
     def classes(self) -> list[str]:
@@ -39,7 +40,9 @@ class LoadedRun:
 
 
 def load_run(run_dir: str | Path, device: str = "auto") -> LoadedRun:
-    """Rebuild the model from model.json and load model.safetensors (never a pickle)."""
+    """Rebuild the model from model.json and load model.safetensors (never a pickle). A finetune
+    folder stands for its final stage."""
+    run_dir = final_run_dir(run_dir)
     meta = read_meta(run_dir)
     model = create_model(meta["architecture"], meta["num_classes"], meta["channels"], meta["input_size"],
                          **meta.get("model_args", {}))
@@ -48,7 +51,7 @@ def load_run(run_dir: str | Path, device: str = "auto") -> LoadedRun:
     # channels_last: 1.6-2.3x faster inference on this CPU for every registered family
     # (EfficientNet-Lite0 224 px 16 → 27 pictures/s, simple-cnn 6,800 → 15,400; bench/RESULTS.md).
     model = model.to(target, memory_format=torch.channels_last)
-    return LoadedRun(model.eval(), meta, target)
+    return LoadedRun(model.eval(), meta, target, run_dir)
 
 
 def predict_images(run: LoadedRun, paths: list[str], batch_size: int | None = None,

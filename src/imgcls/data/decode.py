@@ -1,11 +1,11 @@
 """Decode one picture file into a fixed-size uint8 array, or say exactly why it cannot be read.
 
 Every colour mode (grey, RGB, RGBA, palette, CMYK, 16-bit) is converted the same way, EXIF orientation
-is applied, and Pillow's decompression-bomb warning counts as a failure rather than a risk taken.
+is applied, and a picture whose header promises more pixels than Pillow's MAX_IMAGE_PIXELS is refused
+before it is decoded (a decompression bomb), rather than decoded as a risk taken.
 """
 from __future__ import annotations
 
-import warnings
 from typing import BinaryIO
 
 import numpy as np
@@ -66,20 +66,37 @@ def border_box(img: Image.Image, min_fraction: float = 0.05) -> tuple[int, int, 
     return (round(left * sx), round(top * sy), round(right * sx), round(bottom * sy))
 
 
+def max_pixels() -> int:
+    """The largest picture decoded: Pillow's MAX_IMAGE_PIXELS (89.5 megapixels unless the user changed it)."""
+    return int(Image.MAX_IMAGE_PIXELS or 2**62)
+
+
+def check_pixel_count(size: tuple[int, int]) -> None:
+    """Refuse a picture whose header promises more than max_pixels(), before a byte of it is decoded.
+
+    An explicit check rather than Pillow's DecompressionBombWarning turned into an error: that needs
+    warnings.catch_warnings, which is not thread-safe, and decoding runs in thread pools."""
+    width, height = size
+    if width * height > max_pixels():
+        raise DecodeError(f"too large to decode safely ({width}x{height} = {width * height:,} pixels; "
+                          f"the limit is {max_pixels():,})")
+
+
 def open_picture(path: str | BinaryIO, draft: tuple[str, int] | None = None) -> Image.Image:
     """Open, fully load and EXIF-orient one picture; every failure becomes a DecodeError with its reason.
 
     draft=(mode, size) lets a JPEG decode at a reduced scale no smaller than size (much faster).
     """
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                if draft is not None and img.format == "JPEG":
-                    img.draft(draft[0], (draft[1], draft[1]))
-                img.load()
-                return ImageOps.exif_transpose(img)  # a loaded copy: outlives the file handle
-    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as error:
+        with Image.open(path) as img:  # reads the header only
+            check_pixel_count(img.size)
+            if draft is not None and img.format == "JPEG":
+                img.draft(draft[0], (draft[1], draft[1]))
+            img.load()
+            return ImageOps.exif_transpose(img)  # a loaded copy: outlives the file handle
+    except DecodeError:
+        raise
+    except Image.DecompressionBombError as error:
         raise DecodeError(f"too large to decode safely ({error})") from None
     except FileNotFoundError:
         raise DecodeError("file not found (moved, deleted or a broken link)") from None

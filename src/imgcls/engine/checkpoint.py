@@ -6,14 +6,15 @@ beside its target and moved over it with os.replace, which is atomic on POSIX an
 from __future__ import annotations
 
 import json
+import logging
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 import torch.nn as nn
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from ..errors import UserError
 
@@ -23,10 +24,13 @@ RESUME = "resume.pt"
 
 
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
-    """Call write(tmp_path), then move tmp_path over `path` in one step."""
+    """Call write(tmp_path), then move tmp_path over `path` in one step.
+
+    The temporary file is created with mode 0666 less the user's umask, as open() would create `path`
+    (0644 under umask 022): tempfile.mkstemp's 0600 would leak into every file a run writes."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = str(path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(8)}.tmp")
+    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
     try:
         write(tmp)
         os.replace(tmp, path)
@@ -48,8 +52,26 @@ def save_model(run_dir: str | Path, model: nn.Module, meta: dict) -> None:
     """model.safetensors + model.json: enough to rebuild the model and predict with no other file."""
     run_dir = Path(run_dir)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    atomic_write(run_dir / WEIGHTS, lambda tmp: save_file(state, tmp))
+    # save() to bytes, not save_file(): the latter replaces the file with one of mode 0600.
+    atomic_write(run_dir / WEIGHTS, lambda tmp: Path(tmp).write_bytes(save(state)))
     write_json(run_dir / META, meta)
+
+
+FINETUNE = "finetune.json"  # in a finetune folder: its stages and which one is final
+
+
+def final_run_dir(run_dir: str | Path) -> Path:
+    """The run folder a command should use: `run_dir` itself, or for a finetune folder (the one its
+    --out named) its final stage, so that `predict OUT ...` does what a user means."""
+    run_dir = Path(run_dir)
+    if (run_dir / META).is_file() or not (run_dir / FINETUNE).is_file():
+        return run_dir
+    final = run_dir / json.loads((run_dir / FINETUNE).read_text(encoding="utf-8"))["final"]
+    if not (final / META).is_file():
+        raise UserError(f"Received: RUN_DIR {run_dir}, a finetune folder whose final stage {final.name} has not "
+                        f"finished; expected {final / META} (resume it with imgcls train --resume {final})")
+    logging.getLogger(__name__).info("%s is a finetune folder: using its final stage, %s", run_dir, final)
+    return final
 
 
 def read_meta(run_dir: str | Path) -> dict:
