@@ -167,3 +167,35 @@ def test_check_and_audit_commands(trained, tmp_path: Path, capsys):
     assert "flagged" in capsys.readouterr().out and (run / "suspects.csv").is_file()
     assert main(["train", str(data), "--top", "5"]) == 2
     assert "without exclude" in capsys.readouterr().err
+
+
+LIGHT_CHECK = """
+import sys, time
+start = time.perf_counter()
+{body}
+heavy = sorted(m for m in ("torch", "torchvision", "matplotlib", "numpy", "PIL") if m in sys.modules)
+print("HEAVY", heavy)
+"""
+
+
+@pytest.mark.parametrize("body", [
+    "import imgcls",
+    "from imgcls.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass",
+    "from imgcls.cli import main\nmain(['models'])",
+    "from imgcls.cli import main\nassert main(['train', 'digits', '--lr', '-1']) == 2",
+    "from imgcls.cli import main\ntry:\n    main(['train', 'digits', '--optimizer', 'nope'])\nexcept SystemExit:\n    pass",
+    "from imgcls.cli import main\nassert main(['tune', 'digits', '--epochs', '0']) == 2",
+], ids=["import", "help", "models", "config-error", "argument-error", "tune-error"])
+def test_help_listing_and_mistakes_do_not_import_torch(body):
+    done = subprocess.run([sys.executable, "-c", LIGHT_CHECK.format(body=body)], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "HEAVY []" in done.stdout, done.stdout[-500:]
+
+
+def test_the_lazy_api_still_exposes_every_name():
+    import imgcls as api
+    for name in api.__all__:
+        assert getattr(api, name) is not None
+    with pytest.raises(AttributeError):
+        api.no_such_name  # noqa: B018

@@ -44,3 +44,15 @@ def test_registry_errors():
         register("simple-cnn", description="", input_size=8, channels=1, mean=(0,), std=(1,))(lambda **k: None)
     with pytest.raises(UserError):
         create_model("lenet5", 2, img_size=16)
+
+
+def test_the_torch_free_listing_matches_the_registry():
+    from imgcls.models.catalogue import LISTING
+
+    specs = list_models()
+    assert [e.name for e in LISTING] == [s.name for s in specs]
+    for entry, spec in zip(LISTING, specs):
+        model = create_model(spec.name, 10)
+        assert entry.params == sum(p.numel() for p in model.parameters()), spec.name
+        shape = "pictures'" if spec.fits_pictures else f"{spec.input_size}x{spec.input_size}x{spec.channels}"
+        assert entry.input == shape and entry.description == spec.description, spec.name

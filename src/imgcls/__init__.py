@@ -1,15 +1,47 @@
-"""imgcls: from a folder of pictures to a trained, checked and usable image classifier."""
+"""imgcls: from a folder of pictures to a trained, checked and usable image classifier.
+
+The public API is imported on first use (PEP 562): `import imgcls` and `imgcls --help` stay fast
+because torch, torchvision and matplotlib load only when a function that needs them is called.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
-from .config import DataConfig, TrainConfig, resolve_config  # noqa: E402
-from .data.sources import Samples, from_csv, from_filenames, from_folder, load_samples  # noqa: E402
-from .errors import UserError  # noqa: E402
-from .export import export  # noqa: E402
-from .finetune import FinetuneResult, finetune  # noqa: E402
-from .models.registry import create_model, get_spec, list_models  # noqa: E402
-from .predict import evaluate, load_run, predict, predict_images  # noqa: E402
-from .train import RunResult, train  # noqa: E402
+# public name → the module that defines it
+_EXPORTS = {
+    "DataConfig": "config", "TrainConfig": "config", "resolve_config": "config",
+    "Samples": "data.sources", "from_csv": "data.sources", "from_filenames": "data.sources",
+    "from_folder": "data.sources", "load_samples": "data.sources",
+    "UserError": "errors",
+    "export": "export",
+    "FinetuneResult": "finetune", "finetune": "finetune",
+    "create_model": "models.registry", "get_spec": "models.registry", "list_models": "models.registry",
+    "evaluate": "predict", "load_run": "predict", "predict": "predict", "predict_images": "predict",
+    "RunResult": "train", "train": "train",
+}
+__all__ = [*_EXPORTS, "__version__"]
 
-__all__ = ["DataConfig", "TrainConfig", "resolve_config", "Samples", "from_csv", "from_filenames", "from_folder",
-           "load_samples", "UserError", "export", "FinetuneResult", "finetune", "create_model", "get_spec", "list_models", "evaluate", "load_run",
-           "predict", "predict_images", "RunResult", "train", "__version__"]
+if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
+    from .config import DataConfig, TrainConfig, resolve_config  # noqa: F401
+    from .data.sources import Samples, from_csv, from_filenames, from_folder, load_samples  # noqa: F401
+    from .errors import UserError  # noqa: F401
+    from .export import export  # noqa: F401
+    from .finetune import FinetuneResult, finetune  # noqa: F401
+    from .models.registry import create_model, get_spec, list_models  # noqa: F401
+    from .predict import evaluate, load_run, predict, predict_images  # noqa: F401
+    from .train import RunResult, train  # noqa: F401
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'imgcls' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value  # the next access is a plain attribute lookup
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

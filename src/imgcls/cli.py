@@ -204,10 +204,10 @@ def _train_config(values: dict):
 
 
 def _cmd_tune(args: argparse.Namespace) -> None:
+    values = vars(args)
+    base = _train_config({k: v for k, v in values.items() if k != "out"})  # a mistake ends here, before torch loads
     from .tune import load_space, tune
 
-    values = vars(args)
-    base = _train_config({k: v for k, v in values.items() if k != "out"})
     space = values.get("space")
     study = tune(base, args.trials, out=args.out, space=load_space(space) if space else None,
                  storage=values.get("storage"), study_name=args.study, timeout=values.get("timeout"),
@@ -223,15 +223,16 @@ def _cmd_tune(args: argparse.Namespace) -> None:
 
 
 def _cmd_audit(args: argparse.Namespace) -> None:
-    from .audit import audit, audit_run
-
     values = vars(args)
     data = values.get("data")
     if data is not None and any((Path(data) / name).is_file() for name in ("model.json", "finetune.json")):
+        from .audit import audit_run
         from .engine.checkpoint import final_run_dir
         suspects, out = audit_run(data), final_run_dir(data)
     else:
-        suspects = audit(_train_config({k: v for k, v in values.items() if k != "out"}), args.folds, args.out)
+        config = _train_config({k: v for k, v in values.items() if k != "out"})
+        from .audit import audit
+        suspects = audit(config, args.folds, args.out)
         out = Path(args.out)
     flagged = sum(s["flagged"] for s in suspects)
     print(f"{flagged} of {len(suspects)} pictures flagged; ranked list: {out / 'suspects.csv'}, "
@@ -240,10 +241,10 @@ def _cmd_audit(args: argparse.Namespace) -> None:
 
 
 def _cmd_finetune(args: argparse.Namespace) -> None:
-    from .finetune import finetune
-
     values = vars(args)
     config = _train_config(values)
+    from .finetune import finetune
+
     result = finetune(config, stage1_epochs=args.stage1_epochs, stage2_epochs=args.stage2_epochs,
                       unfreeze_last=values.get("unfreeze_last", 2), drop_implausible=args.drop_implausible)
     for name, run in (("stage 1", result.stage1), ("stage 2", result.stage2)):
@@ -271,8 +272,6 @@ def _launch_torchrun(nproc: int, argv: list[str]) -> None:
 
 
 def _cmd_train(args: argparse.Namespace, argv: list[str]) -> None:
-    from .train import train
-
     values = vars(args)
     nproc = values.pop("nproc", 1)
     if nproc != 1 and "WORLD_SIZE" not in os.environ:
@@ -283,9 +282,12 @@ def _cmd_train(args: argparse.Namespace, argv: list[str]) -> None:
         if others:
             raise UserError(f"Received: --resume with {', '.join(sorted(others))}; expected --resume RUN_DIR alone "
                             "(the run's config.yaml holds its settings)")
+        from .train import train
         result = train(resume=values["resume"])
     else:
-        result = train(_train_config(values))
+        config = _train_config(values)  # a mistake ends here, before torch loads
+        from .train import train
+        result = train(config)
     if os.environ.get("RANK", "0") != "0":
         return  # under torchrun, rank 0 speaks for the run
     print(f"best epoch {result.best_epoch}: val accuracy {result.val_accuracy:.4f}, log loss "
@@ -293,19 +295,13 @@ def _cmd_train(args: argparse.Namespace, argv: list[str]) -> None:
 
 
 def _cmd_models(args: argparse.Namespace) -> None:
-    from .models.registry import create_model, get_spec, list_models
+    if args.name is None:
+        from .models.catalogue import format_listing  # no torch: the listing answers at once
+        print(format_listing())
+        return
+    from .models.registry import create_model, get_spec
     from .models.summary import format_summary, summarize
 
-    if args.name is None:
-        print(f"{'name':20} {'params (10 classes)':>20} {'input':>10}  description")
-        for spec in list_models():
-            model = create_model(spec.name, 10)
-            params = sum(p.numel() for p in model.parameters())
-            shape = "pictures'" if spec.fits_pictures else f"{spec.input_size}x{spec.input_size}x{spec.channels}"
-            print(f"{spec.name:20} {params:>20,} {shape:>10}  "
-                  f"{spec.description}")
-        print("any other torchvision classification model works by name too (e.g. resnet101, vit_b_16)")
-        return
     spec = get_spec(args.name)
     size, chans = args.img_size or spec.input_size, args.channels or spec.channels
     model = create_model(args.name, args.classes, chans, size)

@@ -1,3 +1,2 @@
-from .registry import ModelSpec, create_model, get_spec, list_models, register
-
-__all__ = ["ModelSpec", "create_model", "get_spec", "list_models", "register"]
+"""The model registry (registry.py), one architecture family per module, and the torch-free listing
+(catalogue.py). Import from the submodules: this package imports nothing, so listing stays fast."""

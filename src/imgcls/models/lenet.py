@@ -23,7 +23,6 @@ class LeNet5(Classifier):
         self.head = nn.Linear(84, num_classes)
 
 
-@register("lenet5", description="LeNet-5: tanh, average pooling, 32x32 input",
-          input_size=32, channels=3, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+@register("lenet5", input_size=32, channels=3, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 def lenet5(num_classes: int, in_chans: int, img_size: int) -> LeNet5:
     return LeNet5(num_classes, in_chans, img_size)

@@ -10,6 +10,7 @@ from typing import Callable
 import torch.nn as nn
 
 from ..errors import UserError
+from .catalogue import DESCRIPTIONS
 
 
 @dataclass(frozen=True)
@@ -34,15 +35,16 @@ class ModelSpec:
 _REGISTRY: dict[str, ModelSpec] = {}
 
 
-def register(name: str, *, description: str, input_size: int, channels: int,
+def register(name: str, *, input_size: int, channels: int,
              mean: tuple[float, ...], std: tuple[float, ...],
              size_from_args: Callable[[dict], int] | None = None, fits_pictures: bool = False,
              **defaults) -> Callable:
-    """Decorator: register `builder(num_classes, in_chans, img_size, **kwargs) -> nn.Module` under `name`."""
+    """Decorator: register `builder(num_classes, in_chans, img_size, **kwargs) -> nn.Module` under `name`;
+    its description is the catalogue's (models/catalogue.py, what `imgcls models` lists without torch)."""
     def decorate(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is registered twice")
-        _REGISTRY[name] = ModelSpec(name, builder, description, input_size, channels, mean, std, defaults,
+        _REGISTRY[name] = ModelSpec(name, builder, DESCRIPTIONS[name], input_size, channels, mean, std, defaults,
                                     size_from_args, fits_pictures)
         return builder
     return decorate

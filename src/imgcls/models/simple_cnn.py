@@ -20,7 +20,6 @@ class SimpleCNN(Classifier):
         self.head = nn.Linear(self.num_features, num_classes)
 
 
-@register("simple-cnn", description="2 conv-BN-ReLU-maxpool blocks + linear (apparel walkthrough; width=4 there)",
-          input_size=28, channels=1, mean=(0.5,), std=(0.5,))
+@register("simple-cnn", input_size=28, channels=1, mean=(0.5,), std=(0.5,))
 def simple_cnn(num_classes: int, in_chans: int, img_size: int, width: int = 32) -> SimpleCNN:
     return SimpleCNN(num_classes, in_chans, img_size, width)
