@@ -1,3 +1,5 @@
+import csv
+
 import numpy as np
 import pytest
 import torch
@@ -55,9 +57,12 @@ def test_mixed_targets_are_distributions(mixup: float, cutmix: float):
 
 
 def test_training_with_augmentation_mixup_and_smoothing(tmp_path):
-    result = imgcls.train(source="digits", img_size=16, epochs=2, augment="standard", mixup=0.2, cutmix=1.0,
+    result = imgcls.train(source="digits", img_size=16, epochs=6, augment="standard", mixup=0.2, cutmix=1.0,
                           label_smoothing=0.1, out=str(tmp_path / "run"))
-    assert 0 < result.val_accuracy <= 1 and np.isfinite(result.val_log_loss)
+    # Ten classes (chance: 0.1); mixed, smoothed and augmented targets still teach the model its digits.
+    assert result.val_accuracy > 0.6 and result.val_log_loss < 1.5
+    history = list(csv.DictReader(open(result.run_dir / "history.csv")))
+    assert len(history) == 6 and float(history[-1]["train_loss"]) < float(history[0]["train_loss"])
     assert (result.run_dir / "samples.png").is_file()
 
 

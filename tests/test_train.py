@@ -84,6 +84,7 @@ def test_resume_continues_from_the_saved_epoch_and_matches_an_uninterrupted_run(
     rows = list(csv.DictReader(open(resumed.run_dir / "history.csv")))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
     whole_rows = list(csv.DictReader(open(whole.run_dir / "history.csv")))
+    assert len(rows) == len(whole_rows) == 4
     for a, b in zip(rows, whole_rows):  # seeded and deterministic on the CPU: the same numbers
         assert float(a["val_loss"]) == pytest.approx(float(b["val_loss"]), abs=1e-5)
     assert resumed.val_log_loss == pytest.approx(whole.val_log_loss, abs=1e-5)

@@ -131,6 +131,7 @@ def test_frozen_feature_cache_trains_the_head_like_the_full_model(tmp_path, clas
                                 freeze="backbone", optimizer="sgd", feature_cache=cache, out=str(tmp_path / str(cache)))
     assert "frozen-feature cache: computed" in caplog.text
     histories = {c: (r.run_dir / "history.csv").read_text().splitlines() for c, r in runs.items()}
+    assert len(histories[True]) == len(histories[False]) == 3  # header + 2 epochs each
     for cached, full in zip(histories[True][1:], histories[False][1:]):
         assert [float(v) for v in cached.split(",")[1:5]] == pytest.approx([float(v) for v in full.split(",")[1:5]],
                                                                             abs=1e-4)

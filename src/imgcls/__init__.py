@@ -6,6 +6,8 @@ because torch, torchvision and matplotlib load only when a function that needs t
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -33,6 +35,20 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from .models.registry import create_model, get_spec, list_models  # noqa: F401
     from .predict import evaluate, load_run, predict, predict_images  # noqa: F401
     from .train import RunResult, train  # noqa: F401
+
+
+class _PublicAPI(types.ModuleType):
+    """The package module. Importing a submodule sets it as an attribute of its package, and four
+    submodules share their name with the function they define (train, predict, export, finetune):
+    `imgcls.train` must stay the function, as it was when these names were imported eagerly."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _EXPORTS and isinstance(value, types.ModuleType):
+            return  # `imgcls.train` is looked up by __getattr__ (the function); the module is sys.modules'
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _PublicAPI
 
 
 def __getattr__(name: str) -> Any:
