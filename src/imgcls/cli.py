@@ -345,7 +345,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> None:
         from .export import export
         result = export(args.run_dir, args.format, args.out)
         print(f"wrote {result['path']} (+ {result['path']}.json, the preprocessing contract); max abs "
-              f"difference of the logits against PyTorch: {result['max_abs_diff']:.2e}")
+              f"difference of the logits against PyTorch: {result['max_abs_diff']:.2e} (relative {result['max_rel_diff']:.2e})")
     elif args.command == "serve":
         from .serve import serve
         serve(args.run_dir, args.host, args.port, int(args.max_mb * 2**20))

@@ -132,7 +132,7 @@ def decode_image(path: str | BinaryIO, channels: int, size: int | None, trim: bo
         raise DecodeError(_reason(error, path)) from None
     if array.ndim == 2:
         array = array[:, :, None]
-    return np.ascontiguousarray(array.transpose(2, 0, 1))
+    return array.transpose(2, 0, 1).copy()  # contiguous and writable (Pillow's buffer is read-only)
 
 
 GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")

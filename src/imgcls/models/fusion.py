@@ -38,13 +38,23 @@ def fusion_input_size(model_args: dict) -> int:
     return max(get_spec(n).input_size for n in _names(model_args.get("backbones", DEFAULT_BACKBONES)))
 
 
+def resize_matrix(size_in: int, size_out: int) -> torch.Tensor:
+    """(size_out, size_in): antialiased bilinear resizing along one axis as a matrix. torch's antialiased
+    resize is separable and linear, so interpolating the identity's rows reads its weights off exactly."""
+    eye = torch.eye(size_in).view(size_in, 1, 1, size_in)
+    return F.interpolate(eye, size=(1, size_out), mode="bilinear", antialias=True, align_corners=False).view(
+        size_in, size_out).T.contiguous()
+
+
 class Fusion(Classifier):
     def __init__(self, num_classes: int, backbones: str | list[str] = DEFAULT_BACKBONES,
                  head: str | list[int] = DEFAULT_HEAD, dropout: float = 0.0, img_size: int | None = None):
         super().__init__()
         self.members = nn.ModuleDict()
+        names = _names(backbones)
+        input_size = img_size or max(get_spec(n).input_size for n in names)  # the decoded picture's side
         self.sizes, self.means, self.stds = {}, {}, {}
-        for name in _names(backbones):
+        for name in names:
             spec = get_spec(name)
             # Each member at its own size; a smaller --img-size caps them all (fast small-scale runs).
             size = min(spec.input_size, img_size or spec.input_size)
@@ -52,6 +62,8 @@ class Fusion(Classifier):
             member.head = nn.Identity()  # only its pooled features are used
             self.members[name] = member
             self.sizes[name] = size
+            if size != input_size:  # computed here, outside any ONNX trace (a buffer, not in the state dict)
+                self.register_buffer(f"resize_{name}", resize_matrix(input_size, size), persistent=False)
             self.register_buffer(f"mean_{name}", torch.tensor(spec.mean).view(1, 3, 1, 1), persistent=False)
             self.register_buffer(f"std_{name}", torch.tensor(spec.std).view(1, 3, 1, 1), persistent=False)
         self.num_features = sum(m.num_features for m in self.members.values())
@@ -65,7 +77,11 @@ class Fusion(Classifier):
     def _prepare(self, name: str, x: torch.Tensor) -> torch.Tensor:
         size = self.sizes[name]
         if x.shape[-1] != size or x.shape[-2] != size:
-            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+            matrix = getattr(self, f"resize_{name}", None)
+            if torch.onnx.is_in_onnx_export() and matrix is not None and matrix.shape[1] == x.shape[-1] == x.shape[-2]:
+                x = matrix @ x @ matrix.T  # ONNX has no antialiased resize: the same linear map, as two MatMuls
+            else:
+                x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
         return (x - getattr(self, f"mean_{name}")) / getattr(self, f"std_{name}")
 
     def block_groups(self) -> list[list[tuple[str, nn.Module]]]:

@@ -1,0 +1,91 @@
+"""Every model family through every command, at the smallest input each accepts: train (unfrozen; frozen
+with and without the frozen-feature cache), finetune, evaluate, predict --tta, audit RUN_DIR, ONNX export
+(onnxruntime within 1e-4 of PyTorch) and serve's predict endpoint. The later commands are given the
+finetune folder itself, which stands for its final stage."""
+import csv
+import io
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import imgcls
+from imgcls.audit import audit_run
+
+from .conftest import coloured_picture, folder_snapshot, write_class_folders
+
+# name → (model arguments, side in pixels): the smallest input each family accepts (Inception-v3: 75 px).
+FAMILIES = {
+    "simple-cnn": ({"width": 4}, 16),
+    "lenet5": ({}, 32),
+    "cifar-cnn": ({}, 32),
+    "airnet": ({"widths": "8,16,16"}, 24),
+    "resnet18": ({}, 32),
+    "inception_v3": ({}, 75),
+    "efficientnet_b0": ({}, 32),
+    "mobilenet_v3_small": ({}, 32),
+    "convnext_tiny": ({}, 32),
+    "efficientnet_lite0": ({}, 32),
+    # lenet5 takes 32 px, resnet18 the whole 40: the fusion's antialiased resize runs, also inside the ONNX file.
+    "fusion": ({"backbones": "resnet18,lenet5", "head": "16"}, 40),
+}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return write_class_folders(tmp_path_factory.mktemp("families") / "data", per_class=6, classes=("red", "blue"))
+
+
+def history(run_dir: Path) -> list[list[float]]:
+    with open(run_dir / "history.csv", newline="") as f:
+        return [[float(r[k]) for k in ("train_loss", "train_acc", "val_loss", "val_acc")] for r in csv.DictReader(f)]
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_family_through_every_command(family: str, data: Path, tmp_path: Path):
+    model_args, size = FAMILIES[family]
+    before = folder_snapshot(data)
+    common = dict(source=str(data), model=family, model_args=model_args, img_size=size, batch_size=4)
+    unfrozen = imgcls.train(epochs=1, out=str(tmp_path / "unfrozen"), **common)
+    weights = str(unfrozen.run_dir / "model.safetensors")
+
+    # finetune from the unfrozen run's weights: stage 1 trains the head over cached frozen features,
+    # stage 2 the last block of each backbone.
+    tuned = imgcls.finetune(weights=weights, stage1_epochs=2, stage2_epochs=1, unfreeze_last=1,
+                            out=str(tmp_path / "finetune"), **common)
+    assert (tuned.stage2.run_dir / "model.safetensors").is_file()
+    # The same head training without the cache: the same history (the cache changes the speed only).
+    uncached = imgcls.train(weights=weights, freeze="backbone", optimizer="sgd", momentum=0.91, scheduler="plateau",
+                            lr=0.01, epochs=2, feature_cache=False, split_file=str(tuned.stage1.run_dir / "split.csv"),
+                            out=str(tmp_path / "uncached"), **common)
+    cached, full = history(tuned.stage1.run_dir), history(uncached.run_dir)
+    assert len(cached) == len(full) == 2
+    assert np.allclose(cached, full, atol=1e-4), (cached, full)
+
+    out = tmp_path / "finetune"  # the finetune folder: every later command uses its final stage
+    metrics = imgcls.evaluate(out, str(data))
+    assert metrics["count"] == 12 and metrics == imgcls.evaluate(tuned.stage2.run_dir, str(data))
+    written = imgcls.predict(out, data / "red", tmp_path / "submission.csv", proba="red", tta=True)
+    rows = list(csv.DictReader(open(tmp_path / "submission.csv")))
+    assert written["written"] == len(rows) == 6 and all(0 <= float(r["label"]) <= 1 for r in rows)
+    suspects = audit_run(out)
+    assert len(suspects) == len(list(csv.DictReader(open(tuned.stage2.run_dir / "val_predictions.csv"))))
+    exported = imgcls.export(out, "onnx")
+    assert Path(exported["path"]) == tuned.stage2.run_dir / "model.onnx"
+    assert exported["max_rel_diff"] < 1e-4  # of the logits' scale (at least 1)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from fastapi.testclient import TestClient
+    from imgcls.serve import create_app
+    picture = io.BytesIO()
+    coloured_picture(np.random.default_rng(3), (220, 40, 40), size).save(picture, "PNG")
+    answer = TestClient(create_app(out)).post("/predict", files={"file": ("red.png", picture.getvalue(), "image/png")})
+    assert answer.status_code == 200
+    top = answer.json()["top"]
+    assert {t["class"] for t in top} == {"red", "blue"} and sum(t["probability"] for t in top) == pytest.approx(1, abs=1e-4)
+    assert folder_snapshot(data) == before
+    assert json.loads((out / "finetune.json").read_text())["final"] == "stage2"
