@@ -167,6 +167,11 @@ def test_check_and_audit_commands(trained, tmp_path: Path, capsys):
     assert "flagged" in capsys.readouterr().out and (run / "suspects.csv").is_file()
     assert main(["train", str(data), "--top", "5"]) == 2
     assert "without exclude" in capsys.readouterr().err
+    # Excluding every picture (a suspects.csv of the whole set) leaves nothing to train on: one line, exit 2.
+    everything = tmp_path / "everything.csv"
+    everything.write_text("path\n" + "".join(f"{p}\n" for p in sorted(data.rglob("*.png"))))
+    assert main(["train", str(data), "--exclude", str(everything), "--top", "500", "--out", str(tmp_path / "none")]) == 2
+    assert "leaves 0 pictures of 0 class(es)" in capsys.readouterr().err
 
 
 LIGHT_CHECK = """

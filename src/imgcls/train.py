@@ -106,6 +106,14 @@ def _exclude(config: TrainConfig, samples: Samples) -> tuple[Samples, list[str]]
     return kept, sorted(drop & set(samples.paths))
 
 
+def _require_two_classes(samples: Samples, source: str, step: str) -> None:
+    """After a step that leaves pictures out: pictures of at least two classes must remain."""
+    present = np.flatnonzero(np.bincount(samples.labels, minlength=len(samples.classes)))
+    if len(present) < 2:
+        raise UserError(f"Received: {source} where {step} leaves {len(samples)} pictures of "
+                        f"{len(present)} class(es); expected pictures of at least two classes")
+
+
 def _model_meta(config: TrainConfig, classes: list[str], channels: int, size: int) -> dict:
     spec = get_spec(config.model)
     return {"format": "imgcls-model/1", "imgcls_version": __version__, "architecture": config.model,
@@ -151,6 +159,7 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
     if len(samples.classes) < 2:
         raise UserError(f"Received: {config.data.source} with a single class ({samples.classes[0]!r}); "
                         "expected pictures of at least two classes")
+    _require_two_classes(samples, config.data.source, "--exclude")
     if resume is None:
         # Only rank 0 writes; the others never touch the run folder (they need no path unless resuming).
         run_dir = new_run_dir(config.out, config.model) if ranks.main else Path(config.out or ".")
@@ -158,6 +167,7 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
         if ranks.main:
             write_config(run_dir, config_to_dict(config))
     samples, dropped = _clean(config, samples)
+    _require_two_classes(samples, config.data.source, "--clean")
     channels, size = _picture_shape(config, spec, samples)
     log.info("%d classes, %d pictures; decoding each once at %d px, %d channel(s)", len(samples.classes),
              len(samples), size, channels)
