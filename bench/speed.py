@@ -4,6 +4,7 @@ plain PIL loop. Each prints a table and writes bench/out/speed-<name>.json with 
 
     python bench/speed.py matmul|overhead|layout|pipeline|predict [--data ../shared/datasets] [--repeats 5]
     python bench/speed.py fashion|cifar10 [--repeats 1] [-- extra imgcls train flags]
+    python bench/speed.py startup [--src OTHER_CHECKOUT/src]
 
 fashion and cifar10 time the whole command line (decoding included): `imgcls train` with the default
 recipe, then `imgcls evaluate` on the test pictures. Every run appends its table to bench/RESULTS.md.
@@ -295,6 +296,28 @@ def cifar10(args) -> dict:
                         [("default recipe (small: airnet)", [])])
 
 
+def startup(args) -> dict:
+    """Seconds until a command that needs no model answers: --help, the models listing, an argument
+    mistake, `import imgcls`. --src DIR times another checkout's src folder (e.g. an older commit's)."""
+    import os
+    import subprocess
+
+    env = dict(os.environ, **({"PYTHONPATH": str(Path(args.src).resolve())} if args.src else {}))
+    cases = {"imgcls --help": ["-m", "imgcls", "--help"], "imgcls models": ["-m", "imgcls", "models"],
+             "imgcls train digits --lr -1 (a mistake)": ["-m", "imgcls", "train", "digits", "--lr", "-1"],
+             "python -c 'import imgcls'": ["-c", "import imgcls"]}
+    result = {}
+    for name, argv in cases.items():
+        times = []
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            subprocess.run([sys.executable, *argv], env=env, capture_output=True)
+            times.append(time.perf_counter() - start)
+        result[name] = {"seconds": summary(times, 3)}
+        print(f"{name:42} {statistics.median(times):.3f} s")
+    return result
+
+
 def append_results(command: str, result: dict, info: dict) -> None:
     """Append a table of medians (spread over the repeats) to bench/RESULTS.md; the JSON in bench/out
     keeps every repeat."""
@@ -316,11 +339,12 @@ def append_results(command: str, result: dict, info: dict) -> None:
 
 def main() -> None:
     benches = {"matmul": matmul, "overhead": overhead, "layout": layout, "pipeline": pipeline, "predict": predict,
-               "fashion": fashion, "cifar10": cifar10}
+               "fashion": fashion, "cifar10": cifar10, "startup": startup}
     parser = argparse.ArgumentParser()
     parser.add_argument("bench", choices=list(benches))
     parser.add_argument("--data", default=DEFAULT_DATA)
     parser.add_argument("--repeats", type=int, help="default: 5, or 1 for fashion and cifar10")
+    parser.add_argument("--src", help="startup: time this src folder instead of the installed imgcls")
     parser.add_argument("extra", nargs="*", help="after --: more `imgcls train` flags (fashion, cifar10)")
     args = parser.parse_args()
     args.repeats = args.repeats or (1 if args.bench in ("fashion", "cifar10") else 5)

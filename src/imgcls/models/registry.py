@@ -70,10 +70,12 @@ LISTED_TORCHVISION = ("resnet18", "resnet50", "inception_v3", "efficientnet_b0",
 
 
 def list_models() -> list[ModelSpec]:
+    """The registered families and the listed torchvision models: the same list whichever other
+    torchvision names this process has looked up (they are registered on first use)."""
     _load_families()
-    for name in LISTED_TORCHVISION:
-        get_spec(name)
-    return [_REGISTRY[name] for name in sorted(_REGISTRY)]
+    listed = {name: get_spec(name) for name in LISTED_TORCHVISION}
+    families = {name: spec for name, spec in _REGISTRY.items() if spec.builder.__module__ != "imgcls.models.backbones"}
+    return [{**families, **listed}[name] for name in sorted({**families, **listed})]
 
 
 def create_model(name: str, num_classes: int, in_chans: int | None = None, img_size: int | None = None,
