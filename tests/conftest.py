@@ -15,6 +15,8 @@ def _imgcls_home(tmp_path_factory):
     # Keep the built-in digits cache inside the test run, never in the user's home.
     import os
     os.environ["IMGCLS_HOME"] = str(tmp_path_factory.mktemp("imgcls_home"))
+    # and the decoded cache too (subprocesses the tests start inherit both)
+    os.environ["IMGCLS_CACHE_DIR"] = str(tmp_path_factory.mktemp("imgcls_cache"))
 
 
 def coloured_picture(rng: np.random.Generator, colour: tuple[int, int, int], size: int = 20) -> Image.Image:

@@ -94,8 +94,40 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
                      ("--exclude", dict(metavar="CSV", help="leave out the pictures a suspects.csv flags")),
                      ("--top", dict(type=int, dest="exclude_top", metavar="N",
                                     help="with --exclude: its first N rows instead of the flagged ones")),
+                     ("--no-cache", dict(action="store_false", dest="cache", help="decode into this process's "
+                                         "memory instead of the persistent decoded cache (one-off runs)")),
+                     ("--cache-dir", dict(metavar="DIR", help="decoded cache folder (default: $IMGCLS_CACHE_DIR, "
+                                          "$XDG_CACHE_HOME/imgcls or ~/.cache/imgcls)")),
+                     ("--cache-max-gb", dict(type=float, metavar="GB", help="evict least recently used cache "
+                                             "entries beyond this size (default: 20)")),
                      ("--config", dict(metavar="YAML", help="settings file; flags override it"))]:
         parser.add_argument(flag, **kw)
+
+
+def _add_cache_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-cache", action="store_false", dest="cache", help="decode in memory, not through the "
+                   "persistent decoded cache")
+    p.add_argument("--cache-dir", metavar="DIR", help="decoded cache folder (default: $IMGCLS_CACHE_DIR, ...)")
+
+
+def _cache_settings(args: argparse.Namespace):
+    from .data.store import CacheSettings
+    return CacheSettings(args.cache, args.cache_dir)
+
+
+def _cmd_cache(args: argparse.Namespace) -> None:
+    from .data.store import cache_root, clear, list_entries
+
+    root = cache_root(args.cache_dir)
+    if args.action == "clear":
+        removed = clear(root, args.older_than)
+        print(f"cleared {len(removed)} entries ({sum(e['bytes'] for e in removed) / 2**20:,.1f} MB) from {root}")
+        return
+    entries = list_entries(root)
+    print(f"{root}: {len(entries)} entries, {sum(e['bytes'] for e in entries) / 2**20:,.1f} MB")
+    for e in entries:
+        print(f"  {e['name']:40} {e['pictures']:>9,} pictures {e['bytes'] / 2**20:>10,.1f} MB  "
+              f"last used {e['age_s'] / 86400:.1f} days ago")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -149,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", metavar="JSON", help="write the metrics here")
     e.add_argument("--tta", action="store_true", help="average with the horizontally flipped picture")
     e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    _add_cache_flags(e)
 
     p = sub.add_parser("predict", help="predict pictures into a CSV (a submission)")
     p.add_argument("run_dir", metavar="RUN_DIR")
@@ -158,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--template", metavar="SAMPLE.csv", help="follow this CSV's ids and column names")
     p.add_argument("--tta", action="store_true", help="average with the horizontally flipped picture")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    _add_cache_flags(p)
 
     x = sub.add_parser("export", help="export a run to ONNX (checked with onnxruntime) or TorchScript")
     x.add_argument("run_dir", metavar="RUN_DIR")
@@ -175,6 +209,12 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--img-size", type=int, metavar="N")
     m.add_argument("--channels", type=int, choices=[1, 3])
     m.add_argument("--classes", type=int, default=10, help="classes for the summary (default: 10)")
+
+    k = sub.add_parser("cache", help="list the decoded cache's entries, or clear them")
+    k.add_argument("action", nargs="?", default="list", choices=["list", "clear"])
+    k.add_argument("--older-than", type=float, metavar="DAYS", help="clear: only entries unused for DAYS days")
+    k.add_argument("--cache-dir", metavar="DIR", help="default: $IMGCLS_CACHE_DIR, $XDG_CACHE_HOME/imgcls or "
+                   "~/.cache/imgcls")
 
     d = sub.add_parser("demo", help="train on scikit-learn's bundled digits and write a full run folder")
     d.add_argument("--epochs", type=int, default=10)
@@ -332,14 +372,14 @@ def _run(args: argparse.Namespace, argv: list[str]) -> None:
         from .predict import evaluate
         metrics = evaluate(args.run_dir, args.data, labels=args.labels, id_col=args.id_col,
                            label_col=args.label_col, ext=args.ext, label_pattern=args.label_pattern,
-                           out=args.out, device=args.device, tta=args.tta)
+                           out=args.out, device=args.device, tta=args.tta, cache=_cache_settings(args))
         print(json.dumps({k: metrics[k] for k in ("accuracy", "log_loss", "count")}))
         if metrics["skipped"]:
             print(f"{len(metrics['skipped'])} pictures skipped (see the log above)")
     elif args.command == "predict":
         from .predict import predict
         result = predict(args.run_dir, args.images, args.out, proba=args.proba, template=args.template,
-                         device=args.device, tta=args.tta)
+                         device=args.device, tta=args.tta, cache=_cache_settings(args))
         print(f"wrote {result['written']} rows to {result['out']} ({len(result['skipped'])} pictures skipped)")
     elif args.command == "export":
         from .export import export
@@ -349,6 +389,8 @@ def _run(args: argparse.Namespace, argv: list[str]) -> None:
     elif args.command == "serve":
         from .serve import serve
         serve(args.run_dir, args.host, args.port, int(args.max_mb * 2**20))
+    elif args.command == "cache":
+        _cmd_cache(args)
     elif args.command == "models":
         _cmd_models(args)
     elif args.command == "demo":

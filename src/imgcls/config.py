@@ -100,6 +100,9 @@ class TrainConfig:
     sync_bn: bool = False  # under torchrun: BatchNorm statistics over the global batch, not each rank's slice
     compile: bool = False  # torch.compile the model: a GPU gain; on the CPU no gain for 30-60 s of compiling
     train_batches: int | None = None  # use only this many batches per epoch (smoke runs)
+    cache: bool = True  # decoded pictures in the persistent on-disk cache (data/store.py); False: in memory
+    cache_dir: str | None = None  # None: $IMGCLS_CACHE_DIR, $XDG_CACHE_HOME/imgcls or ~/.cache/imgcls
+    cache_max_gb: float = 20.0  # least recently used cache entries are evicted beyond this
     out: str | None = None
 
     def validate(self) -> None:

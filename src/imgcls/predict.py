@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data.dataset import BatchLoader, DecodedImages, decode_all, decode_samples, inference_batch_size
+from .data.dataset import BatchLoader, DecodedImages, decode_paths, decode_samples, inference_batch_size
+from .data.store import CacheSettings
 from .data.sources import id_sort_key, list_pictures, load_samples
 from .engine.checkpoint import final_run_dir, load_weights, read_meta, write_json, write_text
 from .engine.device import resolve_device
@@ -54,14 +55,14 @@ def load_run(run_dir: str | Path, device: str = "auto") -> LoadedRun:
     return LoadedRun(model.eval(), meta, target, run_dir)
 
 
-def predict_images(run: LoadedRun, paths: list[str], batch_size: int | None = None,
-                   tta: bool = False) -> tuple[np.ndarray, list[str], list[dict]]:
+def predict_images(run: LoadedRun, paths: list[str], batch_size: int | None = None, tta: bool = False,
+                   cache: CacheSettings | None = None) -> tuple[np.ndarray, list[str], list[dict]]:
     """Probabilities (N, classes) for the pictures that decode, their paths, and the skipped ones."""
     # A run trained on border-trimmed pictures sees its test pictures trimmed the same way.
-    array, index, skipped = decode_all(paths, run.meta["channels"], run.meta["input_size"], "decoding",
-                                       trim=run.meta.get("trim_borders", False))
-    kept = [paths[i] for i in index]
-    return predict_arrays(run, array, kept, batch_size, tta), kept, skipped
+    decoded, skipped = decode_paths(paths, np.zeros(len(paths), dtype=np.int64), run.meta["channels"],
+                                    run.meta["input_size"], trim=run.meta.get("trim_borders", False), cache=cache)
+    probs, _, _ = predict_proba(run.model, run.loader(decoded, batch_size), tta)
+    return probs, decoded.paths, skipped
 
 
 def predict_arrays(run: LoadedRun, array: np.ndarray, names: list[str] | None = None,
@@ -86,7 +87,7 @@ def _read_template(path: str | Path) -> tuple[list[str], list[str]]:
 
 def predict(run_dir: str | Path, images: str | Path, out: str | Path, *, proba: str | None = None,
             template: str | Path | None = None, batch_size: int | None = None, device: str = "auto",
-            tta: bool = False) -> dict:
+            tta: bool = False, cache: CacheSettings | None = None) -> dict:
     """Write `id,label` per picture (id = file name without extension, numeric ids in numeric order).
 
     proba=CLASS writes P(CLASS) as the label (Kaggle Dogs vs. Cats); template=CSV follows its ids and
@@ -97,7 +98,7 @@ def predict(run_dir: str | Path, images: str | Path, out: str | Path, *, proba: 
     if proba is not None and proba not in run.classes:
         raise UserError(f"Received: --proba {proba!r}; expected one of the run's classes: {', '.join(run.classes)}")
     paths, skipped = list_pictures(images)
-    probs, kept, failed = predict_images(run, paths, batch_size, tta)
+    probs, kept, failed = predict_images(run, paths, batch_size, tta, cache)
     skipped += failed
     ids = [Path(p).stem for p in kept]
     if len(set(ids)) < len(ids):
@@ -134,7 +135,8 @@ def predict(run_dir: str | Path, images: str | Path, out: str | Path, *, proba: 
 
 def evaluate(run_dir: str | Path, source: str, *, labels: str | None = None, id_col: str = "id",
              label_col: str = "label", ext: str | None = None, label_pattern: str | None = None,
-             out: str | Path | None = None, batch_size: int | None = None, device: str = "auto", tta: bool = False) -> dict:
+             out: str | Path | None = None, batch_size: int | None = None, device: str = "auto", tta: bool = False,
+             cache: CacheSettings | None = None) -> dict:
     """Score a saved run on labelled pictures (same layouts as train); classes are matched by name."""
     run = load_run(run_dir, device)
     samples = load_samples(source, labels, id_col, label_col, ext, label_pattern, classes=run.classes)
@@ -142,7 +144,7 @@ def evaluate(run_dir: str | Path, source: str, *, labels: str | None = None, id_
         raise UserError(f"Received: {source} with no picture of the run's classes; expected some of "
                         f"{', '.join(run.classes)}")
     decoded, failed = decode_samples(samples, run.meta["channels"], run.meta["input_size"],
-                                     trim=run.meta.get("trim_borders", False))
+                                     trim=run.meta.get("trim_borders", False), cache=cache)
     probs, _, _ = predict_proba(run.model, run.loader(decoded, batch_size), tta)
     metrics = classification_metrics(decoded.labels.numpy(), probs, run.classes)
     metrics["skipped"] = samples.skipped + failed

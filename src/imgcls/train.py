@@ -17,6 +17,7 @@ from .data.augment import BatchAugment, batch_mixer
 from .data.decode import probe_pictures
 from .data.dataset import BatchLoader, DecodedImages, decode_samples, inference_batch_size
 from .data.sources import Samples, load_samples
+from .data.store import CacheSettings
 from .data.splits import kfold_indices, split_indices
 from .engine.checkpoint import RESUME, load_resume, load_weights, write_json
 from .engine.device import resolve_device, seed_everything
@@ -125,7 +126,7 @@ def _model_meta(config: TrainConfig, classes: list[str], channels: int, size: in
 
 def _grid(decoded: DecodedImages, classes: list[str], count: int = 32) -> tuple[np.ndarray, list[str]]:
     idx = pick_examples(decoded.labels.numpy(), count)
-    return decoded.images[idx].numpy(), [classes[int(decoded.labels[i])] for i in idx]
+    return decoded.pictures(idx).numpy(), [classes[int(decoded.labels[i])] for i in idx]
 
 
 def train(config: TrainConfig | None = None, *, resume: str | Path | None = None,
@@ -172,12 +173,13 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
     log.info("%d classes, %d pictures; decoding each once at %d px, %d channel(s)", len(samples.classes),
              len(samples), size, channels)
     trim = config.data.clean
-    decoded, skipped = decode_samples(samples, channels, size, trim=trim)
+    cache = CacheSettings(config.cache, config.cache_dir, config.cache_max_gb)
+    decoded, skipped = decode_samples(samples, channels, size, trim=trim, cache=cache)
     skipped = samples.skipped + skipped
     if config.data.val:
         # A separate validation folder uses the same layout flags; its classes must be the training ones.
         val_samples = load_samples(**_data_kwargs(config, config.data.val), classes=samples.classes)
-        train_data, (val_data, val_skipped) = decoded, decode_samples(val_samples, channels, size, trim=trim)
+        train_data, (val_data, val_skipped) = decoded, decode_samples(val_samples, channels, size, trim=trim, cache=cache)
         skipped += val_samples.skipped + val_skipped
     else:
         train_idx, val_idx = _split(config, decoded, run_dir, resume is not None)
@@ -345,7 +347,7 @@ def _finish(run_dir: Path, model: torch.nn.Module, trainer: Trainer, val_data: D
     predicted = probs.argmax(1)
     titles = [f"{classes[predicted[i]]}/{classes[labels[i]]}" for i in idx]
     colors = ["black" if predicted[i] == labels[i] else "red" for i in idx]
-    save_figure(plot_grid(val_data.images[idx].numpy(), titles, colors), run_dir / "val_predictions.png")
+    save_figure(plot_grid(val_data.pictures(idx).numpy(), titles, colors), run_dir / "val_predictions.png")
     write_report(run_dir)
     val = metrics["validation"]
     log.info("best epoch %d: val accuracy %.4f, log loss %.4f → %s", state.best_epoch, val["accuracy"],

@@ -8,48 +8,62 @@ import os
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 
 from .decode import DecodeError, decode_image
 from .sources import Samples
+from .store import CacheSettings, DecodedStore, evict
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class DecodedImages:
-    """Pictures that decoded, as one (N, C, H, W) uint8 tensor, with their labels and paths."""
+    """Pictures that decoded, with their labels and paths. `images` holds uint8 (C, H, W) rows: the
+    persistent cache's memory map (data/store.py) or an in-memory array; `rows` says which row is each
+    picture (None: row i is picture i). Subsets share `images`, so splitting a set copies no pixels."""
 
     images: torch.Tensor
     labels: torch.Tensor
     paths: list[str]
+    rows: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.paths)
 
+    @property
+    def picture_shape(self) -> tuple[int, int, int]:
+        return tuple(self.images.shape[1:])
+
+    def pictures(self, positions) -> torch.Tensor:
+        """The uint8 pictures at these positions (reads only their rows from a memory map)."""
+        positions = torch.as_tensor(np.asarray(positions, dtype=np.int64)) if not torch.is_tensor(positions) else positions
+        return self.images[positions if self.rows is None else self.rows[positions]]
+
     def subset(self, indices: np.ndarray) -> "DecodedImages":
         index = torch.as_tensor(np.asarray(indices, dtype=np.int64))
-        return DecodedImages(self.images[index], self.labels[index], [self.paths[i] for i in indices])
+        rows = index if self.rows is None else self.rows[index]
+        return DecodedImages(self.images, self.labels[index], [self.paths[i] for i in indices], rows)
+
+    def to(self, device: torch.device) -> "DecodedImages":
+        """On the CPU, itself (batches are read from the rows as needed); elsewhere this set's pictures
+        copied to the device once, so an epoch moves no pixels."""
+        if device.type == "cpu":
+            return self
+        return DecodedImages(self.pictures(torch.arange(len(self))).to(device), self.labels.to(device), self.paths)
 
 
-def decode_all(paths: list[str], channels: int, size: int, desc: str = "decoding",
-               workers: int | None = None, trim: bool = False,
-               processes: int | None = None) -> tuple[np.ndarray, np.ndarray, list[dict[str, str]]]:
-    """Decode every picture in parallel: threads for a few pictures, forked processes for many (Pillow
-    holds the GIL for most of a small picture's decode: 60,000 28x28 PNGs took 25.4 s in three threads
-    and 7.9 s in two processes, bench/RESULTS.md).
-
-    Returns the stacked array of the pictures that decoded, the indices into `paths` that did, and
-    {path, reason} for each that did not: a broken picture is skipped and reported, never fatal.
-    """
+def decode_chunks(paths: list[str], channels: int, size: int, desc: str = "decoding", workers: int | None = None,
+                  trim: bool = False, processes: int | None = None) -> Iterator[tuple[int, np.ndarray, list]]:
+    """(start, uint8 array, reasons) per chunk of `paths`, in order: the pictures decoded in parallel,
+    threads for a few pictures, forked processes for many (Pillow holds the GIL for most of a small
+    picture's decode: 60,000 28x28 PNGs took 25.4 s in three threads and 7.9 s in two processes,
+    bench/RESULTS.md). A reason is None where the picture decoded, else why it did not."""
     from tqdm.auto import tqdm
 
-    out = np.zeros((len(paths), channels, size, size), dtype=np.uint8)
-    ok = np.zeros(len(paths), dtype=bool)
-    skipped: list[dict[str, str]] = []
     if processes is None:
         processes = (os.cpu_count() or 1) if len(paths) >= PROCESS_MIN and _can_fork() else 1
     # Each task carries its own slice of paths: pickling the whole list per task would dominate.
@@ -59,13 +73,26 @@ def decode_all(paths: list[str], channels: int, size: int, desc: str = "decoding
             else ThreadPoolExecutor(workers or min(8, (os.cpu_count() or 1) + 1)))
     with pool, tqdm(total=len(paths), desc=desc, unit="img", mininterval=2.0, disable=None, leave=False) as bar:
         for start, array, reasons in pool.map(job, chunks):
-            out[start:start + len(reasons)] = array
-            for i, reason in enumerate(reasons, start):
-                if reason is None:
-                    ok[i] = True
-                else:
-                    skipped.append({"path": paths[i], "reason": reason})
+            yield start, array, reasons
             bar.update(len(reasons))
+
+
+def decode_all(paths: list[str], channels: int, size: int, desc: str = "decoding",
+               workers: int | None = None, trim: bool = False,
+               processes: int | None = None) -> tuple[np.ndarray, np.ndarray, list[dict[str, str]]]:
+    """Decode every picture into memory (decode_chunks). Returns the stacked array of the pictures that
+    decoded, the indices into `paths` that did, and {path, reason} for each that did not: a broken
+    picture is skipped and reported, never fatal."""
+    out = np.zeros((len(paths), channels, size, size), dtype=np.uint8)
+    ok = np.zeros(len(paths), dtype=bool)
+    skipped: list[dict[str, str]] = []
+    for start, array, reasons in decode_chunks(paths, channels, size, desc, workers, trim, processes):
+        out[start:start + len(reasons)] = array
+        for i, reason in enumerate(reasons, start):
+            if reason is None:
+                ok[i] = True
+            else:
+                skipped.append({"path": paths[i], "reason": reason})
     for item in skipped:
         log.warning("skipped %s: %s", item["path"], item["reason"])
     index = np.flatnonzero(ok)
@@ -94,22 +121,37 @@ def _decode_chunk(channels: int, size: int, trim: bool,
     return start, array, reasons
 
 
-# Decoded arrays of this process, so that tuning trials and audit folds decode each picture once.
+# Decoded arrays of this process for --no-cache, so that tuning trials and audit folds decode each picture once.
 _MEMO: dict[tuple, tuple[np.ndarray, np.ndarray, list[dict[str, str]]]] = {}
 _MEMO_ENTRIES = 4
 
 
-def decode_samples(samples: Samples, channels: int, size: int, desc: str = "decoding",
-                   trim: bool = False) -> tuple[DecodedImages, list[dict[str, str]]]:
-    key = (tuple(samples.paths), channels, size, trim)
+def decode_paths(paths: list[str], labels: np.ndarray, channels: int, size: int, desc: str = "decoding",
+                 trim: bool = False, cache: CacheSettings | None = None) -> tuple[DecodedImages, list[dict[str, str]]]:
+    """Decode `paths` at (channels, size): through the persistent decoded cache (only new or changed
+    pictures are decoded; every process and rank maps the same file), or with cache.enabled=False in
+    this process's memory. Returns the pictures that decoded and the skipped ones with their reasons."""
+    cache = cache or CacheSettings()
+    if cache.enabled:
+        store = DecodedStore(cache.root, channels, size, trim)
+        rows, skipped = store.lookup(paths, desc)
+        evict(cache.root, cache.max_gb, keep=store.dir)
+        ok = np.flatnonzero(rows >= 0)
+        return DecodedImages(torch.from_numpy(store.array()), torch.from_numpy(np.asarray(labels)[ok]),
+                             [paths[i] for i in ok], torch.from_numpy(rows[ok])), skipped
+    key = (tuple(paths), channels, size, trim)
     if key not in _MEMO:
         if len(_MEMO) >= _MEMO_ENTRIES:
             _MEMO.pop(next(iter(_MEMO)))
-        _MEMO[key] = decode_all(samples.paths, channels, size, desc, trim=trim)
+        _MEMO[key] = decode_all(paths, channels, size, desc, trim=trim)
     array, index, skipped = _MEMO[key]
-    decoded = DecodedImages(torch.from_numpy(array), torch.from_numpy(samples.labels[index]),
-                            [samples.paths[i] for i in index])
-    return decoded, skipped
+    return DecodedImages(torch.from_numpy(array), torch.from_numpy(np.asarray(labels)[index]),
+                         [paths[i] for i in index]), skipped
+
+
+def decode_samples(samples: Samples, channels: int, size: int, desc: str = "decoding", trim: bool = False,
+                   cache: CacheSettings | None = None) -> tuple[DecodedImages, list[dict[str, str]]]:
+    return decode_paths(samples.paths, samples.labels, channels, size, desc, trim, cache)
 
 
 def inference_batch_size(channels: int, size: int) -> int:
@@ -152,8 +194,8 @@ class BatchLoader:
                  shuffle: bool, device: torch.device, generator: torch.Generator | None = None,
                  drop_last: bool = False, augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  shard: tuple[int, int] = (0, 1), channels_last: bool = False):
-        self.images = data.images.to(device)
-        self.labels = data.labels.to(device)
+        self.data = data.to(device)
+        self.labels = self.data.labels.to(device)
         self.order = BatchOrder(len(data), batch_size, shuffle=shuffle, device=device, generator=generator,
                                 drop_last=drop_last, ranks=shard[1])
         self.augment = augment  # uint8 batch → uint8 batch, before normalisation
@@ -173,7 +215,7 @@ class BatchLoader:
     def __iter__(self):
         for idx in self.order:
             idx = idx[self.rank::self.world]
-            images = self.images[idx]
+            images = self.data.pictures(idx)
             if self.augment is not None:
                 images = self.augment(images)
             yield self.normalise(images), self.labels[idx]

@@ -89,7 +89,7 @@ def frozen_features(key: tuple, model: nn.Module, prefix: Callable, data: Decode
     missing = [i for i, p in enumerate(data.paths) if p not in store["index"]]
     if missing:
         start = time.perf_counter()
-        _, channels, height, width = data.images.shape
+        channels, height, width = data.picture_shape
         loader = BatchLoader(data.subset(missing), inference_batch_size(channels, max(height, width)), mean, std,
                              shuffle=False, device=device)
         new = _compute(model, prefix, loader)
