@@ -70,6 +70,11 @@ def _signature(path: str) -> list[int] | None:
     return [stat.st_size, stat.st_mtime_ns]
 
 
+def _signatures(paths: list[str]) -> list[list[int] | None]:
+    """(size, mtime) of every picture: one stat each, about 3 µs from the dentry cache (threads were slower)."""
+    return [_signature(p) for p in paths]
+
+
 class DecodedStore:
     """One cache entry: every picture ever decoded with one setting, one row each."""
 
@@ -125,8 +130,9 @@ class DecodedStore:
     def lookup(self, paths: list[str], desc: str = "decoding") -> tuple[np.ndarray, list[dict[str, str]]]:
         """Rows for `paths` (-1 where a picture does not decode) and the skipped ones with their reasons,
         decoding only the pictures that are new or changed since they were cached."""
-        keys = [os.path.abspath(p) for p in paths]
-        signatures = [_signature(p) for p in keys]
+        cwd = os.getcwd()
+        keys = [p if p.startswith("/") else os.path.join(cwd, p) for p in paths]  # abspath: 10x slower
+        signatures = _signatures(keys)
         index = self._read_index()
         stale = self._stale(index, keys, signatures)
         if stale:
@@ -138,6 +144,7 @@ class DecodedStore:
         else:
             log.info("decoded cache: all %d pictures already decoded in %s", len(paths), self.dir)
         os.utime(self.dir / "index.json")  # last use, for least-recently-used eviction
+        self._rows = index["rows"]
         entries = [index["pictures"][k] for k in keys]
         rows = np.array([e[2] for e in entries], dtype=np.int64)
         skipped = [{"path": p, "reason": e[3]} for p, e in zip(paths, entries) if e[2] < 0]
@@ -182,7 +189,8 @@ class DecodedStore:
 
     def array(self) -> np.ndarray:
         """Every row, memory-mapped copy-on-write: reads come from the page cache, nothing is loaded."""
-        rows = self._read_index()["rows"]
+        rows = getattr(self, "_rows", None)
+        rows = self._read_index()["rows"] if rows is None else rows
         if rows == 0:
             return np.zeros((0, *self.row_shape), dtype=np.uint8)
         return np.memmap(self.dir / "pixels.u8", dtype=np.uint8, mode="c", shape=(rows, *self.row_shape))
@@ -190,13 +198,13 @@ class DecodedStore:
 
 # -- the cache folder as a whole ----------------------------------------------------------------
 
-def list_entries(root: Path) -> list[dict]:
-    """Every entry: name, pictures, bytes on disk, seconds since last use."""
+def list_entries(root: Path, count: bool = True) -> list[dict]:
+    """Every entry: name, pictures (when `count`: it reads the index), bytes on disk, seconds since last use."""
     entries = []
     for folder in sorted(root.glob("decoded-*")) if root.is_dir() else []:
         index = folder / "index.json"
         try:
-            pictures = len(json.loads(index.read_text(encoding="utf-8"))["pictures"])
+            pictures = len(json.loads(index.read_text(encoding="utf-8"))["pictures"]) if count else None
             used = index.stat().st_mtime
         except (OSError, ValueError, KeyError):
             pictures, used = 0, folder.stat().st_mtime
@@ -219,7 +227,7 @@ def clear(root: Path, older_than_days: float | None = None, keep: Path | None = 
 
 def evict(root: Path, max_gb: float, keep: Path) -> None:
     """Delete least recently used entries until the cache is within `max_gb` (never `keep`)."""
-    entries = sorted(list_entries(root), key=lambda e: -e["age_s"])  # oldest use first
+    entries = sorted(list_entries(root, count=False), key=lambda e: -e["age_s"])  # oldest use first
     total = sum(e["bytes"] for e in entries)
     for entry in entries:
         if total <= max_gb * 2**30:
