@@ -67,7 +67,10 @@ def decode_chunks(paths: list[str], channels: int, size: int, desc: str = "decod
     if processes is None:
         processes = (os.cpu_count() or 1) if len(paths) >= PROCESS_MIN and _can_fork() else 1
     # Each task carries its own slice of paths: pickling the whole list per task would dominate.
-    chunks = [(start, paths[start:start + CHUNK]) for start in range(0, len(paths), CHUNK)]
+    # Chunks of at most ~16 MB: a chunk is decoded, pickled and unpickled whole, so 256 pictures at 448 px
+    # (154 MB, three copies in flight per worker) would take more memory than the decoded set is allowed.
+    chunk = max(4, min(CHUNK, 2**24 // (channels * size * size)))
+    chunks = [(start, paths[start:start + chunk]) for start in range(0, len(paths), chunk)]
     job = partial(_decode_chunk, channels, size, trim)
     pool = (ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("fork")) if processes > 1
             else ThreadPoolExecutor(workers or min(8, (os.cpu_count() or 1) + 1)))
