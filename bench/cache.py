@@ -15,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from speed import append_results, machine, summary
+from speed import record, summary
 from workflows import DEFAULT_DATA, HERE, unpack
 
 # One phase in a fresh process: decode (through the cache or not), then read one epoch of batches.
@@ -73,12 +73,7 @@ def main() -> None:
                "epoch read, memory s": summary(runs["epoch_memory"], 3)}
         result[name] = row
         print(name, json.dumps({k: (v["median"] if isinstance(v, dict) else v) for k, v in row.items()}))
-    command = " ".join(["python", *sys.argv])
-    info = machine()
-    out = HERE / "out" / "cache.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"command": command, "machine": info, "result": result}, indent=2))
-    append_results(command, result, info)
+    record("cache", result)
 
 
 if __name__ == "__main__":

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from speed import append_results, machine
+from speed import record
 from workflows import DEFAULT_DATA, HERE, unpack
 
 CGROUP = Path("/sys/fs/cgroup/memory/imgcls-bench")
@@ -57,12 +56,7 @@ def main() -> None:
             result[name] = row
             print(name, json.dumps(row))
     CGROUP.rmdir()
-    command = " ".join(["python", *sys.argv])
-    info = machine()
-    out = HERE / "out" / "memory_limit.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"command": command, "machine": info, "result": result}, indent=2))
-    append_results(command, result, info)
+    record("memory_limit", result)
 
 
 if __name__ == "__main__":

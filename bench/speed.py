@@ -337,6 +337,17 @@ def append_results(command: str, result: dict, info: dict) -> None:
         f.write("\n".join(lines) + "\n")
 
 
+def record(name: str, result: dict) -> Path:
+    """bench/out/<name>.json with the command and machine, and the table appended to bench/RESULTS.md."""
+    command = " ".join(["python", *sys.argv])
+    info = machine()
+    out = HERE / "out" / f"{name}.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps({"command": command, "machine": info, "result": result}, indent=2))
+    append_results(command, result, info)
+    return out
+
+
 def main() -> None:
     benches = {"matmul": matmul, "overhead": overhead, "layout": layout, "pipeline": pipeline, "predict": predict,
                "fashion": fashion, "cifar10": cifar10, "startup": startup}
@@ -348,13 +359,7 @@ def main() -> None:
     parser.add_argument("extra", nargs="*", help="after --: more `imgcls train` flags (fashion, cifar10)")
     args = parser.parse_args()
     args.repeats = args.repeats or (1 if args.bench in ("fashion", "cifar10") else 5)
-    command = " ".join(["python", *sys.argv])
-    info = machine()
-    result = benches[args.bench](args)
-    out = HERE / "out" / f"speed-{args.bench}.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"command": command, "machine": info, "result": result}, indent=2))
-    append_results(command, result, info)
+    out = record(f"speed-{args.bench}", benches[args.bench](args))
     print(f"wrote {out}; appended to bench/RESULTS.md")
 
 
