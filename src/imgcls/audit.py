@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import TrainConfig
+from .config import TrainConfig, config_to_dict
 from .data.dataset import decode_all
 from .engine.checkpoint import final_run_dir, write_json, write_text
 from .errors import UserError
@@ -120,7 +120,6 @@ def audit(base: TrainConfig, folds: int = 5, out: str | Path = "runs/audit") -> 
     interrupted one is finished with --resume. With other settings it starts afresh, moving the
     previous folds aside (OUT/folds-previous, numbered), never deleting them.
     """
-    from .config import config_to_dict
     from .runs import next_free
     from .train import train
 

@@ -70,10 +70,9 @@ def finetune(config: TrainConfig | None = None, *, stage1_epochs: int = 5, stage
                         f"{unfreeze_last}, drop-implausible={drop_implausible}; expected stage 1 >= 1, the rest >= 0")
     base.validate()
     out = new_run_dir(base.out, f"finetune-{base.model}")
-    final = "stage2" if stage2_epochs else "stage1"
+    stages = ["stage1", "stage2"] if stage2_epochs else ["stage1"]
     # Marks OUT as a finetune folder: predict, evaluate, export and serve of OUT use its final stage.
-    write_json(out / FINETUNE, {"format": "imgcls-finetune/1", "stages": ["stage1", "stage2"][:1 + bool(stage2_epochs)],
-                                "final": final})
+    write_json(out / FINETUNE, {"format": "imgcls-finetune/1", "stages": stages, "final": stages[-1]})
     lr = base.lr if base.lr is not None else DEFAULT_LR["sgd"]
     # Both stages cache the frozen blocks' output before the last `unfreeze_last` blocks: stage 1 runs
     # those few blocks every epoch, and stage 2 reuses the cache instead of recomputing the backbone.

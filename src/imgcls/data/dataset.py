@@ -15,7 +15,7 @@ import torch
 
 from .decode import DecodeError, decode_image
 from .sources import Samples
-from .store import CacheSettings, DecodedStore, evict
+from .store import CacheSettings, DecodedStore
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ class DecodedImages:
 
     def pictures(self, positions) -> torch.Tensor:
         """The uint8 pictures at these positions (reads only their rows from a memory map)."""
-        positions = torch.as_tensor(np.asarray(positions, dtype=np.int64)) if not torch.is_tensor(positions) else positions
+        positions = torch.as_tensor(positions, dtype=torch.long)
         return self.images[positions if self.rows is None else self.rows[positions]]
 
     def subset(self, indices: np.ndarray) -> "DecodedImages":
@@ -135,12 +135,12 @@ def decode_paths(paths: list[str], labels: np.ndarray, channels: int, size: int,
     pictures are decoded; every process and rank maps the same file), or with cache.enabled=False in
     this process's memory. Returns the pictures that decoded and the skipped ones with their reasons."""
     cache = cache or CacheSettings()
+    labels = np.asarray(labels)
     if cache.enabled:
-        store = DecodedStore(cache.root, channels, size, trim)
+        store = DecodedStore(cache.root, channels, size, trim, max_gb=cache.max_gb)
         rows, skipped = store.lookup(paths, desc)
-        evict(cache.root, cache.max_gb, keep=store.dir)
         ok = np.flatnonzero(rows >= 0)
-        return DecodedImages(torch.from_numpy(store.array()), torch.from_numpy(np.asarray(labels)[ok]),
+        return DecodedImages(torch.from_numpy(store.array()), torch.from_numpy(labels[ok]),
                              [paths[i] for i in ok], torch.from_numpy(rows[ok])), skipped
     key = (tuple(paths), channels, size, trim)
     if key not in _MEMO:
@@ -148,7 +148,7 @@ def decode_paths(paths: list[str], labels: np.ndarray, channels: int, size: int,
             _MEMO.pop(next(iter(_MEMO)))
         _MEMO[key] = decode_all(paths, channels, size, desc, trim=trim)
     array, index, skipped = _MEMO[key]
-    return DecodedImages(torch.from_numpy(array), torch.from_numpy(np.asarray(labels)[index]),
+    return DecodedImages(torch.from_numpy(array), torch.from_numpy(labels[index]),
                          [paths[i] for i in index]), skipped
 
 

@@ -70,15 +70,12 @@ def _signature(path: str) -> list[int] | None:
     return [stat.st_size, stat.st_mtime_ns]
 
 
-def _signatures(paths: list[str]) -> list[list[int] | None]:
-    """(size, mtime) of every picture: one stat each, about 3 µs from the dentry cache (threads were slower)."""
-    return [_signature(p) for p in paths]
-
-
 class DecodedStore:
     """One cache entry: every picture ever decoded with one setting, one row each."""
 
-    def __init__(self, root: Path, channels: int, size: int, trim: bool, resize: str = "squash"):
+    def __init__(self, root: Path, channels: int, size: int, trim: bool, resize: str = "squash",
+                 max_gb: float = DEFAULT_MAX_GB):
+        self.root, self.max_gb = root, max_gb  # the whole cache is kept within max_gb after this entry grows
         self.settings = {"format": FORMAT, "channels": channels, "size": size, "trim": trim, "resize": resize}
         key = hashlib.sha1(json.dumps(self.settings, sort_keys=True).encode()).hexdigest()[:12]
         self.dir = root / f"decoded-{channels}x{size}{'-trim' if trim else ''}-{key}"
@@ -132,7 +129,7 @@ class DecodedStore:
         decoding only the pictures that are new or changed since they were cached."""
         cwd = os.getcwd()
         keys = [p if p.startswith("/") else os.path.join(cwd, p) for p in paths]  # abspath: 10x slower
-        signatures = _signatures(keys)
+        signatures = [_signature(k) for k in keys]  # one stat each: threads were slower (the GIL)
         index = self._read_index()
         stale = self._stale(index, keys, signatures)
         if stale:
@@ -141,6 +138,7 @@ class DecodedStore:
                 stale = self._stale(index, keys, signatures)
                 if stale:
                     index = self._append(index, [keys[i] for i in stale], [signatures[i] for i in stale], desc)
+            evict(self.root, self.max_gb, keep=self.dir)
         else:
             log.info("decoded cache: all %d pictures already decoded in %s", len(paths), self.dir)
         os.utime(self.dir / "index.json")  # last use, for least-recently-used eviction

@@ -50,18 +50,23 @@ def register(name: str, *, input_size: int, channels: int,
     return decorate
 
 
+# torchvision models by name, built the first time each is asked for; kept apart from the registered
+# families so that listings and error messages do not depend on what this process looked up before.
+_TORCHVISION: dict[str, ModelSpec] = {}
+
+
 def get_spec(name: str) -> ModelSpec:
     _load_families()
-    if name not in _REGISTRY:
-        # Any torchvision classification model by name, registered the first time it is asked for.
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    if name not in _TORCHVISION:
         from .backbones import torchvision_spec
         spec = torchvision_spec(name)
-        if spec is not None:
-            _REGISTRY[name] = spec
-            return spec
-        raise UserError(f"Received: model {name!r}; expected one of {', '.join(sorted(_REGISTRY))} "
-                        "or a torchvision classification model name (resnet18, efficientnet_b0, ...)")
-    return _REGISTRY[name]
+        if spec is None:
+            raise UserError(f"Received: model {name!r}; expected one of {', '.join(sorted(_REGISTRY))} "
+                            "or a torchvision classification model name (resnet18, efficientnet_b0, ...)")
+        _TORCHVISION[name] = spec
+    return _TORCHVISION[name]
 
 
 # torchvision models `imgcls models` lists by default; any other torchvision name works too.
@@ -70,12 +75,10 @@ LISTED_TORCHVISION = ("resnet18", "resnet50", "inception_v3", "efficientnet_b0",
 
 
 def list_models() -> list[ModelSpec]:
-    """The registered families and the listed torchvision models: the same list whichever other
-    torchvision names this process has looked up (they are registered on first use)."""
+    """The registered families and the listed torchvision models, by name."""
     _load_families()
-    listed = {name: get_spec(name) for name in LISTED_TORCHVISION}
-    families = {name: spec for name, spec in _REGISTRY.items() if spec.builder.__module__ != "imgcls.models.backbones"}
-    return [{**families, **listed}[name] for name in sorted({**families, **listed})]
+    specs = {**_REGISTRY, **{name: get_spec(name) for name in LISTED_TORCHVISION}}
+    return [specs[name] for name in sorted(specs)]
 
 
 def create_model(name: str, num_classes: int, in_chans: int | None = None, img_size: int | None = None,

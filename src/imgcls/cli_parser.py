@@ -1,0 +1,198 @@
+"""The command line's grammar: every command and flag (argparse). Standard library and yaml only, so
+`imgcls --help` and argument mistakes answer without importing torch."""
+from __future__ import annotations
+
+import argparse
+
+import yaml
+
+
+def _add_data_flags(p: argparse.ArgumentParser, *, optional: bool = False) -> None:
+    """DATA and the layout flags. optional=True (train, tune, audit): DATA may come from --config, and
+    the defaults stay out of the namespace so that a config file can set them."""
+    p.add_argument("data", metavar="DATA", nargs="?" if optional else None,
+                   help="a folder of pictures, or 'digits' (built in)")
+    id_col, label_col = ({}, {}) if optional else ({"default": "id"}, {"default": "label"})
+    p.add_argument("--labels", metavar="CSV", help="CSV of id,label; pictures are DATA/<id><ext>")
+    p.add_argument("--id-col", **id_col, help="id column of --labels (default: id)")
+    p.add_argument("--label-col", **label_col, help="label column of --labels (default: label)")
+    p.add_argument("--ext", help="picture extension for --labels ids (default: any picture format)")
+    p.add_argument("--label-pattern", metavar="REGEX", help="label = first group of REGEX on the file name")
+
+
+def _model_arg(text: str) -> tuple[str, object]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, received {text!r}")
+    key, value = text.split("=", 1)
+    return key.replace("-", "_"), yaml.safe_load(value)
+
+
+def _names(text: str) -> list[str]:
+    return [n.strip() for n in text.split(",") if n.strip()]
+
+
+def _add_train_flags(parser: argparse.ArgumentParser) -> None:
+    """DATA and every training flag; unset flags stay out of the namespace (defaults < --config < flags)."""
+    _add_data_flags(parser, optional=True)
+    for flag, kw in [("--val", dict(metavar="DATA2", help="a separate validation folder (same layout flags)")),
+                     ("--val-split", dict(type=float, help="validation fraction (default: 0.2)")),
+                     ("--split", dict(choices=["stratified", "random", "balanced"], help="default: stratified")),
+                     ("--seed", dict(type=int, help="default: 0")),
+                     ("--recipe", dict(choices=["auto", "none", "small", "cifar10-speed"],
+                                       help="a named set of defaults that flags override (default: auto = small "
+                                       "when no --model is named: airnet, one-cycle AdamW, label smoothing 0.1, "
+                                       "batch 256, 6 epochs; cifar10-speed: airbench's GPU recipe)")),
+                     ("--model", dict(help="a name from `imgcls models` (default: the recipe's; none: simple-cnn)")),
+                     ("--model-arg", dict(type=_model_arg, action="append", metavar="KEY=VALUE",
+                                          help="a model argument, e.g. width=4 (repeatable)")),
+                     ("--backbones", dict(metavar="A,B", help="with --model fusion: its backbones "
+                                          "(default: resnet50,inception_v3)")),
+                     ("--pretrained", dict(action="store_true", help="start from ImageNet weights (torchvision's "
+                                           "cache under TORCH_HOME; efficientnet_lite0: the offline package)")),
+                     ("--weights", dict(metavar="FILE", help="start from a .safetensors file or a state dict")),
+                     ("--freeze", dict(choices=["none", "backbone"], help="backbone: train the head only")),
+                     ("--unfreeze", dict(type=_names, metavar="B1,B2", help="these blocks train (e.g. layer4); "
+                                         "the rest of the backbone is frozen")),
+                     ("--unfreeze-last", dict(type=int, metavar="N", help="the last N blocks of each backbone train")),
+                     ("--backbone-lr-mult", dict(type=float, metavar="F", help="backbone lr = lr * F (default: 1)")),
+                     ("--no-feature-cache", dict(action="store_false", dest="feature_cache",
+                                                 help="recompute frozen blocks every epoch (for comparisons)")),
+                     ("--img-size", dict(type=int, metavar="N", help="default: the model's input size")),
+                     ("--channels", dict(type=int, choices=[1, 3], help="default: the model's")),
+                     ("--epochs", dict(type=int, help="default: 10, or the recipe's")),
+                     ("--batch-size", dict(type=int, help="default: 64, or the recipe's")),
+                     ("--optimizer", dict(choices=["adam", "adamw", "sgd", "rmsprop"], help="default: adam, or the recipe's")),
+                     ("--lr", dict(type=float, help="default: 1e-3 (sgd: 1e-2)")),
+                     ("--momentum", dict(type=float, help="SGD momentum (default: 0.9)")),
+                     ("--weight-decay", dict(type=float, help="default: 0")),
+                     ("--scheduler", dict(choices=["none", "plateau", "cosine", "onecycle"], help="default: none, or the recipe's")),
+                     ("--augment", dict(choices=["none", "light", "standard", "strong"], help="default: none, or the recipe's")),
+                     ("--mixup", dict(type=float, metavar="ALPHA", help="MixUp alpha (default: 0 = off)")),
+                     ("--cutmix", dict(type=float, metavar="ALPHA", help="CutMix alpha (default: 0 = off)")),
+                     ("--label-smoothing", dict(type=float, metavar="F", help="default: 0, or the recipe's")),
+                     ("--early-stop", dict(type=int, metavar="N", help="stop after N epochs without a better val loss")),
+                     ("--train-batches", dict(type=int, metavar="N", help="only N batches per epoch (smoke runs)")),
+                     ("--device", dict(choices=["auto", "cpu", "cuda", "mps"], help="default: auto")),
+                     ("--precision", dict(choices=["auto", "fp32", "bf16"], help="auto: bf16 autocast on CUDA, "
+                                          "fp32 elsewhere")),
+                     ("--compile", dict(action=argparse.BooleanOptionalAction,
+                                        help="torch.compile the model (a GPU gain; cifar10-speed turns it on)")),
+                     ("--sync-bn", dict(action="store_true", help="with --nproc/torchrun: BatchNorm statistics "
+                                        "over the global batch (as one process computes them)")),
+                     ("--no-channels-last", dict(action="store_false", dest="channels_last",
+                                                 help="keep NCHW memory layout (for comparisons)")),
+                     ("--clean", dict(action="store_true", help="drop unreadable, tiny and cross-label "
+                                      "duplicate pictures; trim uniform borders (also when predicting)")),
+                     ("--min-pixels", dict(type=int, metavar="N", help="with --clean: smallest picture kept (default: 3600)")),
+                     ("--split-file", dict(metavar="CSV", help="reuse a run's split.csv (same validation pictures)")),
+                     ("--exclude", dict(metavar="CSV", help="leave out the pictures a suspects.csv flags")),
+                     ("--top", dict(type=int, dest="exclude_top", metavar="N",
+                                    help="with --exclude: its first N rows instead of the flagged ones")),
+                     ("--cache-max-gb", dict(type=float, metavar="GB", help="evict least recently used cache "
+                                             "entries beyond this size (default: 20)")),
+                     ("--config", dict(metavar="YAML", help="settings file; flags override it"))]:
+        parser.add_argument(flag, **kw)
+    _add_cache_flags(parser)
+
+
+CACHE_DIR_HELP = "decoded cache folder (default: $IMGCLS_CACHE_DIR, $XDG_CACHE_HOME/imgcls or ~/.cache/imgcls)"
+
+
+def _add_cache_flags(p: argparse.ArgumentParser) -> None:
+    """--no-cache and --cache-dir: train, tune, audit, finetune, evaluate and predict."""
+    p.add_argument("--no-cache", action="store_false", dest="cache", help="decode into this process's memory "
+                   "instead of the persistent decoded cache (one-off runs)")
+    p.add_argument("--cache-dir", metavar="DIR", help=CACHE_DIR_HELP)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="imgcls", description="From a folder of pictures to a trained, "
+                                     "checked and usable image classifier.")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = argparse.SUPPRESS
+    t = sub.add_parser("train", help="train a model and write a run folder", argument_default=s)
+    _add_train_flags(t)
+    t.add_argument("--out", metavar="RUN_DIR", help="run folder (default: runs/<model>, numbered)")
+    t.add_argument("--resume", metavar="RUN_DIR", help="finish an interrupted run; needs no other argument")
+    t.add_argument("--nproc", type=int, metavar="N", help="data-parallel over N processes, started by torchrun "
+                   "(gloo on CPU, nccl on GPU); the global batch stays --batch-size")
+
+    f = sub.add_parser("finetune", help="two-stage transfer learning: head on a frozen pretrained backbone, "
+                       "then the last blocks at a tenth of the lr", argument_default=s)
+    _add_train_flags(f)
+    f.add_argument("--stage1-epochs", type=int, default=5, help="head-only epochs (default: 5)")
+    f.add_argument("--stage2-epochs", type=int, default=3, help="epochs with the last blocks unfrozen (default: 3)")
+    f.add_argument("--drop-implausible", type=int, default=0, metavar="N",
+                   help="leave out the N training pictures stage 1 finds least plausible before stage 2")
+    f.add_argument("--out", metavar="DIR", help="default: runs/finetune-<model>, numbered")
+
+    u = sub.add_parser("tune", help="search training settings with Optuna (resumable)", argument_default=s)
+    _add_train_flags(u)
+    u.add_argument("--trials", type=int, default=20, help="finished trials the study should hold (default: 20)")
+    u.add_argument("--space", metavar="SPACE.yaml", help="search space (default: see README)")
+    u.add_argument("--storage", metavar="URL", help="Optuna storage (default: sqlite:///OUT/study.db)")
+    u.add_argument("--study", default="imgcls", help="study name (default: imgcls)")
+    u.add_argument("--timeout", type=float, metavar="S", help="stop starting trials after S seconds")
+    u.add_argument("--sampler", default="tpe", choices=["tpe", "random"])
+    u.add_argument("--out", default="runs/tune", metavar="DIR", help="default: runs/tune (run again to resume)")
+
+    c = sub.add_parser("check", help="report unreadable, tiny, bordered, duplicate and odd pictures")
+    _add_data_flags(c)
+    c.add_argument("--val", metavar="DATA2", help="a validation/test folder: duplicates across it are flagged")
+    c.add_argument("--min-pixels", type=int, default=3600, metavar="N", help="smaller pictures are 'tiny' (default: 3600)")
+    c.add_argument("--out", default="runs/check", metavar="DIR", help="default: runs/check")
+
+    a = sub.add_parser("audit", help="rank training pictures by how implausible their label is",
+                       argument_default=s)
+    _add_train_flags(a)
+    a.add_argument("--folds", type=int, default=5, help="K-fold models for out-of-fold probabilities (default: 5)")
+    a.add_argument("--out", default="runs/audit", metavar="DIR", help="default: runs/audit (a RUN_DIR: itself)")
+
+    e = sub.add_parser("evaluate", help="score a saved run on labelled pictures")
+    e.add_argument("run_dir", metavar="RUN_DIR")
+    _add_data_flags(e)
+    e.add_argument("--out", metavar="JSON", help="write the metrics here")
+    e.add_argument("--tta", action="store_true", help="average with the horizontally flipped picture")
+    e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    _add_cache_flags(e)
+
+    p = sub.add_parser("predict", help="predict pictures into a CSV (a submission)")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("images", metavar="IMAGES", help="a picture or a folder of pictures")
+    p.add_argument("--out", metavar="FILE.csv", required=True)
+    p.add_argument("--proba", metavar="CLASS", help="write P(CLASS) instead of the class name")
+    p.add_argument("--template", metavar="SAMPLE.csv", help="follow this CSV's ids and column names")
+    p.add_argument("--tta", action="store_true", help="average with the horizontally flipped picture")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    _add_cache_flags(p)
+
+    x = sub.add_parser("export", help="export a run to ONNX (checked with onnxruntime) or TorchScript")
+    x.add_argument("run_dir", metavar="RUN_DIR")
+    x.add_argument("--format", default="onnx", choices=["onnx", "torchscript"])
+    x.add_argument("--out", metavar="FILE", help="default: RUN_DIR/model.onnx or RUN_DIR/model.torchscript.pt")
+
+    w = sub.add_parser("serve", help="a web page and JSON endpoint to try a run")
+    w.add_argument("run_dir", metavar="RUN_DIR")
+    w.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1 (this machine only)")
+    w.add_argument("--port", type=int, default=8000)
+    w.add_argument("--max-mb", type=float, default=10.0, help="largest upload accepted (default: 10)")
+
+    m = sub.add_parser("models", help="list the models, or summarise one layer by layer")
+    m.add_argument("name", nargs="?", metavar="NAME")
+    m.add_argument("--img-size", type=int, metavar="N")
+    m.add_argument("--channels", type=int, choices=[1, 3])
+    m.add_argument("--classes", type=int, default=10, help="classes for the summary (default: 10)")
+
+    k = sub.add_parser("cache", help="list the decoded cache's entries, or clear them")
+    k.add_argument("action", nargs="?", default="list", choices=["list", "clear"])
+    k.add_argument("--older-than", type=float, metavar="DAYS", help="clear: only entries unused for DAYS days")
+    k.add_argument("--cache-dir", metavar="DIR", help=CACHE_DIR_HELP)
+
+    d = sub.add_parser("demo", help="train on scikit-learn's bundled digits and write a full run folder")
+    d.add_argument("--epochs", type=int, default=10)
+    d.add_argument("--out", metavar="RUN_DIR", help="default: runs/demo, numbered")
+    return parser
+
+
