@@ -22,7 +22,8 @@ from workflows import DEFAULT_DATA, HERE, unpack
 PHASE = """
 import json, sys, time, torch
 from imgcls.data.sources import load_samples
-from imgcls.data.dataset import BatchLoader, decode_samples
+from imgcls.data.dataset import decode_samples
+from imgcls.data.loader import BatchLoader
 from imgcls.data.store import CacheSettings
 source, pattern, channels, size, cache_dir, enabled = sys.argv[1:7]
 samples = load_samples(source, label_pattern=pattern or None)

@@ -76,7 +76,8 @@ def _train_flops(model: torch.nn.Module, shape: tuple[int, ...]) -> float:
 
 def overhead(args) -> dict:
     """imgcls's Trainer over its uint8 cache vs a bare loop over normalised float tensors, alternating."""
-    from imgcls.data.dataset import BatchLoader, DecodedImages
+    from imgcls.data.dataset import DecodedImages
+    from imgcls.data.loader import BatchLoader
     from imgcls.engine.optim import Schedule, build_optimizer
     from imgcls.engine.trainer import Trainer
     from imgcls.models.registry import create_model
@@ -174,7 +175,8 @@ def pipeline(args) -> dict:
     from torch.utils.data import DataLoader
     from torchvision import datasets, transforms
 
-    from imgcls.data.dataset import BatchLoader, decode_samples
+    from imgcls.data.dataset import decode_samples
+    from imgcls.data.loader import BatchLoader
     from imgcls.data.sources import load_samples
 
     folder = unpack(Path(args.data), HERE / "data") / "cifar10" / "train"

@@ -148,3 +148,119 @@ def test_training_reads_the_memory_map_and_matches_in_memory_training(tmp_path: 
     histories = {c: (r.run_dir / "history.csv").read_text().splitlines() for c, r in runs.items()}
     assert len(histories[True]) == 3
     assert [row.split(",")[1:5] for row in histories[True]] == [row.split(",")[1:5] for row in histories[False]]
+
+
+def test_frozen_features_are_cached_on_disk_and_reused_by_another_process(tmp_path: Path):
+    data = write_class_folders(tmp_path / "data", per_class=6)
+    base = imgcls.train(source=str(data), model="resnet18", img_size=32, epochs=1, out=str(tmp_path / "base"))
+    cache = tmp_path / "cache"
+    head = ["train", str(data), "--model", "resnet18", "--img-size", "32", "--epochs", "2", "--freeze", "backbone",
+            "--weights", str(base.run_dir / "model.safetensors"), "--cache-dir", str(cache)]
+    logs = []
+    for name in ("first", "second"):  # two processes, as a user's two commands
+        done = subprocess.run([sys.executable, "-m", "imgcls", *head, "--out", str(tmp_path / name)],
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        logs.append(done.stdout + done.stderr)
+    assert "computed 15 new or changed pictures" in logs[0]  # the 15 training pictures, then the 3 validation ones
+    assert "all 15 pictures already computed" in logs[1] and "all 3 pictures already computed" in logs[1]
+    assert [e["name"].split("-")[0] for e in list_entries(cache)] == ["decoded", "features"]
+    histories = [(tmp_path / n / "history.csv").read_text().splitlines() for n in ("first", "second")]
+    assert [r.split(",")[1:5] for r in histories[0]] == [r.split(",")[1:5] for r in histories[1]]
+
+
+def test_check_findings_are_cached_and_a_changed_picture_is_read_again(tmp_path: Path, caplog):
+    from imgcls.data.quality import scan
+    from imgcls.data.sources import load_samples
+    from imgcls.data.store import CacheSettings
+
+    data = write_class_folders(tmp_path / "data", per_class=5)
+    Image.new("RGB", (40, 40), (255, 255, 255)).save(data / "red" / "white.png")
+    (data / "red" / "broken.png").write_bytes(b"not a picture")
+    cache = CacheSettings(cache_dir=str(tmp_path / "cache"))
+    samples = load_samples(str(data))
+    caplog.set_level("INFO")
+    first = scan(samples, cache=cache)
+    assert "checked 17 new or changed pictures" in caplog.text
+    caplog.clear()
+    again = scan(samples, cache=cache)
+    assert "all 17 pictures already checked" in caplog.text and again == first
+    assert uncached_issues(scan(samples, cache=CacheSettings(enabled=False))) == uncached_issues(first)
+    Image.new("RGB", (40, 40), (255, 255, 255)).save(data / "green" / "0.png")  # now a copy of white.png
+    os.utime(data / "green" / "0.png", ns=(1, 1))
+    caplog.clear()
+    rows, _ = scan(samples, cache=cache)
+    assert "checked 1 new or changed pictures" in caplog.text
+    assert any(r["issue"] == "conflicting_labels" and r["path"].endswith("green/0.png") for r in rows)
+
+
+def uncached_issues(result) -> list[tuple]:
+    rows, _ = result
+    return sorted((r["path"], r["issue"], r["detail"]) for r in rows)
+
+
+def test_eviction_keeps_an_entry_another_process_holds_and_removes_the_oldest(tmp_path: Path):
+    from imgcls.data.store import entry_lock, evict
+
+    paths = pictures(tmp_path / "pics", 10)
+    stores = [DecodedStore(tmp_path / "cache", 3, size, trim=False) for size in (8, 9, 10)]
+    for age, store in enumerate(stores):
+        store.lookup(paths)
+        os.utime(store.dir / "index.json", (1000 + age, 1000 + age))  # 8 px the oldest use, 10 px the newest
+    sizes = {e["name"]: e["bytes"] for e in list_entries(tmp_path / "cache")}
+    cap = sum(sizes.values()) - sizes[stores[1].dir.name] + 1  # room for all but one entry
+    with entry_lock(stores[0].dir, shared=True):  # a reader of the oldest entry, right now
+        evict(tmp_path / "cache", max_gb=cap / 2**30, keep=stores[2].dir)
+    names = {e["name"] for e in list_entries(tmp_path / "cache")}
+    assert names == {stores[0].dir.name, stores[2].dir.name}  # the busy one kept, the next oldest evicted
+    rows, _ = stores[0].lookup(paths)  # and the kept one is still whole
+    assert np.array_equal(stores[0].array()[rows[3]], decode_image(paths[3], 3, 8))
+
+
+def test_a_run_without_report_writes_no_plots(tmp_path: Path):
+    from imgcls.train import train
+
+    data = write_class_folders(tmp_path / "data", per_class=4)
+    result = train(source=str(data), model="simple-cnn", img_size=16, epochs=1, out=str(tmp_path / "run"), report=False)
+    written = sorted(p.name for p in result.run_dir.iterdir())
+    assert written == ["config.yaml", "data.json", "history.csv", "metrics.json", "model.json", "model.safetensors",
+                       "resume.pt", "split.csv", "val_predictions.csv"]
+
+
+CGROUP = Path("/sys/fs/cgroup/memory")
+EPOCH = """
+import sys, torch
+from pathlib import Path
+from imgcls.data.dataset import decode_paths
+from imgcls.data.loader import BatchLoader
+from imgcls.data.store import CacheSettings
+paths = sorted(str(p) for p in Path(sys.argv[1]).rglob("*.png"))
+data, _ = decode_paths(paths, [0] * len(paths), 3, 512, cache=CacheSettings(sys.argv[2] == "1", sys.argv[3]))
+loader = BatchLoader(data, 32, [0.5] * 3, [0.25] * 3, shuffle=True, device=torch.device("cpu"),
+                     generator=torch.Generator().manual_seed(0))
+seen = sum(len(labels) for _, labels in loader)
+print("quasi" if loader.order.file_rows is not None else "random", seen)
+"""
+
+
+@pytest.mark.skipif(not (os.access(CGROUP, os.W_OK) and (CGROUP / "memory.limit_in_bytes").is_file()),
+                    reason="needs root and a cgroup-v1 memory controller")
+def test_an_epoch_reads_a_decoded_set_larger_than_the_memory_limit(tmp_path: Path):
+    """1,200 pictures decoded at 512 px are 943 MB; under a 900 MB limit (torch's own pages included)
+    the cached set is decoded and read in quasi-random order, and the in-memory path is killed."""
+    rng = np.random.default_rng(0)
+    for i in range(1200):
+        Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    group = CGROUP / f"imgcls-test-{os.getpid()}"
+    group.mkdir()
+    try:
+        (group / "memory.limit_in_bytes").write_text(str(900 * 2**20))
+        results = {}
+        for cached in ("1", "0"):
+            script = f"echo $$ > {group}/cgroup.procs && exec {sys.executable} -c '{EPOCH}' {tmp_path} {cached} {tmp_path}/cache"
+            results[cached] = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=300)
+    finally:
+        group.rmdir()
+    assert results["1"].returncode == 0, results["1"].stderr[-2000:]
+    assert results["1"].stdout.split() == ["quasi", "1200"]
+    assert results["0"].returncode == -9 or results["0"].returncode == 137  # the in-memory array: killed

@@ -129,7 +129,7 @@ def test_frozen_feature_cache_trains_the_head_like_the_full_model(tmp_path, clas
         for cache in (True, False):
             runs[cache] = train(source=str(class_folder), model="resnet18", img_size=32, epochs=2, weights=weights,
                                 freeze="backbone", optimizer="sgd", feature_cache=cache, out=str(tmp_path / str(cache)))
-    assert "frozen-feature cache: computed" in caplog.text
+    assert "cache: computed 30 new or changed pictures" in caplog.text and "features-resnet18" in caplog.text
     histories = {c: (r.run_dir / "history.csv").read_text().splitlines() for c, r in runs.items()}
     assert len(histories[True]) == len(histories[False]) == 3  # header + 2 epochs each
     for cached, full in zip(histories[True][1:], histories[False][1:]):

@@ -149,11 +149,11 @@ def audit(base: TrainConfig, folds: int = 5, out: str | Path = "runs/audit") -> 
         else:
             log.info("audit: fold %d of %d", k + 1, folds)
             if (fold_dir / "config.yaml").is_file():  # interrupted: finish it, each epoch once
-                result = train(resume=fold_dir)
+                result = train(resume=fold_dir, report=False)  # a fold needs its predictions, not plots
             else:
                 config = dataclasses.replace(base, data=dataclasses.replace(base.data, folds=folds, fold=k),
                                              out=str(fold_dir))
-                result = train(config)
+                result = train(config, report=False)
             predictions = result.run_dir / "val_predictions.csv"
         paths, labels, probs, classes = read_predictions(predictions)
         all_paths += paths

@@ -14,14 +14,17 @@ from .config import DataConfig
 from .data.dataset import decode_all
 from .data.quality import UNLABELLED, scan
 from .data.sources import Samples, list_pictures, load_samples
+from .data.store import CacheSettings
 from .engine.checkpoint import write_json, write_text
 from .errors import UserError
 
 log = logging.getLogger(__name__)
 
 
-def check(data: DataConfig, *, min_pixels: int = 3600, out: str | Path = "runs/check") -> tuple[list[dict], dict]:
-    """Scan DATA (and data.val, if given, as the other side of the split); write the three reports."""
+def check(data: DataConfig, *, min_pixels: int = 3600, out: str | Path = "runs/check",
+          cache: CacheSettings | None = None) -> tuple[list[dict], dict]:
+    """Scan DATA (and data.val, if given, as the other side of the split); write the three reports.
+    Findings are kept in the persistent cache: a second check of the same pictures reads them."""
     samples = _load_any(data.source, data)
     sides = None
     if data.val:
@@ -31,7 +34,7 @@ def check(data: DataConfig, *, min_pixels: int = 3600, out: str | Path = "runs/c
         classes = sorted(set(samples.classes) | set(val.classes))
         remap = lambda s: np.array([classes.index(s.classes[l]) for l in s.labels], dtype=np.int64)  # noqa: E731
         samples = Samples(samples.paths + val.paths, np.concatenate([remap(samples), remap(val)]), classes)
-    rows, summary = scan(samples, min_pixels=min_pixels, sides=sides)
+    rows, summary = scan(samples, min_pixels=min_pixels, sides=sides, cache=cache)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     buffer = io.StringIO()

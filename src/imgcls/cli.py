@@ -174,7 +174,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> None:
         from .config import DataConfig
         data = DataConfig(source=args.data, labels=args.labels, id_col=args.id_col, label_col=args.label_col,
                           ext=args.ext, label_pattern=args.label_pattern, val=args.val)
-        _, summary = check(data, min_pixels=args.min_pixels, out=args.out)
+        _, summary = check(data, min_pixels=args.min_pixels, out=args.out, cache=_cache_settings(args))
         print(f"{summary['pictures_with_issues']} of {summary['pictures']} pictures have issues: "
               f"{json.dumps(summary['issues'])}; class imbalance {summary['class_imbalance']}\n"
               f"see {args.out}/quality.html (train with --clean to apply the default actions)")

@@ -90,6 +90,8 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
                                     help="with --exclude: its first N rows instead of the flagged ones")),
                      ("--cache-max-gb", dict(type=float, metavar="GB", help="evict least recently used cache "
                                              "entries beyond this size (default: 20)")),
+                     ("--order", dict(choices=["auto", "random", "quasi"], help="training order; quasi keeps "
+                                      "reads local in a cache file larger than memory (auto: quasi then)")),
                      ("--config", dict(metavar="YAML", help="settings file; flags override it"))]:
         parser.add_argument(flag, **kw)
     _add_cache_flags(parser)
@@ -99,7 +101,7 @@ CACHE_DIR_HELP = "decoded cache folder (default: $IMGCLS_CACHE_DIR, $XDG_CACHE_H
 
 
 def _add_cache_flags(p: argparse.ArgumentParser) -> None:
-    """--no-cache and --cache-dir: train, tune, audit, finetune, evaluate and predict."""
+    """--no-cache and --cache-dir: train, tune, audit, finetune, check, evaluate and predict."""
     p.add_argument("--no-cache", action="store_false", dest="cache", help="decode into this process's memory "
                    "instead of the persistent decoded cache (one-off runs)")
     p.add_argument("--cache-dir", metavar="DIR", help=CACHE_DIR_HELP)
@@ -143,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--val", metavar="DATA2", help="a validation/test folder: duplicates across it are flagged")
     c.add_argument("--min-pixels", type=int, default=3600, metavar="N", help="smaller pictures are 'tiny' (default: 3600)")
     c.add_argument("--out", default="runs/check", metavar="DIR", help="default: runs/check")
+    _add_cache_flags(c)
 
     a = sub.add_parser("audit", help="rank training pictures by how implausible their label is",
                        argument_default=s)

@@ -21,6 +21,7 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 AUGMENT_PRESETS = ("none", "light", "standard", "strong")
 FREEZE = ("none", "backbone")
 PRECISIONS = ("auto", "fp32", "bf16")
+ORDERS = ("auto", "random", "quasi")  # data.dataset.ORDERS (kept here too: config loads without torch)
 
 # Named sets of defaults, applied beneath a YAML file and flags (like Ultralytics' default.yaml or
 # fastai's fit_one_cycle defaults). "auto" is "small" when no model is named anywhere, else "none".
@@ -103,6 +104,7 @@ class TrainConfig:
     cache: bool = True  # decoded pictures in the persistent on-disk cache (data/store.py); False: in memory
     cache_dir: str | None = None  # None: $IMGCLS_CACHE_DIR, $XDG_CACHE_HOME/imgcls or ~/.cache/imgcls
     cache_max_gb: float = 20.0  # least recently used cache entries are evicted beyond this
+    order: str = "auto"  # training order: random, quasi (local reads), auto (quasi when the cache file exceeds memory)
     out: str | None = None
 
     def validate(self) -> None:
@@ -115,6 +117,7 @@ class TrainConfig:
         _choice("freeze", self.freeze, FREEZE)
         _choice("recipe", self.recipe, ("auto", *RECIPES))
         _choice("precision", self.precision, PRECISIONS)
+        _choice("order", self.order, ORDERS)
         if self.unfreeze_last is not None and self.unfreeze_last < 0:
             raise UserError(f"Received: unfreeze-last={self.unfreeze_last}; expected an integer >= 0")
         if self.backbone_lr_mult <= 0:

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data.dataset import BatchLoader, DecodedImages, decode_paths, decode_samples, inference_batch_size
+from .data.dataset import DecodedImages, decode_paths, decode_samples, inference_batch_size
+from .data.loader import BatchLoader
 from .data.store import CacheSettings
 from .data.sources import id_sort_key, list_pictures, load_samples
 from .engine.checkpoint import final_run_dir, load_weights, read_meta, write_json, write_text

@@ -1,8 +1,9 @@
-"""The run folder: its file names, and the callbacks that fill it while training runs.
+"""The run folder: one RunFolder object owns every file a run writes, and the callbacks that fill it
+while training runs.
 
 Other tools read these names; keep them: config.yaml, model.safetensors, model.json, history.csv,
-metrics.json, data.json, split.csv, curves.png, confusion.png, samples.png, val_predictions.png,
-report.html, resume.pt.
+metrics.json, data.json, split.csv, train_predictions.csv, val_predictions.csv, curves.png,
+confusion.png, samples.png, val_predictions.png, report.html, resume.pt.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 import yaml
 
-from .engine.checkpoint import save_model, save_resume, write_text
+from .engine.checkpoint import save_model, save_resume, write_json, write_text
 from .engine.trainer import Callback, Trainer
 from .errors import UserError
 
@@ -48,36 +49,88 @@ def next_free(base: Path) -> Path:
     return path
 
 
-def write_config(run_dir: Path, config: dict) -> None:
-    write_text(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
-
-
-def write_history(run_dir: Path, history: list[dict]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, HISTORY_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(history)
-    write_text(run_dir / "history.csv", buffer.getvalue())
-
-
-def write_split(run_dir: Path, rows: list[tuple[str, str, str]]) -> None:
+def _csv(header: list[str], rows) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["path", "label", "split"])
+    writer.writerow(header)
     writer.writerows(rows)
-    write_text(run_dir / "split.csv", buffer.getvalue())
+    return buffer.getvalue()
 
 
-def write_predictions_csv(path: Path, paths: list[str], labels: np.ndarray, probs: np.ndarray,
-                          classes: list[str]) -> None:
-    """path, label, predicted, p_given and one probability column per class (what `audit RUN_DIR` reads)."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["path", "label", "predicted", "p_given", *[f"p_{c}" for c in classes]])
+def prediction_rows(paths: list[str], labels: np.ndarray, probs: np.ndarray, classes: list[str]):
+    """path, label, predicted, p_given and one probability per class (what `audit RUN_DIR` reads)."""
     for p, label, row in zip(paths, labels, probs):
-        writer.writerow([p, classes[label], classes[int(row.argmax())], f"{row[label]:.6f}",
-                         *[f"{v:.6f}" for v in row]])
-    write_text(path, buffer.getvalue())
+        yield [p, classes[label], classes[int(row.argmax())], f"{row[label]:.6f}", *[f"{v:.6f}" for v in row]]
+
+
+class RunFolder:
+    """Every file of one run. `writes=False` (a torchrun rank other than the first) makes every write a
+    no-op, so the ranks run the same code and only one writes."""
+
+    def __init__(self, path: Path, writes: bool = True):
+        self.path, self.writes = Path(path), writes
+
+    @classmethod
+    def new(cls, out: str | None, model: str, writes: bool = True) -> "RunFolder":
+        """--out (new or empty), else runs/<model>[N]; the other ranks need no folder."""
+        return cls(new_run_dir(out, model) if writes else Path(out or "."), writes)
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    def _text(self, name: str, text: str) -> None:
+        if self.writes:
+            write_text(self.path / name, text)
+
+    def _json(self, name: str, data) -> None:
+        if self.writes:
+            write_json(self.path / name, data)
+
+    def write_config(self, config: dict) -> None:
+        self._text("config.yaml", yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
+
+    def write_data(self, info: dict) -> None:
+        self._json("data.json", info)
+
+    def write_split(self, rows: list[tuple[str, str, str]]) -> None:
+        self._text("split.csv", _csv(["path", "label", "split"], rows))
+
+    def read_split(self) -> dict[str, str] | None:
+        return read_split(self.path / "split.csv") if (self.path / "split.csv").is_file() else None
+
+    def write_history(self, history: list[dict]) -> None:
+        self._text("history.csv", _csv(HISTORY_COLUMNS, ([row[c] for c in HISTORY_COLUMNS] for row in history)))
+
+    def save_best(self, model: torch.nn.Module, meta: dict) -> None:
+        if self.writes:
+            save_model(self.path, model, meta)
+
+    def save_resume(self, state: dict) -> None:
+        if self.writes:
+            save_resume(self.path, state)
+
+    def write_metrics(self, metrics: dict) -> None:
+        self._json("metrics.json", metrics)
+
+    def write_predictions(self, name: str, paths: list[str], labels: np.ndarray, probs: np.ndarray,
+                          classes: list[str]) -> None:
+        self._text(name, _csv(["path", "label", "predicted", "p_given", *[f"p_{c}" for c in classes]],
+                              prediction_rows(paths, labels, probs, classes)))
+
+    def save_figure(self, figure, name: str) -> None:
+        from .report.plots import save_figure
+
+        if self.writes:
+            save_figure(figure, self.path / name)
+        else:
+            import matplotlib.pyplot as plt
+            plt.close(figure)
+
+    def write_report(self) -> None:
+        from .report.html import write_report
+
+        if self.writes:
+            write_report(self.path)
 
 
 def read_split(path: Path) -> dict[str, str]:
@@ -93,15 +146,15 @@ class RunWriter(Callback):
     --resume every epoch appears exactly once.
     """
 
-    def __init__(self, run_dir: Path, meta: dict):
-        self.run_dir = run_dir
+    def __init__(self, folder: RunFolder, meta: dict):
+        self.folder = folder
         self.meta = meta
 
     def on_epoch_end(self, trainer: Trainer, row: dict, improved: bool) -> None:
         if improved:
-            save_model(self.run_dir, trainer.model, {**self.meta, "best_epoch": row["epoch"]})
-        save_resume(self.run_dir, trainer.state_dict())
-        write_history(self.run_dir, trainer.state.history)
+            self.folder.save_best(trainer.model, {**self.meta, "best_epoch": row["epoch"]})
+        self.folder.save_resume(trainer.state_dict())
+        self.folder.write_history(trainer.state.history)
 
 
 class ProgressLog(Callback):

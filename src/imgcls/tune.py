@@ -133,7 +133,7 @@ def tune(base: TrainConfig, trials: int, *, out: str | Path = "runs/tune", space
     def objective(trial) -> float:
         config = apply_params(base, suggest(trial, space))
         config.out = str(out / "trials" / f"{trial.number:03d}")
-        result = train(config, callbacks=[ReportToOptuna(trial)])
+        result = train(config, callbacks=[ReportToOptuna(trial)], report=False)  # no plots per trial
         trial.set_user_attr("val_accuracy", result.val_accuracy)
         trial.set_user_attr("run_dir", str(result.run_dir))
         return result.val_log_loss

@@ -1,5 +1,5 @@
-"""Samples → tensors: every picture is decoded and resized once per run into one uint8 array, and
-batches are cut from it, normalised on the fly on the target device (like tf.data's cache())."""
+"""Samples → decoded pictures: every picture is decoded and resized once, into the persistent cache
+(data/store.py) or one in-memory uint8 array; data/loader.py cuts batches from it."""
 from __future__ import annotations
 
 import logging
@@ -8,7 +8,7 @@ import os
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable, Iterator
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -30,6 +30,7 @@ class DecodedImages:
     labels: torch.Tensor
     paths: list[str]
     rows: torch.Tensor | None = None
+    mapped: bool = False  # `images` is a memory map of a cache file (pages come from disk on demand)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -46,12 +47,26 @@ class DecodedImages:
     def subset(self, indices: np.ndarray) -> "DecodedImages":
         index = torch.as_tensor(np.asarray(indices, dtype=np.int64))
         rows = index if self.rows is None else self.rows[index]
-        return DecodedImages(self.images, self.labels[index], [self.paths[i] for i in indices], rows)
+        return DecodedImages(self.images, self.labels[index], [self.paths[i] for i in indices], rows, self.mapped)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of this set's rows."""
+        return len(self) * self.images[:1].numel() * self.images.element_size()
+
+    def file_rows(self) -> np.ndarray:
+        """Each picture's row in `images` (its place in the cache file)."""
+        return np.arange(len(self)) if self.rows is None else self.rows.numpy()
 
     def to(self, device: torch.device) -> "DecodedImages":
-        """On the CPU, itself (batches are read from the rows as needed); elsewhere this set's pictures
-        copied to the device once, so an epoch moves no pixels."""
-        if device.type == "cpu":
+        """On the CPU, itself (batches are read from the rows as needed). On a GPU, this set's rows copied
+        to the device once when they fit in half of its free memory, so an epoch moves no pixels; else
+        itself, and the loaders copy each batch from pinned memory ahead of use."""
+        if device.type == "cpu" or self.images.device == device:
+            return self
+        if device.type == "cuda" and self.nbytes > torch.cuda.mem_get_info(device)[0] // 2:
+            log.info("%.0f MB of cached rows exceed half the GPU's free memory: batches are copied as used",
+                     self.nbytes / 2**20)
             return self
         return DecodedImages(self.pictures(torch.arange(len(self))).to(device), self.labels.to(device), self.paths)
 
@@ -124,11 +139,6 @@ def _decode_chunk(channels: int, size: int, trim: bool,
     return start, array, reasons
 
 
-# Decoded arrays of this process for --no-cache, so that tuning trials and audit folds decode each picture once.
-_MEMO: dict[tuple, tuple[np.ndarray, np.ndarray, list[dict[str, str]]]] = {}
-_MEMO_ENTRIES = 4
-
-
 def decode_paths(paths: list[str], labels: np.ndarray, channels: int, size: int, desc: str = "decoding",
                  trim: bool = False, cache: CacheSettings | None = None) -> tuple[DecodedImages, list[dict[str, str]]]:
     """Decode `paths` at (channels, size): through the persistent decoded cache (only new or changed
@@ -141,13 +151,8 @@ def decode_paths(paths: list[str], labels: np.ndarray, channels: int, size: int,
         rows, skipped = store.lookup(paths, desc)
         ok = np.flatnonzero(rows >= 0)
         return DecodedImages(torch.from_numpy(store.array()), torch.from_numpy(labels[ok]),
-                             [paths[i] for i in ok], torch.from_numpy(rows[ok])), skipped
-    key = (tuple(paths), channels, size, trim)
-    if key not in _MEMO:
-        if len(_MEMO) >= _MEMO_ENTRIES:
-            _MEMO.pop(next(iter(_MEMO)))
-        _MEMO[key] = decode_all(paths, channels, size, desc, trim=trim)
-    array, index, skipped = _MEMO[key]
+                             [paths[i] for i in ok], torch.from_numpy(rows[ok]), mapped=True), skipped
+    array, index, skipped = decode_all(paths, channels, size, desc, trim=trim)
     return DecodedImages(torch.from_numpy(array), torch.from_numpy(labels[index]),
                          [paths[i] for i in index]), skipped
 
@@ -162,63 +167,3 @@ def inference_batch_size(channels: int, size: int) -> int:
     batches of large pictures run slower (EfficientNet-Lite0 at 224 px: 38 pictures/s at 16-32,
     30 at 64, 19 at 256), as their activations no longer fit in cache."""
     return max(8, min(256, 2**22 // (channels * size * size)))
-
-
-class BatchOrder:
-    """The index tensors of one epoch's batches: a seeded shuffle (or in order), the last batch dropped
-    only when it is a tiny remainder that would make BatchNorm statistics noisy."""
-
-    def __init__(self, n: int, batch_size: int, *, shuffle: bool, device: torch.device,
-                 generator: torch.Generator | None = None, drop_last: bool = False, ranks: int = 1):
-        self.n, self.batch_size, self.shuffle = n, batch_size, shuffle
-        self.device, self.generator = device, generator
-        # Split over `ranks` processes, a remainder under 2 per rank would leave a rank one picture or none
-        # (BatchNorm cannot train on that; an empty slice gave a NaN loss).
-        tiny = max(2, batch_size // 8, 2 * ranks if ranks > 1 else 0)
-        self.drop_last = drop_last and n % batch_size < tiny and n > batch_size
-
-    def __len__(self) -> int:
-        return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
-
-    def __iter__(self):
-        order = (torch.randperm(self.n, generator=self.generator).to(self.device) if self.shuffle
-                 else torch.arange(self.n, device=self.device))
-        for b in range(len(self)):
-            yield order[b * self.batch_size:(b + 1) * self.batch_size]
-
-
-class BatchLoader:
-    """Batches of normalised float tensors cut from a DecodedImages, shuffled by a seeded generator.
-
-    The uint8 cache stays on `device`, so a GPU run moves each picture to the GPU once, not per epoch.
-    """
-
-    def __init__(self, data: DecodedImages, batch_size: int, mean: list[float], std: list[float], *,
-                 shuffle: bool, device: torch.device, generator: torch.Generator | None = None,
-                 drop_last: bool = False, augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 shard: tuple[int, int] = (0, 1), channels_last: bool = False):
-        self.data = data.to(device)
-        self.labels = self.data.labels.to(device)
-        self.order = BatchOrder(len(data), batch_size, shuffle=shuffle, device=device, generator=generator,
-                                drop_last=drop_last, ranks=shard[1])
-        self.augment = augment  # uint8 batch → uint8 batch, before normalisation
-        # (rank, world): every rank walks the same shuffled global batches and keeps its slice of each,
-        # so N processes with batch B train like one process with batch B.
-        self.rank, self.world = shard
-        self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255.0
-        self.std = torch.tensor(std, device=device).view(1, -1, 1, 1) * 255.0
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-
-    def __len__(self) -> int:
-        return len(self.order)
-
-    def normalise(self, images: torch.Tensor) -> torch.Tensor:
-        return ((images.float() - self.mean) / self.std).contiguous(memory_format=self.memory_format)
-
-    def __iter__(self):
-        for idx in self.order:
-            idx = idx[self.rank::self.world]
-            images = self.data.pictures(idx)
-            if self.augment is not None:
-                images = self.augment(images)
-            yield self.normalise(images), self.labels[idx]

@@ -20,6 +20,7 @@ from PIL import Image
 
 from .decode import DecodeError, border_box, open_picture
 from .sources import Samples
+from .store import CacheSettings, RowStore
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,60 @@ def inspect_picture(path: str) -> PictureInfo:
                        np.asarray(luma.resize((16, 16), Image.Resampling.BILINEAR), dtype=np.float32))
 
 
+# One picture's findings as a fixed-size row of the persistent cache (data/store.py), so a second
+# `check` or `train --clean` of the same pictures reads them instead of decoding every picture again.
+CHECK_FORMAT = "imgcls-check/1"
+CHECK_ROW = np.dtype([("width", "<u4"), ("height", "<u4"), ("grey", "u1"), ("box", "<i4", (4,)),
+                      ("digest", "S20"), ("dhash", "<u8"), ("thumb", "u1", (16, 16))])
+
+
+def _to_rows(infos: list[PictureInfo]) -> np.ndarray:
+    rows = np.zeros(len(infos), dtype=CHECK_ROW)
+    for row, info in zip(rows, infos):
+        if info.error is None:
+            row["width"], row["height"], row["grey"] = info.width, info.height, info.grey
+            row["box"] = info.box if info.box is not None else (-1, -1, -1, -1)
+            row["digest"], row["dhash"] = bytes.fromhex(info.digest), info.dhash
+            row["thumb"] = info.thumb
+    return rows
+
+
+def _from_row(path: str, row: np.void) -> PictureInfo:
+    box = tuple(int(v) for v in row["box"])
+    return PictureInfo(path, None, int(row["width"]), int(row["height"]), bool(row["grey"]),
+                       None if box[0] < 0 else box, bytes(row["digest"]).hex(), int(row["dhash"]),
+                       np.asarray(row["thumb"], dtype=np.float32))
+
+
+def inspect_all(paths: list[str], cache: CacheSettings | None = None) -> list[PictureInfo]:
+    """inspect_picture for every path (threads), through the persistent cache unless it is off: only
+    new or changed pictures are read again."""
+    from tqdm.auto import tqdm
+
+    workers = min(8, (os.cpu_count() or 1) + 1)
+
+    def inspect_chunks(chosen: list[str]):
+        with ThreadPoolExecutor(workers) as pool, tqdm(total=len(chosen), desc="checking", unit="img",
+                                                       disable=None, mininterval=2.0, leave=False) as bar:
+            for start in range(0, len(chosen), 256):
+                infos = list(pool.map(inspect_picture, chosen[start:start + 256]))
+                bar.update(len(infos))
+                yield start, infos
+
+    if cache is None or not cache.enabled:
+        return [info for _, chunk in inspect_chunks(paths) for info in chunk]
+    store = RowStore(cache.root, "checked", {"format": CHECK_FORMAT}, (), CHECK_ROW, cache.max_gb)
+
+    def compute(positions: list[int]):
+        for start, infos in inspect_chunks([paths[i] for i in positions]):
+            yield start, _to_rows(infos), [info.error for info in infos]
+
+    index, skipped = store.lookup_rows(paths, compute, "checking")
+    reasons = {s["path"]: s["reason"] for s in skipped}
+    table = store.array()
+    return [_from_row(p, table[r]) if r >= 0 else PictureInfo(p, error=reasons[p]) for p, r in zip(paths, index)]
+
+
 def _near_pairs(hashes: np.ndarray) -> list[tuple[int, int, int]]:
     """(i, j, distance) for hashes within NEAR_BITS bits: candidates share one of 5 bit bands (pigeonhole)."""
     pairs = set()
@@ -84,14 +139,11 @@ def _near_pairs(hashes: np.ndarray) -> list[tuple[int, int, int]]:
     return sorted(found)
 
 
-def scan(samples: Samples, *, min_pixels: int = 3600, sides: list[str] | None = None) -> tuple[list[dict], dict]:
-    """Rows of (path, issue, score, detail), and a summary. `sides` names each picture's split (train/val)."""
-    from tqdm.auto import tqdm
-
-    workers = min(8, (os.cpu_count() or 1) + 1)
-    with ThreadPoolExecutor(workers) as pool:
-        infos = list(tqdm(pool.map(inspect_picture, samples.paths, chunksize=32), total=len(samples),
-                          desc="checking", unit="img", disable=None, mininterval=2.0))
+def scan(samples: Samples, *, min_pixels: int = 3600, sides: list[str] | None = None,
+         cache: CacheSettings | None = None) -> tuple[list[dict], dict]:
+    """Rows of (path, issue, score, detail), and a summary. `sides` names each picture's split (train/val).
+    Each picture's findings come from the persistent cache where they are there already."""
+    infos = inspect_all(samples.paths, cache)
     labels = samples.labels
     rows: list[dict] = []
 

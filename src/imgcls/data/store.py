@@ -1,18 +1,20 @@
-"""The persistent decoded cache: decoded uint8 pictures in a memory-mapped file on disk, shared by every
+"""The persistent cache: fixed-size rows per picture in memory-mapped files on disk, shared by every
 command, process and rank (FFCV's pre-decoded RAW file and tf.data's cache-to-file, with no separate
-"write the dataset" step).
+"write the dataset" step). Three kinds of entry use it: decoded pixels (here), a frozen backbone's
+outputs (engine/feature_cache.py) and `check`'s findings (data/quality.py).
 
-One entry per decoding setting (channels, side, border trimming, resize mode) under the cache folder
-(--cache-dir, else $IMGCLS_CACHE_DIR, else $XDG_CACHE_HOME/imgcls, else ~/.cache/imgcls):
+One entry per setting under the cache folder (--cache-dir, else $IMGCLS_CACHE_DIR, else
+$XDG_CACHE_HOME/imgcls, else ~/.cache/imgcls):
 
     decoded-3x32-<key>/pixels.u8    rows of (C, H, W) uint8, appended, never rewritten in place
-    decoded-3x32-<key>/index.json   path → size, mtime, row (or the reason it did not decode)
-    decoded-3x32-<key>/lock         held while one process appends; the others wait, then read
+    decoded-3x32-<key>/index.json   path → size, mtime, row (or the reason it has none)
+    decoded-3x32-<key>/lock         exclusive while one process appends (the others wait, then read),
+                                    shared while a reader opens the entry (eviction skips it then)
 
-A picture is decoded again only when its size or modification time changed. index.json is the
-commit point: it is replaced atomically after the new rows are on disk, so rows a killed writer left
-beyond it are ignored (and cut off by the next writer); a pixel file shorter than its index says, or
-an index of another format, is detected and the entry rebuilt, never read as pixels. Readers map
+A picture's row is computed again only when its size or modification time changed. index.json is
+the commit point: it is replaced atomically after the new rows are on disk, so rows a killed writer
+left beyond it are ignored (and cut off by the next writer); a row file shorter than its index says,
+or an index of another format, is detected and the entry rebuilt, never read as pixels. Readers map
 the file read-only (copy-on-write), so training reads batches from it and resident memory does not
 grow with the number of pictures: the page cache holds what fits.
 """
@@ -29,6 +31,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -70,17 +73,60 @@ def _signature(path: str) -> list[int] | None:
     return [stat.st_size, stat.st_mtime_ns]
 
 
-class DecodedStore:
-    """One cache entry: every picture ever decoded with one setting, one row each."""
+def absolute(paths: list[str]) -> list[str]:
+    """The cache's keys: absolute paths (os.path.abspath is 10x slower: it normalises too)."""
+    cwd = os.getcwd()
+    return [p if p.startswith("/") else os.path.join(cwd, p) for p in paths]
 
-    def __init__(self, root: Path, channels: int, size: int, trim: bool, resize: str = "squash",
+
+@contextmanager
+def entry_lock(folder: Path, *, shared: bool = False, blocking: bool = True):
+    """flock on folder/lock: exclusive for a writer or an eviction, shared for a reader. Yields False
+    (and holds nothing) when not `blocking` and another process holds it. A lock file that an eviction
+    deleted while we waited is not the entry's any more: then lock the new one."""
+    mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+    while True:
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / "lock"
+        handle = open(path, "a+")
+        try:
+            fcntl.flock(handle, mode if blocking else mode | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            yield False
+            return
+        try:
+            same = os.fstat(handle.fileno()).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        handle.close()
+    try:
+        yield True
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+# compute(positions) → (offset into positions, rows array, reasons) per chunk, in order; a reason is
+# None where the row was computed, else why the picture has none (it does not decode, say).
+Compute = Callable[[list[int]], Iterable[tuple[int, np.ndarray, list]]]
+
+
+class RowStore:
+    """One cache entry: one fixed-size row per picture for one setting (decoded pixels, a frozen
+    backbone's features, `check`'s findings), appended to a memory-mapped file, keyed by the picture's
+    path, size and modification time."""
+
+    def __init__(self, root: Path, name: str, settings: dict, row_shape: tuple[int, ...], dtype,
                  max_gb: float = DEFAULT_MAX_GB):
         self.root, self.max_gb = root, max_gb  # the whole cache is kept within max_gb after this entry grows
-        self.settings = {"format": FORMAT, "channels": channels, "size": size, "trim": trim, "resize": resize}
-        key = hashlib.sha1(json.dumps(self.settings, sort_keys=True).encode()).hexdigest()[:12]
-        self.dir = root / f"decoded-{channels}x{size}{'-trim' if trim else ''}-{key}"
-        self.row_shape = (channels, size, size)
-        self.row_bytes = channels * size * size
+        self.settings = settings  # with its "format": an index of another format or setting is rebuilt
+        key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+        self.dir = root / f"{name}-{key}"
+        self.row_shape, self.dtype = tuple(row_shape), np.dtype(dtype)
+        self.row_bytes = int(np.prod(self.row_shape, dtype=np.int64)) * self.dtype.itemsize
 
     # -- the index ------------------------------------------------------------------------------
     def _read_index(self) -> dict:
@@ -92,14 +138,14 @@ class DecodedStore:
         try:
             index = json.loads(path.read_text(encoding="utf-8"))
             consistent = all(index.get(k) == v for k, v in self.settings.items())
-            pixels = self.dir / "pixels.u8"
+            pixels = self.dir / PIXELS
             size = pixels.stat().st_size if pixels.is_file() else 0
             if consistent and size >= index["rows"] * self.row_bytes:
                 return index
             reason = "of another imgcls version or setting" if not consistent else "with a truncated pixel file"
         except (OSError, ValueError, KeyError, TypeError):
             reason = "with an unreadable index"
-        log.warning("decoded cache: %s is %s; rebuilding it", self.dir, reason)
+        log.warning("cache: %s is %s; rebuilding it", self.dir, reason)
         return empty
 
     def _write_index(self, index: dict) -> None:
@@ -107,109 +153,148 @@ class DecodedStore:
         tmp.write_text(json.dumps(index), encoding="utf-8")
         os.replace(tmp, self.dir / "index.json")
 
-    @contextmanager
-    def _locked(self):
-        self.dir.mkdir(parents=True, exist_ok=True)
-        with open(self.dir / "lock", "a+") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)  # other processes (tune trials, torchrun ranks) wait here
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-
     @staticmethod
-    def _stale(index: dict, paths: list[str], signatures: list) -> list[int]:
+    def _stale(index: dict, keys: list[str], signatures: list) -> list[int]:
         pictures = index["pictures"]
-        return [i for i, (p, sig) in enumerate(zip(paths, signatures))
+        return [i for i, (p, sig) in enumerate(zip(keys, signatures))
                 if p not in pictures or sig is None or pictures[p][:2] != sig]
 
     # -- use -------------------------------------------------------------------------------------
-    def lookup(self, paths: list[str], desc: str = "decoding") -> tuple[np.ndarray, list[dict[str, str]]]:
-        """Rows for `paths` (-1 where a picture does not decode) and the skipped ones with their reasons,
-        decoding only the pictures that are new or changed since they were cached."""
-        cwd = os.getcwd()
-        keys = [p if p.startswith("/") else os.path.join(cwd, p) for p in paths]  # abspath: 10x slower
+    def lookup_rows(self, paths: list[str], compute: Compute, desc: str) -> tuple[np.ndarray, list[dict[str, str]]]:
+        """Rows for `paths` (-1 where a picture has none) and the skipped ones with their reasons,
+        computing rows only for the pictures that are new or changed since they were cached."""
+        keys = absolute(paths)
         signatures = [_signature(k) for k in keys]  # one stat each: threads were slower (the GIL)
-        index = self._read_index()
-        stale = self._stale(index, keys, signatures)
+        # A reader holds the lock shared while it reads the index and maps the file, so that an eviction
+        # (which takes it exclusively, without waiting) never deletes an entry being opened.
+        with entry_lock(self.dir, shared=True):
+            index = self._read_index()
+            stale = self._stale(index, keys, signatures)
+            if not stale:
+                self._mapped = self._map(index["rows"])
         if stale:
-            with self._locked():
-                index = self._read_index()  # another process may have decoded them while we waited
+            with entry_lock(self.dir):  # other processes (tune trials, torchrun ranks) wait here
+                index = self._read_index()  # another process may have computed them while we waited
                 stale = self._stale(index, keys, signatures)
                 if stale:
-                    index = self._append(index, [keys[i] for i in stale], [signatures[i] for i in stale], desc)
+                    index = self._append(index, [keys[i] for i in stale], [signatures[i] for i in stale],
+                                         compute, stale, desc)
+                self._mapped = self._map(index["rows"])
             evict(self.root, self.max_gb, keep=self.dir)
         else:
-            log.info("decoded cache: all %d pictures already decoded in %s", len(paths), self.dir)
+            log.info("cache: all %d pictures already %s in %s", len(paths), DONE.get(desc, "cached"), self.dir)
         os.utime(self.dir / "index.json")  # last use, for least-recently-used eviction
-        self._rows = index["rows"]
         entries = [index["pictures"][k] for k in keys]
         rows = np.array([e[2] for e in entries], dtype=np.int64)
         skipped = [{"path": p, "reason": e[3]} for p, e in zip(paths, entries) if e[2] < 0]
         return rows, skipped
 
-    def _append(self, index: dict, paths: list[str], signatures: list, desc: str) -> dict:
-        from .dataset import decode_chunks
-
+    def _append(self, index: dict, keys: list[str], signatures: list, compute: Compute, positions: list[int],
+                desc: str) -> dict:
         start_time = time.perf_counter()
         rows = index["rows"]
-        pixels = self.dir / "pixels.u8"
-        with open(pixels, "a+b") as f:
+        with open(self.dir / PIXELS, "a+b") as f:
             f.truncate(rows * self.row_bytes)  # rows a killed writer left beyond the index
             try:
-                for start, array, reasons in decode_chunks(paths, *self.row_shape[::2], desc,
-                                                          trim=self.settings["trim"]):
+                for start, array, reasons in compute(positions):
                     good = [j for j, r in enumerate(reasons) if r is None]
-                    f.write(np.ascontiguousarray(array[good]).tobytes())
+                    f.write(np.ascontiguousarray(array[good], dtype=self.dtype).tobytes())
                     for j, reason in enumerate(reasons):
-                        path = paths[start + j]
+                        key = keys[start + j]
                         row = -1
                         if reason is None:
                             row, rows = rows, rows + 1
                         else:
-                            log.warning("skipped %s: %s", path, reason)
-                        index["pictures"][path] = [*(signatures[start + j] or [0, 0]), row, reason]
+                            log.warning("skipped %s: %s", key, reason)
+                        index["pictures"][key] = [*(signatures[start + j] or [0, 0]), row, reason]
                 f.flush()
                 os.fsync(f.fileno())
             except OSError as error:
                 f.truncate(index["rows"] * self.row_bytes)  # no partial entry
                 if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-                    needed = len(paths) * self.row_bytes / 2**20
-                    raise UserError(f"Received: a full disk while caching decoded pictures in {self.dir} "
+                    needed = len(keys) * self.row_bytes / 2**20
+                    raise UserError(f"Received: a full disk while caching {desc} results in {self.dir} "
                                     f"({needed:,.0f} MB needed); expected free space there, or --cache-dir "
                                     "elsewhere, or --no-cache") from None
                 raise
         index["rows"] = rows
         self._write_index(index)
-        log.info("decoded cache: decoded %d new or changed pictures in %.1f s into %s", len(paths),
+        log.info("cache: %s %d new or changed pictures in %.1f s into %s", DONE.get(desc, desc), len(keys),
                  time.perf_counter() - start_time, self.dir)
         return index
 
-    def array(self) -> np.ndarray:
-        """Every row, memory-mapped copy-on-write: reads come from the page cache, nothing is loaded."""
-        rows = getattr(self, "_rows", None)
-        rows = self._read_index()["rows"] if rows is None else rows
+    def _map(self, rows: int) -> np.ndarray:
         if rows == 0:
-            return np.zeros((0, *self.row_shape), dtype=np.uint8)
-        return np.memmap(self.dir / "pixels.u8", dtype=np.uint8, mode="c", shape=(rows, *self.row_shape))
+            return np.zeros((0, *self.row_shape), dtype=self.dtype)
+        # Copy-on-write: reads come from the page cache and nothing is loaded; a stray write never
+        # reaches the file.
+        return np.memmap(self.dir / PIXELS, dtype=self.dtype, mode="c", shape=(rows, *self.row_shape))
+
+    def array(self) -> np.ndarray:
+        """Every row of the last lookup (or of the committed index), memory-mapped."""
+        mapped = getattr(self, "_mapped", None)
+        return self._map(self._read_index()["rows"]) if mapped is None else mapped
+
+
+PIXELS = "pixels.u8"  # the rows' file (named for the first kind of entry, decoded pixels)
+# What a lookup's log says was done, by its description.
+DONE = {"decoding": "decoded", "frozen features": "computed", "checking": "checked"}
+
+
+class DecodedStore(RowStore):
+    """Every picture ever decoded with one setting, a (C, H, W) uint8 row each."""
+
+    def __init__(self, root: Path, channels: int, size: int, trim: bool, resize: str = "squash",
+                 max_gb: float = DEFAULT_MAX_GB):
+        settings = {"format": FORMAT, "channels": channels, "size": size, "trim": trim, "resize": resize}
+        super().__init__(root, f"decoded-{channels}x{size}{'-trim' if trim else ''}", settings,
+                         (channels, size, size), np.uint8, max_gb)
+
+    def lookup(self, paths: list[str], desc: str = "decoding") -> tuple[np.ndarray, list[dict[str, str]]]:
+        """Rows for `paths`, decoding only the pictures that are new or changed since they were cached."""
+        from .dataset import decode_chunks
+
+        keys = absolute(paths)
+        channels, size = self.row_shape[0], self.row_shape[1]
+
+        def decode(positions: list[int]):
+            return decode_chunks([keys[i] for i in positions], channels, size, desc, trim=self.settings["trim"])
+        return self.lookup_rows(paths, decode, "decoding")
 
 
 # -- the cache folder as a whole ----------------------------------------------------------------
 
+KINDS = ("decoded-", "features-", "checked-")  # the entry folders' name prefixes
+
+
 def list_entries(root: Path, count: bool = True) -> list[dict]:
     """Every entry: name, pictures (when `count`: it reads the index), bytes on disk, seconds since last use."""
     entries = []
-    for folder in sorted(root.glob("decoded-*")) if root.is_dir() else []:
+    folders = sorted(f for f in root.iterdir() if f.is_dir() and f.name.startswith(KINDS)) if root.is_dir() else []
+    for folder in folders:
         index = folder / "index.json"
         try:
             pictures = len(json.loads(index.read_text(encoding="utf-8"))["pictures"]) if count else None
             used = index.stat().st_mtime
+            size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
         except (OSError, ValueError, KeyError):
-            pictures, used = 0, folder.stat().st_mtime
-        size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
+            try:
+                pictures, used, size = 0, folder.stat().st_mtime, 0
+            except OSError:  # deleted meanwhile by another process's eviction
+                continue
         entries.append({"name": folder.name, "path": str(folder), "pictures": pictures, "bytes": size,
                         "age_s": time.time() - used})
     return entries
+
+
+def _remove(entry: dict) -> bool:
+    """Delete an entry unless a process is reading or writing it right now (then keep it: no waiting)."""
+    with entry_lock(Path(entry["path"]), blocking=False) as held:
+        if held:
+            shutil.rmtree(entry["path"], ignore_errors=True)
+    if not held:
+        log.info("cache: %s is in use by another process; kept", entry["name"])
+    return held
 
 
 def clear(root: Path, older_than_days: float | None = None, keep: Path | None = None) -> list[dict]:
@@ -218,20 +303,19 @@ def clear(root: Path, older_than_days: float | None = None, keep: Path | None = 
     for entry in list_entries(root):
         if Path(entry["path"]) == keep or (older_than_days is not None and entry["age_s"] < older_than_days * 86400):
             continue
-        shutil.rmtree(entry["path"], ignore_errors=True)
-        removed.append(entry)
+        if _remove(entry):
+            removed.append(entry)
     return removed
 
 
 def evict(root: Path, max_gb: float, keep: Path) -> None:
-    """Delete least recently used entries until the cache is within `max_gb` (never `keep`)."""
+    """Delete least recently used entries until the cache is within `max_gb` (never `keep`, nor one in use)."""
     entries = sorted(list_entries(root, count=False), key=lambda e: -e["age_s"])  # oldest use first
     total = sum(e["bytes"] for e in entries)
     for entry in entries:
         if total <= max_gb * 2**30:
             break
-        if Path(entry["path"]) != keep:
-            shutil.rmtree(entry["path"], ignore_errors=True)
+        if Path(entry["path"]) != keep and _remove(entry):
             total -= entry["bytes"]
-            log.info("decoded cache: evicted %s (%.0f MB, over the %.0f GB cap)", entry["name"],
+            log.info("cache: evicted %s (%.0f MB, over the %.0f GB cap)", entry["name"],
                      entry["bytes"] / 2**20, max_gb)
