@@ -62,3 +62,18 @@ def test_prefetch_raises_the_producers_error_and_stops_its_thread_when_left_earl
     assert [next(items) for _ in range(3)] == [0, 1, 2]
     items.close()  # what a `break` out of a training loop does
     assert threading.active_count() == before
+
+
+def test_the_order_flag_trains_through_the_cli_and_is_saved(tmp_path, capsys):
+    from imgcls.cli import main
+
+    from .conftest import write_class_folders
+
+    data = write_class_folders(tmp_path / "data", per_class=4)
+    flags = ["train", str(data), "--model", "simple-cnn", "--img-size", "16", "--epochs", "1"]
+    assert main([*flags, "--order", "quasi", "--out", str(tmp_path / "run")]) == 0
+    assert "order: quasi" in (tmp_path / "run" / "config.yaml").read_text()
+    with pytest.raises(SystemExit) as exit_:  # argparse's own one-line error
+        main([*flags, "--order", "sideways", "--out", str(tmp_path / "bad")])
+    assert exit_.value.code == 2
+    assert "invalid choice: 'sideways'" in capsys.readouterr().err

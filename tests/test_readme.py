@@ -51,6 +51,8 @@ NOT_RUN = {
     "python bench/transfer.py": "a benchmark on the real Dogs vs. Cats pictures; figures in bench/RESULTS.md",
     "python bench/cache.py": "a benchmark on the real CIFAR-10 and Dogs vs. Cats pictures; figures in bench/RESULTS.md",
     "python bench/memory_limit.py": "a benchmark under a cgroup memory limit (root, minutes); figures in bench/RESULTS.md",
+    "python bench/cache_commands.py": "a benchmark on the real CIFAR-10 and Dogs vs. Cats pictures (root, minutes); "
+                                      "figures in bench/RESULTS.md",
     "python bench/speed.py 'matmul|overhead|layout|pipeline|predict|fashion|cifar10|startup'":
         "benchmarks on the real datasets (up to an hour); figures in bench/RESULTS.md",
 }

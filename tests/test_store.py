@@ -235,8 +235,8 @@ from imgcls.data.dataset import decode_paths
 from imgcls.data.loader import BatchLoader
 from imgcls.data.store import CacheSettings
 paths = sorted(str(p) for p in Path(sys.argv[1]).rglob("*.png"))
-data, _ = decode_paths(paths, [0] * len(paths), 3, 512, cache=CacheSettings(sys.argv[2] == "1", sys.argv[3]))
-loader = BatchLoader(data, 32, [0.5] * 3, [0.25] * 3, shuffle=True, device=torch.device("cpu"),
+data, _ = decode_paths(paths, [0] * len(paths), 3, 576, cache=CacheSettings(sys.argv[2] == "1", sys.argv[3]))
+loader = BatchLoader(data, 8, [0.5] * 3, [0.25] * 3, shuffle=True, device=torch.device("cpu"),
                      generator=torch.Generator().manual_seed(0))
 seen = sum(len(labels) for _, labels in loader)
 print("quasi" if loader.order.file_rows is not None else "random", seen)
@@ -246,7 +246,7 @@ print("quasi" if loader.order.file_rows is not None else "random", seen)
 @pytest.mark.skipif(not (os.access(CGROUP, os.W_OK) and (CGROUP / "memory.limit_in_bytes").is_file()),
                     reason="needs root and a cgroup-v1 memory controller")
 def test_an_epoch_reads_a_decoded_set_larger_than_the_memory_limit(tmp_path: Path):
-    """1,200 pictures decoded at 512 px are 943 MB; under a 900 MB limit (torch's own pages included)
+    """1,200 pictures decoded at 576 px are 1,194 MB; under a 1,000 MB limit (torch's own pages included)
     the cached set is decoded and read in quasi-random order, and the in-memory path is killed."""
     rng = np.random.default_rng(0)
     for i in range(1200):
@@ -254,7 +254,7 @@ def test_an_epoch_reads_a_decoded_set_larger_than_the_memory_limit(tmp_path: Pat
     group = CGROUP / f"imgcls-test-{os.getpid()}"
     group.mkdir()
     try:
-        (group / "memory.limit_in_bytes").write_text(str(900 * 2**20))
+        (group / "memory.limit_in_bytes").write_text(str(1000 * 2**20))
         results = {}
         for cached in ("1", "0"):
             script = f"echo $$ > {group}/cgroup.procs && exec {sys.executable} -c '{EPOCH}' {tmp_path} {cached} {tmp_path}/cache"

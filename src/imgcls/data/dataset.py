@@ -2,9 +2,12 @@
 (data/store.py) or one in-memory uint8 array; data/loader.py cuts batches from it."""
 from __future__ import annotations
 
+import itertools
 import logging
 import multiprocessing
 import os
+import time
+from collections import deque
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -62,7 +65,7 @@ class DecodedImages:
         """On the CPU, itself (batches are read from the rows as needed). On a GPU, this set's rows copied
         to the device once when they fit in half of its free memory, so an epoch moves no pixels; else
         itself, and the loaders copy each batch from pinned memory ahead of use."""
-        if device.type == "cpu" or self.images.device == device:
+        if device.type == "cpu" or self.images.device.type == device.type:
             return self
         if device.type == "cuda" and self.nbytes > torch.cuda.mem_get_info(device)[0] // 2:
             log.info("%.0f MB of cached rows exceed half the GPU's free memory: batches are copied as used",
@@ -87,10 +90,19 @@ def decode_chunks(paths: list[str], channels: int, size: int, desc: str = "decod
     chunk = max(4, min(CHUNK, 2**24 // (channels * size * size)))
     chunks = [(start, paths[start:start + chunk]) for start in range(0, len(paths), chunk)]
     job = partial(_decode_chunk, channels, size, trim)
+    workers = processes if processes > 1 else workers or min(8, (os.cpu_count() or 1) + 1)
     pool = (ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("fork")) if processes > 1
-            else ThreadPoolExecutor(workers or min(8, (os.cpu_count() or 1) + 1)))
+            else ThreadPoolExecutor(workers))
+    # At most two chunks per worker in flight: pool.map would submit every chunk at once, and decoded
+    # chunks waiting for a slower consumer (the cache's writer) would pile up to the whole set in memory.
+    todo = iter(chunks)
     with pool, tqdm(total=len(paths), desc=desc, unit="img", mininterval=2.0, disable=None, leave=False) as bar:
-        for start, array, reasons in pool.map(job, chunks):
+        pending = deque(pool.submit(job, c) for c in itertools.islice(todo, 2 * workers))
+        while pending:
+            start, array, reasons = pending.popleft().result()
+            following = next(todo, None)
+            if following is not None:
+                pending.append(pool.submit(job, following))
             yield start, array, reasons
             bar.update(len(reasons))
 
@@ -152,7 +164,10 @@ def decode_paths(paths: list[str], labels: np.ndarray, channels: int, size: int,
         ok = np.flatnonzero(rows >= 0)
         return DecodedImages(torch.from_numpy(store.array()), torch.from_numpy(labels[ok]),
                              [paths[i] for i in ok], torch.from_numpy(rows[ok]), mapped=True), skipped
+    start = time.perf_counter()
     array, index, skipped = decode_all(paths, channels, size, desc, trim=trim)
+    log.info("decoded %d pictures in %.1f s into this process's memory (--no-cache)", len(paths),
+             time.perf_counter() - start)
     return DecodedImages(torch.from_numpy(array), torch.from_numpy(labels[index]),
                          [paths[i] for i in index]), skipped
 

@@ -6,43 +6,17 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
 import torch
 
 from .dataset import DecodedImages
+from .store import available_memory
 
 log = logging.getLogger(__name__)
 
 ORDERS = ("auto", "random", "quasi")
-
-
-def available_memory() -> int:
-    """Bytes this process may still fill: the smaller of the machine's available memory and what its
-    memory cgroup (v1 or v2) leaves (page cache counts towards a cgroup's limit)."""
-    free = 2**62
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                free = int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        for line in Path("/proc/self/cgroup").read_text().splitlines():
-            _, controllers, group = line.split(":", 2)
-            folder = (Path("/sys/fs/cgroup/memory") / group.lstrip("/") if "memory" in controllers.split(",")
-                      else Path("/sys/fs/cgroup") / group.lstrip("/") if controllers == "" else None)
-            for limit_name, usage_name in (("memory.limit_in_bytes", "memory.usage_in_bytes"),
-                                           ("memory.max", "memory.current")):
-                if folder is not None and (folder / limit_name).is_file():
-                    limit = (folder / limit_name).read_text().strip()
-                    if limit != "max" and int(limit) < 2**60:
-                        free = min(free, int(limit))  # the whole limit: its page cache is reclaimed for us
-    except (OSError, ValueError):
-        pass
-    return free
 
 
 def quasi_random(file_rows: np.ndarray, block_rows: int, window_blocks: int, generator: torch.Generator) -> torch.Tensor:
@@ -150,12 +124,15 @@ class RowLoader:
             raise ValueError(f"order={order!r}; expected one of {ORDERS}")
         self.data = data.to(device)
         self.device = device
+        # Streamed: the rows stay in host memory (a GPU they do not fit on) and each batch is copied.
+        self.streamed = self.data.images.device.type != device.type
         self.labels = self.data.labels.to(device)
         memory = available_memory()
         row_bytes = data.images[:1].numel() * data.images.element_size()
         file_bytes = data.images.numel() * data.images.element_size()
         local = shuffle and (order == "quasi" or order == "auto" and data.mapped and file_bytes > memory // 2)
-        self.order = BatchOrder(len(data), batch_size, shuffle=shuffle, device=device, generator=generator,
+        self.order = BatchOrder(len(data), batch_size, shuffle=shuffle,
+                                device=torch.device("cpu") if self.streamed else device, generator=generator,
                                 drop_last=drop_last, ranks=shard[1], file_rows=data.file_rows() if local else None,
                                 row_bytes=row_bytes, memory=memory)
         # (rank, world): every rank walks the same shuffled global batches and keeps its slice of each,
@@ -166,10 +143,10 @@ class RowLoader:
         return len(self.order)
 
     def _gather(self, idx: torch.Tensor) -> torch.Tensor:
-        if self.data.images.device == self.device:
+        if not self.streamed:
             return self.data.pictures(idx)
-        rows = self.data.pictures(idx.cpu())  # streamed to a GPU: pinned, then an asynchronous copy
-        return rows.pin_memory().to(self.device, non_blocking=True)
+        # Pinned, then an asynchronous copy: the next batch crosses the bus while this one trains.
+        return self.data.pictures(idx).pin_memory().to(self.device, non_blocking=True)
 
     def prepare(self, rows: torch.Tensor):
         return rows

@@ -65,6 +65,32 @@ class CacheSettings:
         return cache_root(self.cache_dir)
 
 
+def available_memory() -> int:
+    """Bytes this process may still fill: the smaller of the machine's available memory and what its
+    memory cgroup (v1 or v2) leaves (page cache counts towards a cgroup's limit)."""
+    free = 2**62
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                free = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            _, controllers, group = line.split(":", 2)
+            folder = (Path("/sys/fs/cgroup/memory") / group.lstrip("/") if "memory" in controllers.split(",")
+                      else Path("/sys/fs/cgroup") / group.lstrip("/") if controllers == "" else None)
+            for limit_name, usage_name in (("memory.limit_in_bytes", "memory.usage_in_bytes"),
+                                           ("memory.max", "memory.current")):
+                if folder is not None and (folder / limit_name).is_file():
+                    limit = (folder / limit_name).read_text().strip()
+                    if limit != "max" and int(limit) < 2**60:
+                        free = min(free, int(limit))  # the whole limit: its page cache is reclaimed for us
+    except (OSError, ValueError):
+        pass
+    return free
+
+
 def _signature(path: str) -> list[int] | None:
     try:
         stat = os.stat(path)
@@ -195,10 +221,16 @@ class RowStore:
         rows = index["rows"]
         with open(self.dir / PIXELS, "a+b") as f:
             f.truncate(rows * self.row_bytes)  # rows a killed writer left beyond the index
+            drop = (rows + len(keys)) * self.row_bytes > available_memory() // 2
             try:
+                unsynced = 0
                 for start, array, reasons in compute(positions):
                     good = [j for j, r in enumerate(reasons) if r is None]
                     f.write(np.ascontiguousarray(array[good], dtype=self.dtype).tobytes())
+                    unsynced += len(good) * self.row_bytes
+                    if unsynced >= SYNC_BYTES:
+                        _written_out(f, drop)
+                        unsynced = 0
                     for j, reason in enumerate(reasons):
                         key = keys[start + j]
                         row = -1
@@ -207,8 +239,7 @@ class RowStore:
                         else:
                             log.warning("skipped %s: %s", key, reason)
                         index["pictures"][key] = [*(signatures[start + j] or [0, 0]), row, reason]
-                f.flush()
-                os.fsync(f.fileno())
+                _written_out(f, drop)
             except OSError as error:
                 f.truncate(index["rows"] * self.row_bytes)  # no partial entry
                 if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
@@ -234,6 +265,20 @@ class RowStore:
         """Every row of the last lookup (or of the committed index), memory-mapped."""
         mapped = getattr(self, "_mapped", None)
         return self._map(self._read_index()["rows"]) if mapped is None else mapped
+
+
+SYNC_BYTES = 64 * 2**20
+
+
+def _written_out(f, drop: bool) -> None:
+    """Flush what was appended to the disk and, with `drop` (a file larger than the memory there is),
+    drop it from the page cache: dirty pages cannot be reclaimed until written, so a writer under a
+    memory limit smaller than the file (a cgroup's) would otherwise be killed while filling it.
+    Readers fault the pages back in as they need them."""
+    f.flush()
+    os.fsync(f.fileno())
+    if drop and hasattr(os, "posix_fadvise"):
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
 
 
 PIXELS = "pixels.u8"  # the rows' file (named for the first kind of entry, decoded pixels)
