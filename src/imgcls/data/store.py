@@ -101,8 +101,8 @@ def _signature(path: str) -> list[int] | None:
 
 def absolute(paths: list[str]) -> list[str]:
     """The cache's keys: absolute paths (os.path.abspath is 10x slower: it normalises too)."""
-    cwd = os.getcwd()
-    return [p if p.startswith("/") else os.path.join(cwd, p) for p in paths]
+    prefix = os.getcwd().rstrip("/") + "/"  # what os.path.join does for a relative path, 2x faster
+    return [p if p.startswith("/") else prefix + p for p in paths]
 
 
 @contextmanager
@@ -199,9 +199,13 @@ class RowStore:
             if not stale:
                 self._mapped = self._map(index["rows"])
         if stale:
+            waited = time.perf_counter()
             with entry_lock(self.dir):  # other processes (tune trials, torchrun ranks) wait here
                 index = self._read_index()  # another process may have computed them while we waited
                 stale = self._stale(index, keys, signatures)
+                if not stale:
+                    log.info("cache: another process %s these %d pictures while this one waited %.1f s for %s",
+                             DONE.get(desc, desc), len(paths), time.perf_counter() - waited, self.dir)
                 if stale:
                     index = self._append(index, [keys[i] for i in stale], [signatures[i] for i in stale],
                                          compute, stale, desc)
@@ -299,11 +303,10 @@ class DecodedStore(RowStore):
         """Rows for `paths`, decoding only the pictures that are new or changed since they were cached."""
         from .dataset import decode_chunks
 
-        keys = absolute(paths)
         channels, size = self.row_shape[0], self.row_shape[1]
 
         def decode(positions: list[int]):
-            return decode_chunks([keys[i] for i in positions], channels, size, desc, trim=self.settings["trim"])
+            return decode_chunks([paths[i] for i in positions], channels, size, desc, trim=self.settings["trim"])
         return self.lookup_rows(paths, decode, "decoding")
 
 
