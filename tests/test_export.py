@@ -44,3 +44,36 @@ def test_export_mistakes(run_dir: Path, tmp_path: Path, capsys):
     assert main(["export", str(tmp_path)]) == 2
     assert main(["export", str(run_dir), "--out", str(run_dir / "model.json")]) == 2
     assert "run's own files" in capsys.readouterr().err
+
+
+def test_int8_export_reports_both_models_and_predict_and_evaluate_use_either_backend(tmp_path: Path, capsys):
+    run = tmp_path / "run"
+    imgcls.train(source="digits", model="simple-cnn", img_size=16, epochs=3, out=str(run), model_args={"width": 8})
+    assert main(["predict", str(run), "digits", "--backend", "int8", "--out", str(tmp_path / "x.csv")]) == 2
+    assert "imgcls export" in capsys.readouterr().err and not (run / "model.int8.onnx").exists()
+    assert main(["export", str(run), "--quantize", "int8"]) == 0
+    out = capsys.readouterr().out
+    assert "int8 on 359 validation pictures: accuracy" in out and "pictures/s (fp32" in out
+    report = json.loads((run / "model.int8.onnx.json").read_text())["quantization"]
+    assert report["calibration_pictures"] == 256 and report["validation_pictures"] == 359
+    assert abs(report["accuracy_delta_points"]) <= 3.0 and report["fp32"]["accuracy"] > 0.5
+    # the int8 model has quantised weights: QDQ nodes around int8 initialisers
+    import onnx
+    graph = onnx.load(str(run / "model.int8.onnx")).graph
+    assert any(node.op_type == "DequantizeLinear" for node in graph.node)
+    assert any(init.data_type == onnx.TensorProto.INT8 for init in graph.initializer)
+
+    metrics = {}
+    for backend in ("torch", "onnx", "int8"):
+        assert main(["evaluate", str(run), "digits", "--backend", backend, "--out", str(tmp_path / f"{backend}.json")]) == 0
+        metrics[backend] = json.loads((tmp_path / f"{backend}.json").read_text())
+    assert metrics["onnx"]["accuracy"] == metrics["torch"]["accuracy"]
+    assert metrics["onnx"]["log_loss"] == pytest.approx(metrics["torch"]["log_loss"], abs=1e-5)
+    assert abs(metrics["int8"]["accuracy"] - metrics["torch"]["accuracy"]) <= 0.03
+    from PIL import Image
+    (tmp_path / "pics").mkdir()
+    for i in range(5):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (8, 8), dtype=np.uint8)).save(tmp_path / "pics" / f"{i}.png")
+    assert main(["predict", str(run), str(tmp_path / "pics"), "--backend", "onnx", "--tta", "--out",
+                 str(tmp_path / "p.csv")]) == 0
+    assert len((tmp_path / "p.csv").read_text().splitlines()) == 6

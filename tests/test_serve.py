@@ -116,3 +116,74 @@ def test_page_in_headless_chromium(run_dir: Path, tmp_path: Path):
             driver.quit()
         server.terminate()
         server.wait(timeout=10)
+
+
+def make_client(run_dir: Path, **options):
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from fastapi.testclient import TestClient
+    from imgcls.serve import create_app
+    return TestClient(create_app(run_dir, **options))
+
+
+def coloured(i: int) -> tuple[int, int, int]:
+    return [(220, 40, 40), (40, 200, 60), (40, 60, 220)][i % 3]
+
+
+def test_concurrent_requests_are_batched_and_match_one_at_a_time(run_dir: Path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    from imgcls.data.decode import decode_image
+    from imgcls.predict import load_run, predict_arrays
+
+    client = make_client(run_dir, max_batch=8, max_wait_ms=300)
+    pictures = [picture_bytes(tuple(min(255, c + 7 * i) for c in coloured(i))) for i in range(6)]
+
+    def post(data: bytes):
+        return client.post("/predict?top_k=3", files={"file": ("p.png", data, "image/png")}).json()
+
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(post, pictures))
+    batcher = client.app.state.batcher
+    assert batcher.batches < 6  # some requests shared a model call
+    run = load_run(run_dir, "cpu")
+    import io
+    for data, answer in zip(pictures, answers):
+        alone = predict_arrays(run, decode_image(io.BytesIO(data), 3, 16)[None])[0]
+        got = {t["class"]: t["probability"] for t in answer["top"]}
+        assert got == pytest.approx({c: float(p) for c, p in zip(run.classes, alone)}, abs=1e-5)
+        assert np.argmax(alone) == run.classes.index(answer["top"][0]["class"])
+
+
+def test_batch_endpoint_top_k_saturation_and_bombs(run_dir: Path):
+    import io
+
+    client = make_client(run_dir, max_pending=2, max_pixels=1_000_000)
+    files = [("files", (f"{i}.png", picture_bytes(coloured(i)), "image/png")) for i in range(2)]
+    answer = client.post("/predict/batch?top_k=2", files=files)
+    assert answer.status_code == 200
+    results = answer.json()["results"]
+    assert [r["filename"] for r in results] == ["0.png", "1.png"] and all(len(r["top"]) == 2 for r in results)
+    assert [r["top"][0]["class"] for r in results] == ["red", "green"]
+    busy = client.post("/predict/batch", files=files + [("files", ("2.png", picture_bytes(coloured(2)), "image/png"))])
+    assert busy.status_code == 503 and busy.headers["retry-after"] == "1" and "busy" in busy.json()["detail"]
+    bomb = io.BytesIO()
+    Image.new("1", (4000, 4000)).save(bomb, "PNG")  # 16 megapixels in a file of a few kB
+    start = time.perf_counter()
+    refused = client.post("/predict", files={"file": ("bomb.png", bomb.getvalue(), "image/png")})
+    assert refused.status_code == 413 and "too large to decode safely" in refused.json()["detail"]
+    assert time.perf_counter() - start < 1.0
+    assert client.post("/predict/batch", data={"x": "y"}).status_code == 400
+    assert client.get("/health").json()["pending"] == 0
+
+
+def test_the_onnx_backend_serves_the_same_answers(run_dir: Path):
+    torch_answer = make_client(run_dir).post("/predict", files={"file": ("b.png", picture_bytes(coloured(2)), "image/png")})
+    onnx_client = make_client(run_dir, backend="onnx")
+    onnx_answer = onnx_client.post("/predict", files={"file": ("b.png", picture_bytes(coloured(2)), "image/png")})
+    assert onnx_client.get("/health").json()["backend"] == "onnx" and (run_dir / "model.onnx").is_file()
+    got = {t["class"]: t["probability"] for t in onnx_answer.json()["top"]}
+    assert got == pytest.approx({t["class"]: t["probability"] for t in torch_answer.json()["top"]}, abs=1e-5)

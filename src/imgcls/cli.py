@@ -182,23 +182,31 @@ def _run(args: argparse.Namespace, argv: list[str]) -> None:
         from .predict import evaluate
         metrics = evaluate(args.run_dir, args.data, labels=args.labels, id_col=args.id_col,
                            label_col=args.label_col, ext=args.ext, label_pattern=args.label_pattern,
-                           out=args.out, device=args.device, tta=args.tta, cache=_cache_settings(args))
+                           out=args.out, device=args.device, tta=args.tta, cache=_cache_settings(args),
+                           backend=args.backend)
         print(json.dumps({k: metrics[k] for k in ("accuracy", "log_loss", "count")}))
         if metrics["skipped"]:
             print(f"{len(metrics['skipped'])} pictures skipped (see the log above)")
     elif args.command == "predict":
         from .predict import predict
         result = predict(args.run_dir, args.images, args.out, proba=args.proba, template=args.template,
-                         device=args.device, tta=args.tta, cache=_cache_settings(args))
+                         device=args.device, tta=args.tta, cache=_cache_settings(args), backend=args.backend)
         print(f"wrote {result['written']} rows to {result['out']} ({len(result['skipped'])} pictures skipped)")
     elif args.command == "export":
         from .export import export
-        result = export(args.run_dir, args.format, args.out)
+        result = export(args.run_dir, args.format, args.out, quantize=args.quantize, cache=_cache_settings(args))
         print(f"wrote {result['path']} (+ {result['path']}.json, the preprocessing contract); max abs "
               f"difference of the logits against PyTorch: {result['max_abs_diff']:.2e} (relative {result['max_rel_diff']:.2e})")
+        if "int8" in result:
+            q = result["int8"]
+            print(f"int8 on {q['validation_pictures']} validation pictures: accuracy {q['int8']['accuracy']:.4f} "
+                  f"(fp32 {q['fp32']['accuracy']:.4f}, {q['accuracy_delta_points']:+.2f} points), "
+                  f"{q['int8']['pictures_per_s']:.0f} pictures/s (fp32 {q['fp32']['pictures_per_s']:.0f})")
     elif args.command == "serve":
         from .serve import serve
-        serve(args.run_dir, args.host, args.port, int(args.max_mb * 2**20))
+        serve(args.run_dir, args.host, args.port, int(args.max_mb * 2**20), backend=args.backend, device=args.device,
+              max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_pending=args.max_pending,
+              max_pixels=int(args.max_pixels * 1e6))
     elif args.command == "cache":
         _cmd_cache(args)
     elif args.command == "models":

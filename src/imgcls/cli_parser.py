@@ -100,6 +100,12 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
 CACHE_DIR_HELP = "decoded cache folder (default: $IMGCLS_CACHE_DIR, $XDG_CACHE_HOME/imgcls or ~/.cache/imgcls)"
 
 
+def _add_backend_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", default="torch", choices=["torch", "onnx", "int8"],
+                   help="torch (default); onnx: onnxruntime on RUN_DIR/model.onnx (exported on first use); "
+                        "int8: RUN_DIR/model.int8.onnx from `imgcls export --quantize int8`")
+
+
 def _add_cache_flags(p: argparse.ArgumentParser) -> None:
     """--no-cache and --cache-dir: train, tune, audit, finetune, check, evaluate and predict."""
     p.add_argument("--no-cache", action="store_false", dest="cache", help="decode into this process's memory "
@@ -159,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", metavar="JSON", help="write the metrics here")
     e.add_argument("--tta", action="store_true", help="average with the horizontally flipped picture")
     e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    _add_backend_flag(e)
     _add_cache_flags(e)
 
     p = sub.add_parser("predict", help="predict pictures into a CSV (a submission)")
@@ -169,18 +176,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--template", metavar="SAMPLE.csv", help="follow this CSV's ids and column names")
     p.add_argument("--tta", action="store_true", help="average with the horizontally flipped picture")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    _add_backend_flag(p)
     _add_cache_flags(p)
 
     x = sub.add_parser("export", help="export a run to ONNX (checked with onnxruntime) or TorchScript")
     x.add_argument("run_dir", metavar="RUN_DIR")
     x.add_argument("--format", default="onnx", choices=["onnx", "torchscript"])
     x.add_argument("--out", metavar="FILE", help="default: RUN_DIR/model.onnx or RUN_DIR/model.torchscript.pt")
+    _add_cache_flags(x)
+    x.add_argument("--quantize", choices=["int8"], help="also RUN_DIR/model.int8.onnx: static int8, calibrated "
+                   "on the run's validation pictures; prints both models' validation accuracy and speed")
 
     w = sub.add_parser("serve", help="a web page and JSON endpoint to try a run")
     w.add_argument("run_dir", metavar="RUN_DIR")
     w.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1 (this machine only)")
     w.add_argument("--port", type=int, default=8000)
     w.add_argument("--max-mb", type=float, default=10.0, help="largest upload accepted (default: 10)")
+    _add_backend_flag(w)
+    w.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    w.add_argument("--max-batch", type=int, default=16, metavar="N",
+                   help="pictures of concurrent requests run together, at most N (default: 16; 1: no batching)")
+    w.add_argument("--max-wait-ms", type=float, default=5.0, metavar="MS",
+                   help="how long a request waits for others to join its batch (default: 5)")
+    w.add_argument("--max-pending", type=int, default=64, metavar="N",
+                   help="pictures waiting at most; beyond, 503 with Retry-After (default: 64)")
+    w.add_argument("--max-pixels", type=float, default=40.0, metavar="MP",
+                   help="largest picture in megapixels, read from its header before decoding (default: 40)")
 
     m = sub.add_parser("models", help="list the models, or summarise one layer by layer")
     m.add_argument("name", nargs="?", metavar="NAME")

@@ -31,8 +31,14 @@ def contract(meta: dict, fmt: str) -> dict:
             "classes": meta["classes"], "architecture": meta["architecture"]}
 
 
-def export(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = None, opset: int = 17) -> dict:
-    """Write the model in `fmt` and its contract (<out>.json); return the path and the check's max abs diff."""
+def export(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = None, opset: int = 17,
+           quantize: str | None = None, cache=None) -> dict:
+    """Write the model in `fmt` and its contract (<out>.json); return the path and the check's max abs diff.
+    quantize="int8" also writes RUN_DIR/model.int8.onnx (quantize.py) and compares the two."""
+    if quantize not in (None, "int8"):
+        raise UserError(f"Received: --quantize {quantize}; expected int8")
+    if quantize and fmt != "onnx":
+        raise UserError(f"Received: --quantize {quantize} with --format {fmt}; expected --format onnx")
     if out is not None and Path(out).name in ("model.json", "model.safetensors"):
         raise UserError(f"Received: --out {out}; expected a new file name, not one of the run's own files")
     if fmt not in FORMATS:
@@ -73,7 +79,12 @@ def export(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = None
     if relative > 1e-3:
         raise UserError(f"Received: an exported model whose logits differ by {difference:.2e} from PyTorch's; "
                         "expected at most 1e-3 of their scale (please report this model)")
-    return {"path": str(out), "max_abs_diff": difference, "max_rel_diff": relative}
+    result = {"path": str(out), "max_abs_diff": difference, "max_rel_diff": relative}
+    if quantize:
+        from .quantize import quantize_int8
+
+        result["int8"] = quantize_int8(run, out, run.run_dir / "model.int8.onnx", cache)
+    return result
 
 
 def _pictures(meta: dict, count: int) -> torch.Tensor:

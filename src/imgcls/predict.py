@@ -26,10 +26,11 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class LoadedRun:
-    model: torch.nn.Module
+    model: torch.nn.Module  # or an inference.OnnxModel: logits = model(normalised pictures) either way
     meta: dict
     device: torch.device
     run_dir: Path  # the folder the weights came from (a finetune folder's final stage)
+    backend: str = "torch"
 
     @property
     def classes(self) -> list[str]:
@@ -37,15 +38,22 @@ class LoadedRun:
 
     def loader(self, decoded: DecodedImages, batch_size: int | None = None) -> BatchLoader:
         batch_size = batch_size or inference_batch_size(self.meta["channels"], self.meta["input_size"])
+        # channels_last for PyTorch's convolutions; onnxruntime takes the NCHW layout it was exported with.
         return BatchLoader(decoded, batch_size, self.meta["mean"], self.meta["std"], shuffle=False,
-                           device=self.device)
+                           device=self.device, channels_last=self.backend == "torch")
 
 
-def load_run(run_dir: str | Path, device: str = "auto") -> LoadedRun:
+def load_run(run_dir: str | Path, device: str = "auto", backend: str = "torch") -> LoadedRun:
     """Rebuild the model from model.json and load model.safetensors (never a pickle). A finetune
-    folder stands for its final stage."""
+    folder stands for its final stage. backend="onnx" or "int8" runs the exported ONNX file with
+    onnxruntime on the CPU instead (inference.py)."""
+    from .inference import OnnxModel, check_backend, onnx_path
+
+    check_backend(backend)
     run_dir = final_run_dir(run_dir)
     meta = read_meta(run_dir)
+    if backend != "torch":
+        return LoadedRun(OnnxModel(onnx_path(run_dir, backend)), meta, torch.device("cpu"), run_dir, backend)
     model = create_model(meta["architecture"], meta["num_classes"], meta["channels"], meta["input_size"],
                          **meta.get("model_args", {}))
     load_weights(run_dir, model)
@@ -88,14 +96,14 @@ def _read_template(path: str | Path) -> tuple[list[str], list[str]]:
 
 def predict(run_dir: str | Path, images: str | Path, out: str | Path, *, proba: str | None = None,
             template: str | Path | None = None, batch_size: int | None = None, device: str = "auto",
-            tta: bool = False, cache: CacheSettings | None = None) -> dict:
+            tta: bool = False, cache: CacheSettings | None = None, backend: str = "torch") -> dict:
     """Write `id,label` per picture (id = file name without extension, numeric ids in numeric order).
 
     proba=CLASS writes P(CLASS) as the label (Kaggle Dogs vs. Cats); template=CSV follows its ids and
     column names, filling a picture that could not be read with the uniform probability (or the first class).
     tta=True averages each picture's probabilities with its mirror image's.
     """
-    run = load_run(run_dir, device)
+    run = load_run(run_dir, device, backend)
     if proba is not None and proba not in run.classes:
         raise UserError(f"Received: --proba {proba!r}; expected one of the run's classes: {', '.join(run.classes)}")
     paths, skipped = list_pictures(images)
@@ -137,9 +145,9 @@ def predict(run_dir: str | Path, images: str | Path, out: str | Path, *, proba: 
 def evaluate(run_dir: str | Path, source: str, *, labels: str | None = None, id_col: str = "id",
              label_col: str = "label", ext: str | None = None, label_pattern: str | None = None,
              out: str | Path | None = None, batch_size: int | None = None, device: str = "auto", tta: bool = False,
-             cache: CacheSettings | None = None) -> dict:
+             cache: CacheSettings | None = None, backend: str = "torch") -> dict:
     """Score a saved run on labelled pictures (same layouts as train); classes are matched by name."""
-    run = load_run(run_dir, device)
+    run = load_run(run_dir, device, backend)
     samples = load_samples(source, labels, id_col, label_col, ext, label_pattern, classes=run.classes)
     if not len(samples):
         raise UserError(f"Received: {source} with no picture of the run's classes; expected some of "

@@ -1,34 +1,59 @@
-"""`imgcls serve`: a web page to try a saved run, and a JSON endpoint. Uploads stay in memory.
+"""`imgcls serve`: a web page to try a saved run, and JSON endpoints. Uploads stay in memory.
 
-Binds to 127.0.0.1 unless told otherwise; rejects bodies over `max_bytes` (413) and files that are
-not pictures (415) with a one-line reason; `POST /predict` takes the picture as multipart field `file`.
+Binds to 127.0.0.1 unless told otherwise. Pictures are decoded in a thread pool and classified by
+one model worker thread that batches concurrent requests (batcher.py), so the event loop, the page and
+/health never wait for the model. Every rejection is one line of JSON: 413 for a body over `max_bytes`
+or a picture whose header promises more than `max_pixels` (refused before decoding), 415 for a file
+that is not a picture, 400 for a form without `file`, 503 with Retry-After when `max_pending`
+pictures are already waiting.
+
+    POST /predict?top_k=5        multipart field `file`: one picture
+    POST /predict/batch?top_k=5  multipart fields `files`: several pictures (at most `max_files`)
 """
-import io
 import logging
 from pathlib import Path
 
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartParser
 
-from .data.decode import DecodeError, decode_image
+from .batcher import MicroBatcher, Saturated
+from .data.decode import DecodeError, TooManyPixels, decode_image
 from .predict import load_run, predict_arrays
 
 log = logging.getLogger(__name__)
 
 MAX_BYTES = 10 * 1024 * 1024
+MAX_PIXELS = 40_000_000  # a 10 MB PNG can promise ~90 megapixels (~270 MB decoded)
+MAX_FILES = 32
 PAGE = (Path(__file__).parent / "report" / "serve.html").read_text(encoding="utf-8")
 
 
-def create_app(run_dir: str | Path, *, max_bytes: int = MAX_BYTES, top_k: int = 5, device: str = "auto") -> FastAPI:
-    """A FastAPI app around one loaded run (fastapi is imported only by `imgcls serve`)."""
-    run = load_run(run_dir, device)
-    meta = run.meta
-    app = FastAPI(title="imgcls", docs_url=None, redoc_url=None)
+class Rejected(Exception):
+    def __init__(self, status: int, message: str, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers
 
-    def reject(status: int, message: str) -> JSONResponse:
-        return JSONResponse({"detail": message}, status_code=status)
+
+def create_app(run_dir: str | Path, *, max_bytes: int = MAX_BYTES, top_k: int = 5, device: str = "auto",
+               backend: str = "torch", max_batch: int = 16, max_wait_ms: float = 5.0, max_pending: int = 64,
+               max_pixels: int = MAX_PIXELS, max_files: int = MAX_FILES) -> FastAPI:
+    """A FastAPI app around one loaded run (fastapi is imported only by `imgcls serve`).
+    max_batch=1 turns micro-batching off (one request per model call)."""
+    run = load_run(run_dir, device, backend)
+    meta = run.meta
+    batcher = MicroBatcher(lambda pictures: predict_arrays(run, pictures), max_batch=max_batch,
+                           max_wait_ms=max_wait_ms, max_pending=max_pending)
+    app = FastAPI(title="imgcls", docs_url=None, redoc_url=None)
+    app.state.batcher = batcher
+    app.router.on_shutdown.append(batcher.close)
+
+    @app.exception_handler(Rejected)
+    async def rejected(request: Request, error: Rejected) -> JSONResponse:
+        return JSONResponse({"detail": error.message}, status_code=error.status, headers=error.headers)
 
     @app.get("/", response_class=HTMLResponse)
     def page() -> str:
@@ -36,51 +61,83 @@ def create_app(run_dir: str | Path, *, max_bytes: int = MAX_BYTES, top_k: int = 
                 .replace("{{max_mb}}", f"{max_bytes / 2**20:.0f}"))
 
     @app.get("/health")
-    def health() -> dict:
-        return {"status": "ok", "classes": len(meta["classes"]), "architecture": meta["architecture"]}
+    async def health() -> dict:  # async: answered on the event loop, never behind the model
+        return {"status": "ok", "classes": len(meta["classes"]), "architecture": meta["architecture"],
+                "backend": run.backend, "pending": batcher.pending}
 
-    @app.post("/predict")
-    async def predict(request: Request):
+    async def form_of(request: Request):
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > max_bytes + 4096:
-            return reject(413, f"upload of {int(declared)} bytes; the limit is {max_bytes} bytes")
+            raise Rejected(413, f"upload of {int(declared)} bytes; the limit is {max_bytes} bytes")
         body = bytearray()
         async for chunk in request.stream():  # bounded read: a lying Content-Length cannot exhaust memory
             body += chunk
             if len(body) > max_bytes + 4096:
-                return reject(413, f"upload over the limit of {max_bytes} bytes")
+                raise Rejected(413, f"upload over the limit of {max_bytes} bytes")
 
         async def replay():
             yield bytes(body)
 
-        parser = MultiPartParser(request.headers, replay())
+        parser = MultiPartParser(request.headers, replay(), max_files=max_files + 1)
         parser.spool_max_size = len(body) + 1  # keep the upload in memory: never on disk
         try:
-            form = await parser.parse()
-        except Exception:  # malformed multipart, or not multipart at all
-            return reject(400, "expected a multipart form with the picture in field 'file'")
-        upload = form.get("file")
-        if upload is None or isinstance(upload, str):
-            return reject(400, "expected a multipart form with the picture in field 'file'")
+            return await parser.parse()
+        except Exception:  # malformed multipart, not multipart at all, or too many files
+            raise Rejected(400, f"expected a multipart form with the picture in field 'file' (or at most "
+                                f"{max_files} pictures in fields 'files')") from None
+
+    async def decoded(upload: UploadFile) -> np.ndarray:
         data = await upload.read()
         if len(data) > max_bytes:
-            return reject(413, f"picture of {len(data)} bytes; the limit is {max_bytes} bytes")
+            raise Rejected(413, f"picture of {len(data)} bytes; the limit is {max_bytes} bytes")
+        import io
         try:
-            array = decode_image(io.BytesIO(data), meta["channels"], meta["input_size"],
-                                 trim=meta.get("trim_borders", False))
+            return await run_in_threadpool(decode_image, io.BytesIO(data), meta["channels"], meta["input_size"],
+                                           meta.get("trim_borders", False), max_pixels)
+        except TooManyPixels as error:
+            raise Rejected(413, f"{upload.filename}: {error}") from None
         except DecodeError as error:
-            return reject(415, f"not a picture imgcls can read: {error}")
-        probs = predict_arrays(run, array[None])[0]
-        order = np.argsort(-probs)[:top_k]
-        return {"filename": upload.filename,
-                "top": [{"class": meta["classes"][i], "probability": round(float(probs[i]), 6)} for i in order]}
+            raise Rejected(415, f"{upload.filename}: not a picture imgcls can read: {error}") from None
+
+    async def classify(pictures: np.ndarray) -> np.ndarray:
+        try:
+            return await batcher.submit(pictures)
+        except Saturated as error:
+            raise Rejected(503, f"busy: {error}; retry in a second", {"Retry-After": "1"}) from None
+
+    def top(probs: np.ndarray, k: int) -> list[dict]:
+        order = np.argsort(-probs)[:max(1, k)]
+        return [{"class": meta["classes"][i], "probability": round(float(probs[i]), 6)} for i in order]
+
+    @app.post("/predict")
+    async def predict(request: Request, top_k: int = top_k):
+        form = await form_of(request)
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise Rejected(400, "expected a multipart form with the picture in field 'file'")
+        probs = (await classify((await decoded(upload))[None]))[0]
+        return {"filename": upload.filename, "top": top(probs, top_k)}
+
+    @app.post("/predict/batch")
+    async def predict_batch(request: Request, top_k: int = top_k):
+        form = await form_of(request)
+        uploads = [u for u in form.getlist("files") if isinstance(u, UploadFile)]
+        if not uploads or len(uploads) > max_files:
+            raise Rejected(400, f"expected 1 to {max_files} pictures in multipart fields 'files'; got {len(uploads)}")
+        pictures = np.stack([await decoded(u) for u in uploads])
+        probs = await classify(pictures)
+        return {"results": [{"filename": u.filename, "top": top(p, top_k)} for u, p in zip(uploads, probs)]}
 
     return app
 
 
-def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, max_bytes: int = MAX_BYTES) -> None:
+def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, max_bytes: int = MAX_BYTES,
+          **options) -> None:
+    """Run the app with uvicorn; `options` are create_app's (backend, max_batch, max_wait_ms, ...)."""
     import uvicorn
 
-    app = create_app(run_dir, max_bytes=max_bytes)
-    log.info("serving %s on http://%s:%d", run_dir, host, port)
+    app = create_app(run_dir, max_bytes=max_bytes, **options)
+    log.info("serving %s on http://%s:%d (%s backend, batches of up to %d within %g ms)", run_dir, host, port,
+             options.get("backend", "torch"), app.state.batcher.max_batch,
+             app.state.batcher.max_wait * 1000)
     uvicorn.run(app, host=host, port=port, log_level="warning")

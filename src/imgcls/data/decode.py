@@ -16,6 +16,10 @@ class DecodeError(Exception):
     """The file is not a picture we can read; the message is the reason recorded in data.json."""
 
 
+class TooManyPixels(DecodeError):
+    """The header promises more pixels than allowed (a decompression bomb, or just too large)."""
+
+
 def _to_8bit(img: Image.Image) -> Image.Image:
     # 16- and 32-bit greyscale (I;16, I, F) would be clipped by convert("L"): rescale instead.
     array = np.asarray(img, dtype=np.float64)
@@ -71,25 +75,27 @@ def max_pixels() -> int:
     return int(Image.MAX_IMAGE_PIXELS or 2**62)
 
 
-def check_pixel_count(size: tuple[int, int]) -> None:
+def check_pixel_count(size: tuple[int, int], limit: int | None = None) -> None:
     """Refuse a picture whose header promises more than max_pixels(), before a byte of it is decoded.
 
     An explicit check rather than Pillow's DecompressionBombWarning turned into an error: that needs
     warnings.catch_warnings, which is not thread-safe, and decoding runs in thread pools."""
     width, height = size
-    if width * height > max_pixels():
-        raise DecodeError(f"too large to decode safely ({width}x{height} = {width * height:,} pixels; "
-                          f"the limit is {max_pixels():,})")
+    limit = min(limit or max_pixels(), max_pixels())
+    if width * height > limit:
+        raise TooManyPixels(f"too large to decode safely ({width}x{height} = {width * height:,} pixels; "
+                            f"the limit is {limit:,})")
 
 
-def open_picture(path: str | BinaryIO, draft: tuple[str, int] | None = None) -> Image.Image:
+def open_picture(path: str | BinaryIO, draft: tuple[str, int] | None = None,
+                 max_pixels: int | None = None) -> Image.Image:
     """Open, fully load and EXIF-orient one picture; every failure becomes a DecodeError with its reason.
 
     draft=(mode, size) lets a JPEG decode at a reduced scale no smaller than size (much faster).
     """
     try:
         with Image.open(path) as img:  # reads the header only
-            check_pixel_count(img.size)
+            check_pixel_count(img.size, max_pixels)
             if draft is not None and img.format == "JPEG":
                 img.draft(draft[0], (draft[1], draft[1]))
             img.load()
@@ -113,13 +119,15 @@ def _reason(error: Exception, path: str | BinaryIO) -> str:
     return message.strip(" :'") or type(error).__name__
 
 
-def decode_image(path: str | BinaryIO, channels: int, size: int | None, trim: bool = False) -> np.ndarray:
+def decode_image(path: str | BinaryIO, channels: int, size: int | None, trim: bool = False,
+                 max_pixels: int | None = None) -> np.ndarray:
     """Read `path` as a (channels, size, size) uint8 array; `size=None` keeps the picture's own size.
 
     trim=True crops uniform white/black margins first (border_box), as `train --clean` and every
-    later evaluate/predict of such a run do.
+    later evaluate/predict of such a run do. max_pixels lowers the pixel limit (TooManyPixels).
     """
-    img = open_picture(path, draft=("L" if channels == 1 else "RGB", size) if size is not None else None)
+    img = open_picture(path, draft=("L" if channels == 1 else "RGB", size) if size is not None else None,
+                       max_pixels=max_pixels)
     try:
         img = _convert(img, channels)
         box = border_box(img) if trim else None
