@@ -2,8 +2,9 @@
 together, in one worker thread off the event loop (TorchServe's batch_size + max_batch_delay, Triton's
 dynamic batcher).
 
-The worker takes the first waiting request, then keeps collecting until `max_batch` pictures or
-`max_wait_ms` have passed, runs the batch, and hands each request its rows. At most `max_pending`
+The worker takes the first waiting request, then, while other requests are still being read and
+decoded, keeps collecting until `max_batch` pictures or `max_wait_ms` have passed; it runs the batch
+and hands each request its rows. A lone request waits for nobody. At most `max_pending`
 pictures may wait or run at once; past that a request is refused at once (the server answers 503
 with Retry-After) instead of piling up.
 """
@@ -33,11 +34,17 @@ class MicroBatcher:
         self.infer, self.max_batch, self.max_wait = infer, max_batch, max_wait_ms / 1000
         self.max_pending = max_pending
         self.pending = 0
+        self.incoming = 0  # requests being read or decoded, not submitted yet
         self.batches = 0  # batches run, for the log and the tests
         self._lock = threading.Lock()
         self._queue: queue.Queue = queue.Queue()
         self._worker = threading.Thread(target=self._run, name="imgcls-batcher", daemon=True)
         self._worker.start()
+
+    def arriving(self):
+        """A context for a request being read and decoded: while any is, the worker waits (up to
+        max_wait_ms) for it to join the batch; with none, a lone request runs at once."""
+        return _Arriving(self)
 
     async def submit(self, pictures: np.ndarray) -> np.ndarray:
         """Probabilities for `pictures` (N, C, H, W uint8), run with whatever else is waiting."""
@@ -62,9 +69,13 @@ class MicroBatcher:
         deadline = time.monotonic() + self.max_wait
         while count < self.max_batch:
             left = deadline - time.monotonic()
+            if self.incoming == 0 and self._queue.empty():
+                break  # nobody else is on the way: waiting would only add latency
             try:
-                item = self._queue.get(timeout=left) if left > 0 else self._queue.get_nowait()
+                item = self._queue.get(timeout=min(left, 0.001)) if left > 0 else self._queue.get_nowait()
             except queue.Empty:
+                if left > 0:
+                    continue
                 break
             if item is None:
                 self._queue.put(None)  # close after this batch
@@ -87,6 +98,19 @@ class MicroBatcher:
                 self.pending -= sum(sizes)
             for (_, loop, future), result in zip(items, results):
                 loop.call_soon_threadsafe(_settle, future, result, error)
+
+
+class _Arriving:
+    def __init__(self, batcher: MicroBatcher):
+        self.batcher = batcher
+
+    def __enter__(self):
+        with self.batcher._lock:
+            self.batcher.incoming += 1
+
+    def __exit__(self, *exc):
+        with self.batcher._lock:
+            self.batcher.incoming -= 1
 
 
 def _settle(future: asyncio.Future, result, error) -> None:

@@ -24,7 +24,6 @@ CALIBRATION_PICTURES = 256
 def validation_batches(run, limit: int | None = None, cache=None) -> tuple[list[np.ndarray], np.ndarray]:
     """The run's validation pictures (split.csv), normalised as in training: NCHW float32 batches and labels."""
     from .data.dataset import decode_paths
-    from .runs import read_split
 
     split = run.run_dir / "split.csv"
     if not split.is_file():

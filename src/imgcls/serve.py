@@ -1,7 +1,7 @@
 """`imgcls serve`: a web page to try a saved run, and JSON endpoints. Uploads stay in memory.
 
-Binds to 127.0.0.1 unless told otherwise. Pictures are decoded in a thread pool and classified by
-one model worker thread that batches concurrent requests (batcher.py), so the event loop, the page and
+Binds to 127.0.0.1 unless told otherwise. Pictures are decoded in a pool of one thread per core and
+classified by one model worker thread that batches concurrent requests (batcher.py), so the event loop, the page and
 /health never wait for the model. Every rejection is one line of JSON: 413 for a body over `max_bytes`
 or a picture whose header promises more than `max_pixels` (refused before decoding), 415 for a file
 that is not a picture, 400 for a form without `file`, 503 with Retry-After when `max_pending`
@@ -10,13 +10,15 @@ pictures are already waiting.
     POST /predict?top_k=5        multipart field `file`: one picture
     POST /predict/batch?top_k=5  multipart fields `files`: several pictures (at most `max_files`)
 """
+import asyncio
 import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
-from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartParser
 
@@ -47,9 +49,11 @@ def create_app(run_dir: str | Path, *, max_bytes: int = MAX_BYTES, top_k: int = 
     meta = run.meta
     batcher = MicroBatcher(lambda pictures: predict_arrays(run, pictures), max_batch=max_batch,
                            max_wait_ms=max_wait_ms, max_pending=max_pending)
+    decode_pool = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="imgcls-decode")
     app = FastAPI(title="imgcls", docs_url=None, redoc_url=None)
     app.state.batcher = batcher
     app.router.on_shutdown.append(batcher.close)
+    app.router.on_shutdown.append(lambda: decode_pool.shutdown(wait=False))
 
     @app.exception_handler(Rejected)
     async def rejected(request: Request, error: Rejected) -> JSONResponse:
@@ -92,8 +96,10 @@ def create_app(run_dir: str | Path, *, max_bytes: int = MAX_BYTES, top_k: int = 
             raise Rejected(413, f"picture of {len(data)} bytes; the limit is {max_bytes} bytes")
         import io
         try:
-            return await run_in_threadpool(decode_image, io.BytesIO(data), meta["channels"], meta["input_size"],
-                                           meta.get("trim_borders", False), max_pixels)
+            # A pool of one thread per core: more concurrent decodes would only fight the model for the CPU.
+            return await asyncio.get_running_loop().run_in_executor(
+                decode_pool, decode_image, io.BytesIO(data), meta["channels"], meta["input_size"],
+                meta.get("trim_borders", False), max_pixels)
         except TooManyPixels as error:
             raise Rejected(413, f"{upload.filename}: {error}") from None
         except DecodeError as error:
@@ -111,20 +117,24 @@ def create_app(run_dir: str | Path, *, max_bytes: int = MAX_BYTES, top_k: int = 
 
     @app.post("/predict")
     async def predict(request: Request, top_k: int = top_k):
-        form = await form_of(request)
-        upload = form.get("file")
-        if not isinstance(upload, UploadFile):
-            raise Rejected(400, "expected a multipart form with the picture in field 'file'")
-        probs = (await classify((await decoded(upload))[None]))[0]
+        with batcher.arriving():
+            form = await form_of(request)
+            upload = form.get("file")
+            if not isinstance(upload, UploadFile):
+                raise Rejected(400, "expected a multipart form with the picture in field 'file'")
+            picture = await decoded(upload)
+        probs = (await classify(picture[None]))[0]
         return {"filename": upload.filename, "top": top(probs, top_k)}
 
     @app.post("/predict/batch")
     async def predict_batch(request: Request, top_k: int = top_k):
-        form = await form_of(request)
-        uploads = [u for u in form.getlist("files") if isinstance(u, UploadFile)]
-        if not uploads or len(uploads) > max_files:
-            raise Rejected(400, f"expected 1 to {max_files} pictures in multipart fields 'files'; got {len(uploads)}")
-        pictures = np.stack([await decoded(u) for u in uploads])
+        with batcher.arriving():
+            form = await form_of(request)
+            uploads = [u for u in form.getlist("files") if isinstance(u, UploadFile)]
+            if not uploads or len(uploads) > max_files:
+                raise Rejected(400, f"expected 1 to {max_files} pictures in multipart fields 'files'; "
+                                    f"got {len(uploads)}")
+            pictures = np.stack([await decoded(u) for u in uploads])
         probs = await classify(pictures)
         return {"results": [{"filename": u.filename, "top": top(p, top_k)} for u, p in zip(uploads, probs)]}
 

@@ -127,9 +127,10 @@ class RowLoader:
         # Streamed: the rows stay in host memory (a GPU they do not fit on) and each batch is copied.
         self.streamed = self.data.images.device.type != device.type
         self.labels = self.data.labels.to(device)
-        memory = available_memory()
         row_bytes = data.images[:1].numel() * data.images.element_size()
         file_bytes = data.images.numel() * data.images.element_size()
+        # (memory is read from /proc only where it decides something: a shuffled, mapped set)
+        memory = available_memory() if shuffle and (order == "quasi" or data.mapped) else 0
         local = shuffle and (order == "quasi" or order == "auto" and data.mapped and file_bytes > memory // 2)
         self.order = BatchOrder(len(data), batch_size, shuffle=shuffle,
                                 device=torch.device("cpu") if self.streamed else device, generator=generator,
