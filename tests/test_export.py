@@ -77,3 +77,26 @@ def test_int8_export_reports_both_models_and_predict_and_evaluate_use_either_bac
     assert main(["predict", str(run), str(tmp_path / "pics"), "--backend", "onnx", "--tta", "--out",
                  str(tmp_path / "p.csv")]) == 0
     assert len((tmp_path / "p.csv").read_text().splitlines()) == 6
+
+
+def test_predict_with_the_onnx_backend_writes_the_same_submission_without_importing_torch(run_dir: Path, tmp_path: Path):
+    import subprocess
+    import sys
+
+    from PIL import Image
+    pictures = tmp_path / "pics"
+    pictures.mkdir()
+    for i in range(12):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (8, 8), dtype=np.uint8)).save(pictures / f"{i}.png")
+    assert main(["predict", str(run_dir), str(pictures), "--proba", "3", "--tta", "--out", str(tmp_path / "torch.csv")]) == 0
+    assert main(["export", str(run_dir)]) == 0  # exporting needs torch; predicting from the file does not
+    script = ("import sys\nfrom imgcls.cli import main\n"
+              f"code = main(['predict', {str(run_dir)!r}, {str(pictures)!r}, '--backend', 'onnx', '--proba', '3', "
+              f"'--tta', '--out', {str(tmp_path / 'onnx.csv')!r}])\n"
+              "print(code, 'torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.stdout.splitlines()[-1].split() == ["0", "False"], done.stderr[-2000:]
+    rows = {name: [line.split(",") for line in (tmp_path / f"{name}.csv").read_text().splitlines()[1:]]
+            for name in ("torch", "onnx")}
+    assert [r[0] for r in rows["onnx"]] == [r[0] for r in rows["torch"]] == [str(i) for i in range(12)]
+    assert [float(r[1]) for r in rows["onnx"]] == pytest.approx([float(r[1]) for r in rows["torch"]], abs=2e-6)

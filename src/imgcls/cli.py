@@ -188,9 +188,13 @@ def _run(args: argparse.Namespace, argv: list[str]) -> None:
         if metrics["skipped"]:
             print(f"{len(metrics['skipped'])} pictures skipped (see the log above)")
     elif args.command == "predict":
-        from .predict import predict
+        if args.backend == "torch":
+            from .predict import predict
+        else:  # onnxruntime and numpy only: no torch import (about 2 s)
+            from .inference import predict_onnx as predict
+        device = {"device": args.device} if args.backend == "torch" else {}  # onnxruntime runs on the CPU
         result = predict(args.run_dir, args.images, args.out, proba=args.proba, template=args.template,
-                         device=args.device, tta=args.tta, cache=_cache_settings(args), backend=args.backend)
+                         tta=args.tta, cache=_cache_settings(args), backend=args.backend, **device)
         print(f"wrote {result['written']} rows to {result['out']} ({len(result['skipped'])} pictures skipped)")
     elif args.command == "export":
         from .export import export

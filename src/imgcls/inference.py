@@ -11,11 +11,14 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from .errors import UserError
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +41,14 @@ class OnnxModel:
     def eval(self) -> "OnnxModel":
         return self
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        array = np.ascontiguousarray(images.detach().cpu().numpy(), dtype=np.float32)  # NCHW, as exported
-        return torch.from_numpy(self.session.run(["logits"], {"input": array})[0])
+    def logits(self, array: np.ndarray) -> np.ndarray:
+        """Logits for NCHW float32 pictures (normalised), as exported."""
+        return self.session.run(["logits"], {"input": np.ascontiguousarray(array, dtype=np.float32)})[0]
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:  # for predict_proba and serve, which have torch
+        import torch
+
+        return torch.from_numpy(self.logits(images.detach().cpu().numpy()))
 
 
 def onnx_path(run_dir: Path, backend: str) -> Path:
@@ -65,3 +73,62 @@ def onnx_path(run_dir: Path, backend: str) -> Path:
 def check_backend(backend: str) -> None:
     if backend not in BACKENDS:
         raise UserError(f"Received: --backend {backend}; expected one of {', '.join(BACKENDS)}")
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits.astype(np.float64) - logits.max(1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(1, keepdims=True))
+
+
+def onnx_probabilities(model: OnnxModel, meta: dict, paths: list[str], *, batch_size: int | None = None,
+                       tta: bool = False, cache=None) -> tuple[np.ndarray, list[str], list[dict]]:
+    """Probabilities for the pictures that decode, their paths and the skipped ones, with numpy and
+    onnxruntime alone: decoded through the persistent cache (data/store.py) as training does, each
+    batch normalised as in training; tta averages with the mirror images' probabilities."""
+    from .data.decode import decode_all
+    from .data.store import CacheSettings, DecodedStore
+
+    cache = cache or CacheSettings()
+    channels, size, trim = meta["channels"], meta["input_size"], meta.get("trim_borders", False)
+    if cache.enabled:
+        store = DecodedStore(cache.root, channels, size, trim, max_gb=cache.max_gb)
+        rows, skipped = store.lookup(paths)
+        pictures, ok = store.array(), np.flatnonzero(rows >= 0)
+        rows = rows[ok]
+    else:
+        pictures, ok, skipped = decode_all(paths, channels, size, trim=trim)
+        rows = np.arange(len(ok))
+    mean = np.asarray(meta["mean"], dtype=np.float32).reshape(1, -1, 1, 1) * 255
+    std = np.asarray(meta["std"], dtype=np.float32).reshape(1, -1, 1, 1) * 255
+    step = batch_size or max(8, min(256, 2**22 // (channels * size * size)))  # as inference_batch_size
+    out = []
+    for start in range(0, len(rows), step):
+        batch = pictures[rows[start:start + step]]
+        batch = (batch.astype(np.float32) - mean) / std
+        log_prob = _log_softmax(model.logits(batch))
+        if tta:
+            mirrored = _log_softmax(model.logits(np.ascontiguousarray(batch[..., ::-1])))
+            log_prob = np.logaddexp(log_prob, mirrored) - np.log(2)
+        out.append(np.exp(log_prob).astype(np.float32))
+    probs = np.concatenate(out) if out else np.zeros((0, len(meta["classes"])), dtype=np.float32)
+    return probs, [paths[i] for i in ok], skipped
+
+
+def predict_onnx(run_dir: str | Path, images: str | Path, out: str | Path, *, proba: str | None = None,
+                 template: str | Path | None = None, batch_size: int | None = None, tta: bool = False,
+                 cache=None, backend: str = "onnx") -> dict:
+    """predict.predict with onnxruntime and without torch: `imgcls predict --backend onnx|int8` starts
+    in a fraction of a second instead of the ~2 s torch takes to import (bench/RESULTS.md)."""
+    from .data.sources import list_pictures
+    from .engine.checkpoint import final_run_dir, read_meta
+    from .submission import check_proba, write_submission
+
+    check_backend(backend)
+    run_dir = final_run_dir(run_dir)
+    meta = read_meta(run_dir)
+    check_proba(proba, meta["classes"])
+    model = OnnxModel(onnx_path(run_dir, backend))
+    paths, skipped = list_pictures(images)
+    probs, kept, failed = onnx_probabilities(model, meta, paths, batch_size=batch_size, tta=tta, cache=cache)
+    return write_submission(probs, kept, skipped + failed, meta["classes"], images, out, proba=proba,
+                            template=template)

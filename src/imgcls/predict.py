@@ -1,8 +1,6 @@
 """A saved run + pictures → probabilities → a submission file, or metrics on labelled pictures."""
 from __future__ import annotations
 
-import csv
-import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,13 +11,14 @@ import torch
 from .data.dataset import DecodedImages, decode_paths, decode_samples, inference_batch_size
 from .data.loader import BatchLoader
 from .data.store import CacheSettings
-from .data.sources import id_sort_key, list_pictures, load_samples
-from .engine.checkpoint import final_run_dir, load_weights, read_meta, write_json, write_text
+from .data.sources import list_pictures, load_samples
+from .engine.checkpoint import final_run_dir, load_weights, read_meta, write_json
 from .engine.device import resolve_device
 from .engine.metrics import classification_metrics
 from .engine.trainer import predict_proba
 from .errors import UserError
 from .models.registry import create_model
+from .submission import check_proba, write_submission
 
 log = logging.getLogger(__name__)
 
@@ -94,63 +93,22 @@ def predict_arrays(run: LoadedRun, array: np.ndarray, names: list[str] | None = 
     return probs
 
 
-def _read_template(path: str | Path) -> tuple[list[str], list[str]]:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"Received: --template {path}; expected an existing CSV file")
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        rows = list(csv.reader(f))
-    if not rows or len(rows[0]) < 2:
-        raise UserError(f"Received: --template {path}; expected a CSV with an id column and a label column")
-    return rows[0][:2], [row[0] for row in rows[1:] if row]
-
-
 def predict(run_dir: str | Path, images: str | Path, out: str | Path, *, proba: str | None = None,
             template: str | Path | None = None, batch_size: int | None = None, device: str = "auto",
             tta: bool = False, cache: CacheSettings | None = None, backend: str = "torch") -> dict:
-    """Write `id,label` per picture (id = file name without extension, numeric ids in numeric order).
+    """Write `id,label` per picture (submission.write_submission: numeric ids in numeric order,
+    proba=CLASS for P(CLASS), template=CSV for its ids and columns). tta=True averages each picture's
+    probabilities with its mirror image's. backend="onnx"/"int8" runs without torch (inference.py)."""
+    if backend != "torch":
+        from .inference import predict_onnx
 
-    proba=CLASS writes P(CLASS) as the label (Kaggle Dogs vs. Cats); template=CSV follows its ids and
-    column names, filling a picture that could not be read with the uniform probability (or the first class).
-    tta=True averages each picture's probabilities with its mirror image's.
-    """
+        return predict_onnx(run_dir, images, out, proba=proba, template=template, batch_size=batch_size, tta=tta,
+                            cache=cache, backend=backend)
     run = load_run(run_dir, device, backend)
-    if proba is not None and proba not in run.classes:
-        raise UserError(f"Received: --proba {proba!r}; expected one of the run's classes: {', '.join(run.classes)}")
+    check_proba(proba, run.classes)
     paths, skipped = list_pictures(images)
     probs, kept, failed = predict_images(run, paths, batch_size, tta, cache)
-    skipped += failed
-    ids = [Path(p).stem for p in kept]
-    if len(set(ids)) < len(ids):
-        raise UserError(f"Received: IMAGES {images} where several pictures share a file name; expected unique ids")
-    if proba is not None:
-        values = [f"{v:.6f}" for v in probs[:, run.classes.index(proba)]]
-        missing_value = f"{1 / len(run.classes):.6f}"
-    else:
-        values = [run.classes[i] for i in probs.argmax(1)]
-        missing_value = run.classes[0]
-    by_id = dict(zip(ids, values))
-    header = ["id", "label"]
-    order = sorted(by_id, key=id_sort_key)
-    if template is not None:
-        header, order = _read_template(template)
-        absent = [i for i in order if i not in by_id]
-        if len(absent) == len(order):
-            raise UserError(f"Received: --template {template} whose ids match no picture in {images}; "
-                            "expected ids equal to the pictures' file names without extension")
-        if absent:
-            log.warning("%d template ids have no readable picture; written as %s (first: %s)",
-                        len(absent), missing_value, absent[0])
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows([i, by_id.get(i, missing_value)] for i in order)
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    write_text(out, buffer.getvalue())
-    for item in skipped:
-        log.warning("skipped %s: %s", item["path"], item["reason"])
-    log.info("wrote %d predictions to %s (%d pictures skipped)", len(order), out, len(skipped))
-    return {"written": len(order), "skipped": skipped, "out": str(out)}
+    return write_submission(probs, kept, skipped + failed, run.classes, images, out, proba=proba, template=template)
 
 
 def evaluate(run_dir: str | Path, source: str, *, labels: str | None = None, id_col: str = "id",

@@ -301,7 +301,7 @@ class DecodedStore(RowStore):
 
     def lookup(self, paths: list[str], desc: str = "decoding") -> tuple[np.ndarray, list[dict[str, str]]]:
         """Rows for `paths`, decoding only the pictures that are new or changed since they were cached."""
-        from .dataset import decode_chunks
+        from .decode import decode_chunks
 
         channels, size = self.row_shape[0], self.row_shape[1]
 

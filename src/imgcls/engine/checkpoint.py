@@ -10,13 +10,12 @@ import logging
 import os
 import secrets
 from pathlib import Path
-from typing import Any, Callable
-
-import torch
-import torch.nn as nn
-from safetensors.torch import load_file, save
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import UserError
+
+if TYPE_CHECKING:  # torch loads only where a function needs it (the onnx backend never does)
+    import torch.nn as nn
 
 WEIGHTS = "model.safetensors"
 META = "model.json"
@@ -48,8 +47,10 @@ def write_json(path: str | Path, data: Any) -> None:
     write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
-def save_model(run_dir: str | Path, model: nn.Module, meta: dict) -> None:
+def save_model(run_dir: str | Path, model: "nn.Module", meta: dict) -> None:
     """model.safetensors + model.json: enough to rebuild the model and predict with no other file."""
+    from safetensors.torch import save
+
     run_dir = Path(run_dir)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     # save() to bytes, not save_file(): the latter replaces the file with one of mode 0600.
@@ -81,7 +82,9 @@ def read_meta(run_dir: str | Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def load_weights(run_dir: str | Path, model: nn.Module) -> None:
+def load_weights(run_dir: str | Path, model: "nn.Module") -> None:
+    from safetensors.torch import load_file
+
     path = Path(run_dir) / WEIGHTS
     if not path.is_file():
         raise UserError(f"Received: RUN_DIR {run_dir} without {WEIGHTS}; expected a folder written by imgcls train")
@@ -90,6 +93,8 @@ def load_weights(run_dir: str | Path, model: nn.Module) -> None:
 
 def save_resume(run_dir: str | Path, state: dict) -> None:
     """Everything --resume needs (model, optimiser, schedule, RNG, epoch, history); tensors and plain data only."""
+    import torch
+
     atomic_write(Path(run_dir) / RESUME, lambda tmp: torch.save(state, tmp))
 
 
@@ -97,5 +102,7 @@ def load_resume(run_dir: str | Path) -> dict:
     path = Path(run_dir) / RESUME
     if not path.is_file():
         raise UserError(f"Received: --resume {run_dir} without {RESUME}; expected a run folder of imgcls train")
+    import torch
+
     # weights_only: never unpickle arbitrary objects from a file, even our own.
     return torch.load(path, map_location="cpu", weights_only=True)

@@ -1,0 +1,72 @@
+"""Probabilities per picture → `id,label` rows (a competition's submission file). No torch: the onnx
+backend writes submissions without loading it (inference.predict_onnx)."""
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from .data.sources import id_sort_key
+from .engine.checkpoint import write_text
+from .errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+def check_proba(proba: str | None, classes: list[str]) -> None:
+    if proba is not None and proba not in classes:
+        raise UserError(f"Received: --proba {proba!r}; expected one of the run's classes: {', '.join(classes)}")
+
+
+def _read_template(path: str | Path) -> tuple[list[str], list[str]]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"Received: --template {path}; expected an existing CSV file")
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        rows = list(csv.reader(f))
+    if not rows or len(rows[0]) < 2:
+        raise UserError(f"Received: --template {path}; expected a CSV with an id column and a label column")
+    return rows[0][:2], [row[0] for row in rows[1:] if row]
+
+
+def write_submission(probs: np.ndarray, kept: list[str], skipped: list[dict], classes: list[str], images: str | Path,
+                     out: str | Path, *, proba: str | None = None, template: str | Path | None = None) -> dict:
+    """Write `id,label` per picture (id = file name without extension, numeric ids in numeric order).
+
+    proba=CLASS writes P(CLASS) as the label (Kaggle Dogs vs. Cats); template=CSV follows its ids and
+    column names, filling a picture that could not be read with the uniform probability (or the first class).
+    """
+    ids = [Path(p).stem for p in kept]
+    if len(set(ids)) < len(ids):
+        raise UserError(f"Received: IMAGES {images} where several pictures share a file name; expected unique ids")
+    if proba is not None:
+        values = [f"{v:.6f}" for v in probs[:, classes.index(proba)]]
+        missing_value = f"{1 / len(classes):.6f}"
+    else:
+        values = [classes[i] for i in probs.argmax(1)]
+        missing_value = classes[0]
+    by_id = dict(zip(ids, values))
+    header = ["id", "label"]
+    order = sorted(by_id, key=id_sort_key)
+    if template is not None:
+        header, order = _read_template(template)
+        absent = [i for i in order if i not in by_id]
+        if len(absent) == len(order):
+            raise UserError(f"Received: --template {template} whose ids match no picture in {images}; "
+                            "expected ids equal to the pictures' file names without extension")
+        if absent:
+            log.warning("%d template ids have no readable picture; written as %s (first: %s)",
+                        len(absent), missing_value, absent[0])
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows([i, by_id.get(i, missing_value)] for i in order)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    write_text(out, buffer.getvalue())
+    for item in skipped:
+        log.warning("skipped %s: %s", item["path"], item["reason"])
+    log.info("wrote %d predictions to %s (%d pictures skipped)", len(order), out, len(skipped))
+    return {"written": len(order), "skipped": skipped, "out": str(out)}
