@@ -53,6 +53,9 @@ NOT_RUN = {
     "python bench/memory_limit.py": "a benchmark under a cgroup memory limit (root, minutes); figures in bench/RESULTS.md",
     "python bench/cache_commands.py": "a benchmark on the real CIFAR-10 and Dogs vs. Cats pictures (root, minutes); "
                                       "figures in bench/RESULTS.md",
+    "python bench/inference.py": "a benchmark on the real datasets (trains four short runs; minutes); "
+                                 "figures in bench/RESULTS.md",
+    "python bench/serve_load.py": "a loopback load test of imgcls serve (minutes); figures in bench/RESULTS.md",
     "python bench/speed.py 'matmul|overhead|layout|pipeline|predict|fashion|cifar10|startup'":
         "benchmarks on the real datasets (up to an hour); figures in bench/RESULTS.md",
 }
