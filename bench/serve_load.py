@@ -7,7 +7,9 @@ multipart `file`) until `--requests` have been answered or 120 s have passed; a 
 at a time; from a git worktree of that commit, `--before-src`), the new one without batching
 (`--max-batch 1`), with micro-batching (`--max-batch 16 --max-wait-ms 5`), and with the onnx backend.
 
-    python bench/serve_load.py [--data ../shared/datasets] [--before-src /tmp/before/src] [--requests 400]
+    git worktree add /tmp/before 19af899   # the server before issue 14, for the "before" rows
+    python bench/serve_load.py [--data ../shared/datasets] [--before-src /tmp/before/src] [--requests 400] \
+        [--model airnet|efficientnet_lite0]
 
 The run folders come from bench/inference.py (run it first). Writes bench/out/serve_load.json and
 appends the table to bench/RESULTS.md.
