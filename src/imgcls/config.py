@@ -21,7 +21,7 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 AUGMENT_PRESETS = ("none", "light", "standard", "strong")
 FREEZE = ("none", "backbone")
 PRECISIONS = ("auto", "fp32", "bf16")
-ORDERS = ("auto", "random", "quasi")  # data.dataset.ORDERS (kept here too: config loads without torch)
+ORDERS = ("auto", "random", "quasi")  # the training order (data/loader.py)
 
 # Named sets of defaults, applied beneath a YAML file and flags (like Ultralytics' default.yaml or
 # fastai's fit_one_cycle defaults). "auto" is "small" when no model is named anywhere, else "none".

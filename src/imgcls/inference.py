@@ -85,7 +85,7 @@ def onnx_probabilities(model: OnnxModel, meta: dict, paths: list[str], *, batch_
     """Probabilities for the pictures that decode, their paths and the skipped ones, with numpy and
     onnxruntime alone: decoded through the persistent cache (data/store.py) as training does, each
     batch normalised as in training; tta averages with the mirror images' probabilities."""
-    from .data.decode import decode_all
+    from .data.decode import decode_all, inference_batch_size
     from .data.store import CacheSettings, DecodedStore
 
     cache = cache or CacheSettings()
@@ -100,7 +100,7 @@ def onnx_probabilities(model: OnnxModel, meta: dict, paths: list[str], *, batch_
         rows = np.arange(len(ok))
     mean = np.asarray(meta["mean"], dtype=np.float32).reshape(1, -1, 1, 1) * 255
     std = np.asarray(meta["std"], dtype=np.float32).reshape(1, -1, 1, 1) * 255
-    step = batch_size or max(8, min(256, 2**22 // (channels * size * size)))  # as inference_batch_size
+    step = batch_size or inference_batch_size(channels, size)
     out = []
     for start in range(0, len(rows), step):
         batch = pictures[rows[start:start + step]]

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data.dataset import DecodedImages, decode_paths, decode_samples, inference_batch_size
+from .data.dataset import DecodedImages, decode_paths, decode_samples
+from .data.decode import inference_batch_size
 from .data.loader import BatchLoader
 from .data.store import CacheSettings
 from .data.sources import list_pictures, load_samples

@@ -11,6 +11,7 @@ pictures are already waiting.
     POST /predict/batch?top_k=5  multipart fields `files`: several pictures (at most `max_files`)
 """
 import asyncio
+import io
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -94,7 +95,6 @@ def create_app(run_dir: str | Path, *, max_bytes: int = MAX_BYTES, top_k: int = 
         data = await upload.read()
         if len(data) > max_bytes:
             raise Rejected(413, f"picture of {len(data)} bytes; the limit is {max_bytes} bytes")
-        import io
         try:
             # A pool of one thread per core: more concurrent decodes would only fight the model for the CPU.
             return await asyncio.get_running_loop().run_in_executor(

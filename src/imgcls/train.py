@@ -14,7 +14,8 @@ import torch
 from . import __version__
 from .config import TrainConfig, config_from_dict, config_to_dict, load_yaml
 from .data.augment import BatchAugment, batch_mixer
-from .data.dataset import DecodedImages, inference_batch_size
+from .data.dataset import DecodedImages
+from .data.decode import inference_batch_size
 from .data.loader import BatchLoader
 from .data.prepare import PreparedData, load_training_samples, prepare_data
 from .data.store import CacheSettings

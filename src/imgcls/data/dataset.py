@@ -46,9 +46,14 @@ class DecodedImages:
         return DecodedImages(self.images, self.labels[index], [self.paths[i] for i in indices], rows, self.mapped)
 
     @property
+    def row_bytes(self) -> int:
+        """Bytes of one picture's row."""
+        return self.images[:1].numel() * self.images.element_size()
+
+    @property
     def nbytes(self) -> int:
         """Bytes of this set's rows."""
-        return len(self) * self.images[:1].numel() * self.images.element_size()
+        return len(self) * self.row_bytes
 
     def file_rows(self) -> np.ndarray:
         """Each picture's row in `images` (its place in the cache file)."""
@@ -91,10 +96,3 @@ def decode_paths(paths: list[str], labels: np.ndarray, channels: int, size: int,
 def decode_samples(samples: Samples, channels: int, size: int, desc: str = "decoding", trim: bool = False,
                    cache: CacheSettings | None = None) -> tuple[DecodedImages, list[dict[str, str]]]:
     return decode_paths(samples.paths, samples.labels, channels, size, desc, trim, cache)
-
-
-def inference_batch_size(channels: int, size: int) -> int:
-    """Pictures per forward pass without gradients: about 4M input values, 8 to 256. On the CPU, larger
-    batches of large pictures run slower (EfficientNet-Lite0 at 224 px: 38 pictures/s at 16-32,
-    30 at 64, 19 at 256), as their activations no longer fit in cache."""
-    return max(8, min(256, 2**22 // (channels * size * size)))

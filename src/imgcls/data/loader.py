@@ -11,13 +11,11 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from ..config import ORDERS
 from .dataset import DecodedImages
 from .store import available_memory
 
 log = logging.getLogger(__name__)
-
-ORDERS = ("auto", "random", "quasi")
-
 
 def quasi_random(file_rows: np.ndarray, block_rows: int, window_blocks: int, generator: torch.Generator) -> torch.Tensor:
     """A shuffle that keeps reads local (FFCV's QUASI_RANDOM): positions sorted by their place in the
@@ -127,15 +125,14 @@ class RowLoader:
         # Streamed: the rows stay in host memory (a GPU they do not fit on) and each batch is copied.
         self.streamed = self.data.images.device.type != device.type
         self.labels = self.data.labels.to(device)
-        row_bytes = data.images[:1].numel() * data.images.element_size()
-        file_bytes = data.images.numel() * data.images.element_size()
+        file_bytes = len(data.images) * data.row_bytes
         # (memory is read from /proc only where it decides something: a shuffled, mapped set)
         memory = available_memory() if shuffle and (order == "quasi" or data.mapped) else 0
         local = shuffle and (order == "quasi" or order == "auto" and data.mapped and file_bytes > memory // 2)
         self.order = BatchOrder(len(data), batch_size, shuffle=shuffle,
                                 device=torch.device("cpu") if self.streamed else device, generator=generator,
                                 drop_last=drop_last, ranks=shard[1], file_rows=data.file_rows() if local else None,
-                                row_bytes=row_bytes, memory=memory)
+                                row_bytes=data.row_bytes, memory=memory)
         # (rank, world): every rank walks the same shuffled global batches and keeps its slice of each,
         # so N processes with batch B train like one process with batch B.
         self.rank, self.world = shard

@@ -80,8 +80,7 @@ def available_memory() -> int:
             _, controllers, group = line.split(":", 2)
             folder = (Path("/sys/fs/cgroup/memory") / group.lstrip("/") if "memory" in controllers.split(",")
                       else Path("/sys/fs/cgroup") / group.lstrip("/") if controllers == "" else None)
-            for limit_name, usage_name in (("memory.limit_in_bytes", "memory.usage_in_bytes"),
-                                           ("memory.max", "memory.current")):
+            for limit_name in ("memory.limit_in_bytes", "memory.max"):  # cgroup v1, v2
                 if folder is not None and (folder / limit_name).is_file():
                     limit = (folder / limit_name).read_text().strip()
                     if limit != "max" and int(limit) < 2**60:
@@ -203,12 +202,12 @@ class RowStore:
             with entry_lock(self.dir):  # other processes (tune trials, torchrun ranks) wait here
                 index = self._read_index()  # another process may have computed them while we waited
                 stale = self._stale(index, keys, signatures)
-                if not stale:
-                    log.info("cache: another process %s these %d pictures while this one waited %.1f s for %s",
-                             DONE.get(desc, desc), len(paths), time.perf_counter() - waited, self.dir)
                 if stale:
                     index = self._append(index, [keys[i] for i in stale], [signatures[i] for i in stale],
                                          compute, stale, desc)
+                else:
+                    log.info("cache: another process %s these %d pictures while this one waited %.1f s for %s",
+                             DONE.get(desc, desc), len(paths), time.perf_counter() - waited, self.dir)
                 self._mapped = self._map(index["rows"])
             evict(self.root, self.max_gb, keep=self.dir)
         else:

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..data.dataset import DecodedImages, inference_batch_size
+from ..data.dataset import DecodedImages
+from ..data.decode import inference_batch_size
 from ..data.loader import BatchLoader, RowLoader
 from ..data.store import CacheSettings, RowStore
 
