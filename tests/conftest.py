@@ -72,3 +72,33 @@ def filename_folder(tmp_path: Path) -> Path:
 def folder_snapshot(root: Path) -> dict[str, bytes]:
     """Every file's bytes, to prove a command left the user's files as they were."""
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _shape_mask(shape: str, side: int) -> np.ndarray:
+    """A side x side mask: a plus sign or a hollow square, the same bright ink (only the shape differs)."""
+    mask = np.zeros((side, side), dtype=bool)
+    if shape == "cross":
+        mask[side // 2, :] = mask[:, side // 2] = True
+    else:
+        mask[0, :] = mask[-1, :] = mask[:, 0] = mask[:, -1] = True
+    return mask
+
+
+def write_object_folders(root: Path, per_class: int = 40, size: int = 32, side: int = 7,
+                         seed: int = 0) -> dict[str, tuple[int, int, int, int]]:
+    """Class folders cross/ and square/ where the class is decided only by a small shape at a random
+    place on a noisy grey background; returns each picture's object box (left, top, right, bottom),
+    in pixels, right and bottom exclusive (the Grad-CAM localisation check)."""
+    rng = np.random.default_rng(seed)
+    boxes = {}
+    for shape in ("cross", "square"):
+        folder = root / shape
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            picture = np.clip(rng.normal(110, 35, (size, size, 3)), 0, 255)
+            x, y = (int(v) for v in rng.integers(0, size - side + 1, 2))
+            picture[y:y + side, x:x + side][_shape_mask(shape, side)] = (255, 230, 40)
+            path = folder / f"{i}.png"
+            Image.fromarray(picture.astype(np.uint8), "RGB").save(path)
+            boxes[str(path)] = (x, y, x + side, y + side)
+    return boxes

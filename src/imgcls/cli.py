@@ -158,6 +158,8 @@ def _cmd_models(args: argparse.Namespace) -> None:
     print(f"{args.name}: input {size}x{size}x{chans}, {args.classes} classes")
     print(format_summary(summarize(model, chans, size), model))
     print("blocks (for --unfreeze):", ", ".join(n for group in model.block_groups() for n, _ in group))
+    from .gradcam import default_layers
+    print("Grad-CAM layer (imgcls explain's default --layer):", ", ".join(default_layers(model, chans, size)))
 
 
 def _run(args: argparse.Namespace, argv: list[str]) -> None:
@@ -194,7 +196,8 @@ def _run(args: argparse.Namespace, argv: list[str]) -> None:
             from .inference import predict_onnx as predict
         device = {"device": args.device} if args.backend == "torch" else {}  # onnxruntime runs on the CPU
         result = predict(args.run_dir, args.images, args.out, proba=args.proba, template=args.template,
-                         tta=args.tta, cache=_cache_settings(args), backend=args.backend, **device)
+                         tta=args.tta, cache=_cache_settings(args), backend=args.backend,
+                         label_format=args.label_format, **device)
         print(f"wrote {result['written']} rows to {result['out']} ({len(result['skipped'])} pictures skipped)")
     elif args.command == "export":
         from .export import export
@@ -206,6 +209,13 @@ def _run(args: argparse.Namespace, argv: list[str]) -> None:
             print(f"int8 on {q['validation_pictures']} validation pictures: accuracy {q['int8']['accuracy']:.4f} "
                   f"(fp32 {q['fp32']['accuracy']:.4f}, {q['accuracy_delta_points']:+.2f} points), "
                   f"{q['int8']['pictures_per_s']:.0f} pictures/s (fp32 {q['fp32']['pictures_per_s']:.0f})")
+    elif args.command == "explain":
+        from .explain import explain
+        result = explain(args.run_dir, args.images, args.out, method=args.method, layer=args.layer,
+                         class_name=args.class_name, top=args.top, device=args.device)
+        print(f"explained {result['explained']} pictures ({', '.join(result['method'])} on "
+              f"{', '.join(result['layers'])}) -> {result['out']}/explain.csv, "
+              f"{result['out']}/contact.png ({len(result['skipped'])} pictures skipped)")
     elif args.command == "serve":
         # Before torch loads: its OpenMP threads would otherwise spin after every model call, taking the
         # cores from the decoding threads and the event loop (airnet, 1 client: 102 → 281 requests/s).

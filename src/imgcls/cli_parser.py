@@ -92,6 +92,8 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
                                              "entries beyond this size (default: 20)")),
                      ("--order", dict(choices=["auto", "random", "quasi"], help="training order; quasi keeps "
                                       "reads local in a cache file larger than memory (auto: quasi then)")),
+                     ("--class-names", dict(metavar="FILE|A,B,...", help="names for the data's labels: a file "
+                                            "(one name a line, or label,name rows) or comma-separated names")),
                      ("--config", dict(metavar="YAML", help="settings file; flags override it"))]:
         parser.add_argument(flag, **kw)
     _add_cache_flags(parser)
@@ -174,6 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="FILE.csv", required=True)
     p.add_argument("--proba", metavar="CLASS", help="write P(CLASS) instead of the class name")
     p.add_argument("--template", metavar="SAMPLE.csv", help="follow this CSV's ids and column names")
+    p.add_argument("--label-format", default="name", choices=["name", "index"],
+                   help="name (default) or index: the class's position 0..K-1 (a run with --class-names whose "
+                        "submission wants the number)")
     p.add_argument("--tta", action="store_true", help="average with the horizontally flipped picture")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     _add_backend_flag(p)
@@ -186,6 +191,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cache_flags(x)
     x.add_argument("--quantize", choices=["int8"], help="also RUN_DIR/model.int8.onnx: static int8, calibrated "
                    "on the run's validation pictures; prints both models' validation accuracy and speed")
+
+    g = sub.add_parser("explain", help="Grad-CAM heatmaps: where a run looks in each picture")
+    g.add_argument("run_dir", metavar="RUN_DIR")
+    g.add_argument("images", metavar="PICTURES", help="a picture or a folder of pictures")
+    g.add_argument("--out", metavar="DIR", required=True, help="overlays, contact.png and explain.csv go here")
+    g.add_argument("--method", default="auto", choices=["auto", "gradcam", "gradcam++", "hirescam"],
+                   help="auto (default): gradcam for backbones that average-pool their last block, hirescam "
+                        "for heads that see each position (flatten, max pool)")
+    g.add_argument("--layer", metavar="NAME", help="a block name from `imgcls models NAME` (default: the last "
+                   "spatial block of each backbone)")
+    g.add_argument("--class", dest="class_name", metavar="NAME", help="explain this class (default: the predicted one)")
+    g.add_argument("--top", type=int, default=1, metavar="N", help="explain each picture's N most probable classes")
+    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
 
     w = sub.add_parser("serve", help="a web page and JSON endpoint to try a run")
     w.add_argument("run_dir", metavar="RUN_DIR")

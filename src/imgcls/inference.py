@@ -116,7 +116,7 @@ def onnx_probabilities(model: OnnxModel, meta: dict, paths: list[str], *, batch_
 
 def predict_onnx(run_dir: str | Path, images: str | Path, out: str | Path, *, proba: str | None = None,
                  template: str | Path | None = None, batch_size: int | None = None, tta: bool = False,
-                 cache=None, backend: str = "onnx") -> dict:
+                 cache=None, backend: str = "onnx", label_format: str = "name") -> dict:
     """predict.predict with onnxruntime and without torch: `imgcls predict --backend onnx|int8` starts
     in a fraction of a second instead of the ~2 s torch takes to import (bench/RESULTS.md)."""
     from .data.sources import list_pictures
@@ -131,4 +131,4 @@ def predict_onnx(run_dir: str | Path, images: str | Path, out: str | Path, *, pr
     paths, skipped = list_pictures(images)
     probs, kept, failed = onnx_probabilities(model, meta, paths, batch_size=batch_size, tta=tta, cache=cache)
     return write_submission(probs, kept, skipped + failed, meta["classes"], images, out, proba=proba,
-                            template=template)
+                            template=template, label_format=label_format)

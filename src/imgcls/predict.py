@@ -96,20 +96,23 @@ def predict_arrays(run: LoadedRun, array: np.ndarray, names: list[str] | None = 
 
 def predict(run_dir: str | Path, images: str | Path, out: str | Path, *, proba: str | None = None,
             template: str | Path | None = None, batch_size: int | None = None, device: str = "auto",
-            tta: bool = False, cache: CacheSettings | None = None, backend: str = "torch") -> dict:
+            tta: bool = False, cache: CacheSettings | None = None, backend: str = "torch",
+            label_format: str = "name") -> dict:
     """Write `id,label` per picture (submission.write_submission: numeric ids in numeric order,
-    proba=CLASS for P(CLASS), template=CSV for its ids and columns). tta=True averages each picture's
-    probabilities with its mirror image's. backend="onnx"/"int8" runs without torch (inference.py)."""
+    proba=CLASS for P(CLASS), template=CSV for its ids and columns, label_format="index" for class
+    positions). tta=True averages each picture's probabilities with its mirror image's.
+    backend="onnx"/"int8" runs without torch (inference.py)."""
     if backend != "torch":
         from .inference import predict_onnx
 
         return predict_onnx(run_dir, images, out, proba=proba, template=template, batch_size=batch_size, tta=tta,
-                            cache=cache, backend=backend)
+                            cache=cache, backend=backend, label_format=label_format)
     run = load_run(run_dir, device, backend)
     check_proba(proba, run.classes)
     paths, skipped = list_pictures(images)
     probs, kept, failed = predict_images(run, paths, batch_size, tta, cache)
-    return write_submission(probs, kept, skipped + failed, run.classes, images, out, proba=proba, template=template)
+    return write_submission(probs, kept, skipped + failed, run.classes, images, out, proba=proba, template=template,
+                            label_format=label_format)
 
 
 def evaluate(run_dir: str | Path, source: str, *, labels: str | None = None, id_col: str = "id",
@@ -118,7 +121,9 @@ def evaluate(run_dir: str | Path, source: str, *, labels: str | None = None, id_
              cache: CacheSettings | None = None, backend: str = "torch") -> dict:
     """Score a saved run on labelled pictures (same layouts as train); classes are matched by name."""
     run = load_run(run_dir, device, backend)
-    samples = load_samples(source, labels, id_col, label_col, ext, label_pattern, classes=run.classes)
+    # Matched by the data's own labels (a run with --class-names knows them as given_classes).
+    samples = load_samples(source, labels, id_col, label_col, ext, label_pattern,
+                           classes=run.meta.get("given_classes") or run.classes)
     if not len(samples):
         raise UserError(f"Received: {source} with no picture of the run's classes; expected some of "
                         f"{', '.join(run.classes)}")

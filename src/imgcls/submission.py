@@ -32,13 +32,21 @@ def _read_template(path: str | Path) -> tuple[list[str], list[str]]:
     return rows[0][:2], [row[0] for row in rows[1:] if row]
 
 
+LABEL_FORMATS = ("name", "index")
+
+
 def write_submission(probs: np.ndarray, kept: list[str], skipped: list[dict], classes: list[str], images: str | Path,
-                     out: str | Path, *, proba: str | None = None, template: str | Path | None = None) -> dict:
+                     out: str | Path, *, proba: str | None = None, template: str | Path | None = None,
+                     label_format: str = "name") -> dict:
     """Write `id,label` per picture (id = file name without extension, numeric ids in numeric order).
 
     proba=CLASS writes P(CLASS) as the label (Kaggle Dogs vs. Cats); template=CSV follows its ids and
     column names, filling a picture that could not be read with the uniform probability (or the first class).
+    label_format="index" writes the class's position (0..K-1) instead of its name: what Fashion-MNIST's
+    submission wants from a run whose classes got names (--class-names).
     """
+    if label_format not in LABEL_FORMATS:
+        raise UserError(f"Received: --label-format {label_format}; expected one of {', '.join(LABEL_FORMATS)}")
     ids = [Path(p).stem for p in kept]
     if len(set(ids)) < len(ids):
         raise UserError(f"Received: IMAGES {images} where several pictures share a file name; expected unique ids")
@@ -46,8 +54,9 @@ def write_submission(probs: np.ndarray, kept: list[str], skipped: list[dict], cl
         values = [f"{v:.6f}" for v in probs[:, classes.index(proba)]]
         missing_value = f"{1 / len(classes):.6f}"
     else:
-        values = [classes[i] for i in probs.argmax(1)]
-        missing_value = classes[0]
+        shown = [str(i) for i in range(len(classes))] if label_format == "index" else classes
+        values = [shown[i] for i in probs.argmax(1)]
+        missing_value = shown[0]
     by_id = dict(zip(ids, values))
     header = ["id", "label"]
     order = sorted(by_id, key=id_sort_key)

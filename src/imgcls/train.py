@@ -115,11 +115,13 @@ def _resolve(config: TrainConfig | None, resume: str | Path | None, overrides: d
     return config, load_resume(run_dir) if (run_dir / RESUME).is_file() else None
 
 
-def _model_meta(config: TrainConfig, classes: list[str], channels: int, size: int) -> dict:
+def _model_meta(config: TrainConfig, data: PreparedData) -> dict:
     spec = get_spec(config.model)
+    classes, channels, size = data.classes, data.channels, data.size
     return {"format": "imgcls-model/1", "imgcls_version": __version__, "architecture": config.model,
             "trim_borders": config.data.clean,
             "model_args": dict(config.model_args), "num_classes": len(classes), "classes": classes,
+            **({"given_classes": data.given_classes} if data.given_classes else {}),
             "input_size": size, "channels": channels, "mean": channel_stats(spec.mean, channels),
             "std": channel_stats(spec.std, channels), "config": config_to_dict(config)}
 
@@ -139,7 +141,7 @@ def _write_samples(folder: RunFolder, config: TrainConfig, data: PreparedData) -
 def _build(config: TrainConfig, data: PreparedData, device: torch.device, generator: torch.Generator,
            ranks) -> Built:
     """The model (weights, freezing, layout, DDP) and its loaders, over cached features where possible."""
-    meta = _model_meta(config, data.classes, data.channels, data.size)
+    meta = _model_meta(config, data)
     model = _build_model(config, len(data.classes), data.channels, data.size).to(device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)

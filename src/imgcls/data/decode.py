@@ -10,6 +10,7 @@ import logging
 import multiprocessing
 import os
 from collections import deque
+from dataclasses import dataclass
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from functools import partial
 from itertools import islice
@@ -135,6 +136,43 @@ def decode_image(path: str | BinaryIO, channels: int, size: int | None, trim: bo
     """
     img = open_picture(path, draft=("L" if channels == 1 else "RGB", size) if size is not None else None,
                        max_pixels=max_pixels)
+    return _to_array(img, path, channels, size, trim)[0]
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where the model's square input sits in the picture: the picture's own size (EXIF-oriented)
+    and the region that was resized to the input (the trim box, else the whole picture), in its pixels."""
+
+    width: int
+    height: int
+    box: tuple[float, float, float, float]  # left, top, right, bottom
+
+    def to_picture(self, x: float, y: float, size: int) -> tuple[float, float]:
+        """An input pixel's centre (x, y) of a size x size input → the picture's pixel coordinates."""
+        left, top, right, bottom = self.box
+        return left + (x + 0.5) * (right - left) / size - 0.5, top + (y + 0.5) * (bottom - top) / size - 0.5
+
+
+def decode_with_geometry(path: str | BinaryIO, channels: int, size: int, trim: bool = False,
+                         max_pixels: int | None = None) -> tuple[np.ndarray, Geometry]:
+    """decode_image, and the Geometry that maps the input's pixels back to the picture's (imgcls explain)."""
+    img = open_picture(path, draft=("L" if channels == 1 else "RGB", size), max_pixels=max_pixels)
+    if not isinstance(path, str):
+        path.seek(0)
+    with Image.open(path) as header:  # the full size: a JPEG may have been drafted to a smaller scale
+        width, height = header.size
+        if header.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF orientations that swap the sides
+            width, height = height, width
+    array, box = _to_array(img, path, channels, size, trim)
+    # A JPEG drafted to a smaller scale: its trim box is in the drafted picture's pixels.
+    sx, sy = width / img.width, height / img.height
+    left, top, right, bottom = box or (0, 0, img.width, img.height)
+    return array, Geometry(width, height, (left * sx, top * sy, right * sx, bottom * sy))
+
+
+def _to_array(img: Image.Image, path, channels: int, size: int | None,
+              trim: bool) -> tuple[np.ndarray, tuple[int, int, int, int] | None]:
     try:
         img = _convert(img, channels)
         box = border_box(img) if trim else None
@@ -147,7 +185,7 @@ def decode_image(path: str | BinaryIO, channels: int, size: int | None, trim: bo
         raise DecodeError(_reason(error, path)) from None
     if array.ndim == 2:
         array = array[:, :, None]
-    return array.transpose(2, 0, 1).copy()  # contiguous and writable (Pillow's buffer is read-only)
+    return array.transpose(2, 0, 1).copy(), box  # contiguous and writable (Pillow's buffer is read-only)
 
 
 GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")

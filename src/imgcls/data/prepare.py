@@ -15,6 +15,7 @@ import numpy as np
 from ..config import TrainConfig
 from ..errors import UserError
 from ..runs import RunFolder, read_split
+from .class_names import parse_class_names
 from .dataset import DecodedImages, decode_samples
 from .decode import probe_pictures
 from .sources import Samples, load_samples
@@ -33,6 +34,7 @@ class PreparedData:
     classes: list[str]
     channels: int
     size: int
+    given_classes: list[str] | None  # the data's own labels when --class-names renamed them
     skipped: list[dict]
     excluded: list[str]
     dropped: dict[str, str]
@@ -60,6 +62,8 @@ def _data_kwargs(config: TrainConfig, source: str) -> dict:
 def load_training_samples(config: TrainConfig) -> tuple[Samples, list[str]]:
     """The source's labelled pictures less --exclude's; at least two classes must remain."""
     samples, excluded = _exclude(config, load_samples(**_data_kwargs(config, config.data.source)))
+    if config.class_names:
+        samples = samples.renamed(parse_class_names(config.class_names, samples.classes))
     if len(samples.classes) < 2:
         raise UserError(f"Received: {config.data.source} with a single class ({samples.classes[0]!r}); "
                         "expected pictures of at least two classes")
@@ -81,7 +85,10 @@ def prepare_data(config: TrainConfig, samples: Samples, excluded: list[str], fol
     skipped = samples.skipped + skipped
     if config.data.val:
         # A separate validation folder uses the same layout flags; its classes must be the training ones.
-        val_samples = load_samples(**_data_kwargs(config, config.data.val), classes=samples.classes)
+        val_samples = load_samples(**_data_kwargs(config, config.data.val),
+                                   classes=samples.given_classes or samples.classes)
+        if samples.given_classes:
+            val_samples = val_samples.renamed(samples.classes)
         train_data, (val_data, val_skipped) = decoded, decode_samples(val_samples, channels, size, trim=trim, cache=cache)
         skipped += val_samples.skipped + val_skipped
     else:
@@ -90,7 +97,8 @@ def prepare_data(config: TrainConfig, samples: Samples, excluded: list[str], fol
     if len(train_data) == 0 or len(val_data) == 0:
         raise UserError(f"Received: {config.data.source} where no {'training' if not len(train_data) else 'validation'} "
                         "picture could be decoded; expected readable pictures (see the skipped list above)")
-    return PreparedData(train_data, val_data, samples.classes, channels, size, skipped, excluded, dropped)
+    return PreparedData(train_data, val_data, samples.classes, channels, size, samples.given_classes, skipped,
+                        excluded, dropped)
 
 
 def picture_shape(config: TrainConfig, spec, samples: Samples) -> tuple[int, int]:

@@ -30,12 +30,19 @@ class Samples:
     labels: np.ndarray
     classes: list[str]
     skipped: list[dict[str, str]] = field(default_factory=list)
+    # The labels as the data spells them, when --class-names renamed the classes (CSV labels 0..9 →
+    # T-shirt/top, ...); same order as `classes`. A later evaluate matches the data's labels by these.
+    given_classes: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def subset(self, indices: np.ndarray) -> "Samples":
-        return Samples([self.paths[i] for i in indices], self.labels[indices], self.classes, [])
+        return Samples([self.paths[i] for i in indices], self.labels[indices], self.classes, [], self.given_classes)
+
+    def renamed(self, names: list[str]) -> "Samples":
+        """The same samples with their classes called `names` (one per class, in class order)."""
+        return Samples(self.paths, self.labels, list(names), self.skipped, self.given_classes or self.classes)
 
     def without(self, paths: set[str] | dict[str, str]) -> "Samples":
         """The same samples less `paths`; the list of skipped files is kept."""
