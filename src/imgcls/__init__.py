@@ -18,7 +18,7 @@ _EXPORTS = {
     "Samples": "data.sources", "from_csv": "data.sources", "from_filenames": "data.sources",
     "from_folder": "data.sources", "load_samples": "data.sources",
     "UserError": "errors",
-    "export": "export",
+    "export": "export", "explain": "explain",
     "FinetuneResult": "finetune", "finetune": "finetune",
     "create_model": "models.registry", "get_spec": "models.registry", "list_models": "models.registry",
     "evaluate": "predict", "load_run": "predict", "predict": "predict", "predict_images": "predict",
@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from .config import DataConfig, TrainConfig, resolve_config  # noqa: F401
     from .data.sources import Samples, from_csv, from_filenames, from_folder, load_samples  # noqa: F401
     from .errors import UserError  # noqa: F401
+    from .explain import explain  # noqa: F401
     from .export import export  # noqa: F401
     from .finetune import FinetuneResult, finetune  # noqa: F401
     from .models.registry import create_model, get_spec, list_models  # noqa: F401
@@ -38,8 +39,9 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
 
 
 class _PublicAPI(types.ModuleType):
-    """The package module. Importing a submodule sets it as an attribute of its package, and four
-    submodules share their name with the function they define (train, predict, export, finetune):
+    """The package module. Importing a submodule sets it as an attribute of its package, and five
+    submodules share their name with the function they define (train, predict, export, finetune,
+    explain):
     `imgcls.train` must stay the function, as it was when these names were imported eagerly."""
 
     def __setattr__(self, name: str, value: Any) -> None:

@@ -8,6 +8,7 @@ import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -17,6 +18,9 @@ from .data.sources import list_pictures
 from .engine.checkpoint import atomic_write, write_text
 from .errors import UserError
 from .gradcam import default_layers, explain_batch, find_layer, peak
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 log = logging.getLogger(__name__)
 
