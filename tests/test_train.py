@@ -16,7 +16,7 @@ from .conftest import folder_snapshot
 
 RUN_FILES = {"config.yaml", "model.safetensors", "model.json", "history.csv", "metrics.json", "data.json",
              "split.csv", "curves.png", "confusion.png", "samples.png", "val_predictions.png", "report.html",
-             "resume.pt"}
+             "resume.pt", "per_class.png", "reliability.png", "top_losses.png"}
 
 
 def small_run(data: Path, out: Path, **kw):

@@ -255,7 +255,7 @@ def _write_run(folder: RunFolder, built: Built, trainer: Trainer, data: Prepared
     folder.write_metrics(metrics)
     folder.write_predictions("val_predictions.csv", data.val.paths, labels, probs, classes)
     if report:
-        _write_plots(folder, state, metrics, data.val, labels, probs, classes)
+        _write_plots(folder, built, state, metrics, data.val, labels, probs, classes)
         folder.write_report()
     val = metrics["validation"]
     log.info("best epoch %d: val accuracy %.4f, log loss %.4f → %s", state.best_epoch, val["accuracy"],
@@ -263,15 +263,12 @@ def _write_run(folder: RunFolder, built: Built, trainer: Trainer, data: Prepared
     return RunResult(folder.path, state.best_epoch, val["accuracy"], val["log_loss"], seconds)
 
 
-def _write_plots(folder: RunFolder, state, metrics: dict, val: DecodedImages, labels: np.ndarray, probs: np.ndarray,
-                 classes: list[str]) -> None:
-    """curves.png, confusion.png and val_predictions.png (predicted / true, wrong in red)."""
-    from .report.plots import plot_confusion, plot_curves, plot_grid
+def _write_plots(folder: RunFolder, built: Built, state, metrics: dict, val: DecodedImages, labels: np.ndarray,
+                 probs: np.ndarray, classes: list[str]) -> None:
+    """curves.png, confusion.png and the interpretation pictures (report/interpretation.py)."""
+    from .report.interpretation import write_interpretation
+    from .report.plots import plot_confusion, plot_curves
 
     folder.save_figure(plot_curves(state.history, state.best_epoch), "curves.png")
     folder.save_figure(plot_confusion(np.asarray(metrics["validation"]["confusion"]), classes), "confusion.png")
-    idx = pick_examples(labels, 32, seed=1)
-    predicted = probs.argmax(1)
-    titles = [f"{classes[predicted[i]]}/{classes[labels[i]]}" for i in idx]
-    colors = ["black" if predicted[i] == labels[i] else "red" for i in idx]
-    folder.save_figure(plot_grid(val.pictures(idx).numpy(), titles, colors), "val_predictions.png")
+    write_interpretation(folder, built.model, built.meta, metrics, val, labels, probs, classes)

@@ -33,8 +33,37 @@ def per_class(matrix: np.ndarray, classes: list[str]) -> dict[str, dict[str, flo
             for name, p, r, s in zip(classes, precision, recall, actual)}
 
 
+def reliability(labels: np.ndarray, probs: np.ndarray, bins: int = 15) -> tuple[list[dict], float]:
+    """Confidence (the top probability) in equal-width bins: per bin its count, mean confidence and
+    accuracy; and the expected calibration error, sum over bins of count/N * |accuracy - confidence|
+    (Guo et al. 2017, 15 bins)."""
+    if not len(labels):
+        return [], float("nan")
+    confidence, correct = probs.max(1), probs.argmax(1) == labels
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
+    rows, ece = [], 0.0
+    for b in range(bins):
+        members = which == b
+        if members.any():
+            conf, acc = float(confidence[members].mean()), float(correct[members].mean())
+            ece += members.mean() * abs(acc - conf)
+            rows.append({"low": float(edges[b]), "high": float(edges[b + 1]), "count": int(members.sum()),
+                         "confidence": round(conf, 6), "accuracy": round(acc, 6)})
+    return rows, float(ece)
+
+
+def most_confused(matrix: np.ndarray, classes: list[str], top: int = 10) -> list[tuple[str, str, int]]:
+    """(true, predicted, count) for the largest off-diagonal cells (fastai's most_confused)."""
+    matrix = np.asarray(matrix)
+    pairs = [(classes[i], classes[j], int(matrix[i, j])) for i in range(len(classes)) for j in range(len(classes))
+             if i != j and matrix[i, j] > 0]
+    return sorted(pairs, key=lambda p: -p[2])[:top]
+
+
 def classification_metrics(labels: np.ndarray, probs: np.ndarray, classes: list[str]) -> dict:
     matrix = confusion(labels, probs.argmax(1), len(classes))
     return {"accuracy": round(accuracy(labels, probs), 6), "log_loss": round(log_loss(labels, probs), 6),
+            "ece": round(reliability(labels, probs)[1], 6),
             "count": int(len(labels)), "per_class": per_class(matrix, classes),
             "confusion": matrix.tolist(), "classes": classes}

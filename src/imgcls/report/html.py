@@ -7,9 +7,14 @@ import json
 from pathlib import Path
 
 from ..engine.checkpoint import write_text
+from ..engine.metrics import most_confused
 
 PICTURES = [("curves.png", "Learning curves"), ("confusion.png", "Confusion matrix (validation)"),
-            ("val_predictions.png", "Validation pictures: predicted / true (wrong in red)"),
+            ("per_class.png", "Precision and recall per class (validation)"),
+            ("reliability.png", "Reliability: is a 90 % prediction right 90 % of the time?"),
+            ("top_losses.png", "Top losses: predicted / true, with where the model looked (Grad-CAM)"),
+            ("confused.png", "Most confused pairs: examples, true→predicted (count)"),
+            ("val_predictions.png", "Validation pictures, wrong ones first: predicted / true (wrong in red)"),
             ("samples.png", "Training pictures"),
             ("suspects.png", "Suspect labels (imgcls audit): given→predicted (P(given))")]
 
@@ -30,10 +35,15 @@ def write_report(run_dir: str | Path) -> Path:
              f"<p>Model <b>{html.escape(meta['architecture'])}</b>, {meta['input_size']} px, "
              f"{meta['channels']} channel(s), {len(meta['classes'])} classes. Best epoch {metrics['best_epoch']} "
              f"of {metrics['epochs_run']}: validation accuracy <b>{val['accuracy']:.4f}</b>, "
-             f"log loss <b>{val['log_loss']:.4f}</b> on {val['count']} pictures; "
+             f"log loss <b>{val['log_loss']:.4f}</b>, expected calibration error {val.get('ece', float('nan')):.4f} "
+             f"on {val['count']} pictures; "
              f"training took {metrics['train_seconds']:.1f} s.</p>"]
     per_class = [[name, v["precision"], v["recall"], v["support"]] for name, v in val["per_class"].items()]
     parts.append("<h2>Per class (validation)</h2>" + _table(per_class, ["class", "precision", "recall", "support"]))
+    confused = most_confused(val["confusion"], meta["classes"])
+    if confused:
+        parts.append("<h2>Most confused (validation)</h2>" + _table([list(p) for p in confused],
+                                                                     ["true", "predicted", "count"]))
     counts = [[name, data["counts"]["train"].get(name, 0), data["counts"]["val"].get(name, 0)]
               for name in meta["classes"]]
     parts.append("<h2>Data</h2>" + _table(counts, ["class", "train", "validation"]))

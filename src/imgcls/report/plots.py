@@ -121,3 +121,42 @@ def plot_bars(values: dict[str, float], title: str) -> Figure:
         ax.set_title(title)
         fig.tight_layout()
     return fig
+
+
+def plot_precision_recall(per_class: dict[str, dict]) -> Figure:
+    """Per-class precision and recall as paired horizontal bars (validation)."""
+    names = list(per_class)[::-1]
+    with _style():
+        fig = Figure(figsize=(7, 0.35 * len(names) + 1.4))
+        ax = fig.subplots()
+        y = np.arange(len(names))
+        ax.barh(y + 0.2, [per_class[n]["precision"] for n in names], 0.4, label="precision")
+        ax.barh(y - 0.2, [per_class[n]["recall"] for n in names], 0.4, label="recall")
+        ax.set_yticks(y, names)
+        ax.set_xlim(0, 1)
+        ax.grid(alpha=0.3, axis="x")
+        ax.legend(loc="lower right")
+        ax.set_title("Per class (validation)")
+        fig.tight_layout()
+    return fig
+
+
+def plot_reliability(bins: list[dict], ece: float) -> Figure:
+    """Accuracy against confidence per bin, beside the diagonal of perfect calibration."""
+    with _style():
+        fig = Figure(figsize=(5, 5))
+        ax = fig.subplots()
+        ax.plot([0, 1], [0, 1], ":", color="grey", label="perfectly calibrated")
+        widths = [b["high"] - b["low"] for b in bins]
+        ax.bar([b["low"] for b in bins], [b["accuracy"] for b in bins], widths, align="edge", alpha=0.7,
+               edgecolor="black", label="accuracy")
+        ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], "o", color="C3",
+                label="bin: (mean confidence, accuracy)")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("confidence (top probability)")
+        ax.set_ylabel("accuracy")
+        ax.set_title(f"Reliability (validation): ECE {ece:.4f}")
+        ax.legend(loc="upper left")
+        fig.tight_layout()
+    return fig

@@ -1,0 +1,83 @@
+"""The run's self-explanation (fastai's ClassificationInterpretation, with Grad-CAM): validation
+pictures wrong first, the top losses with their heatmaps, the most-confused pairs with examples,
+per-class precision/recall and a reliability diagram. Each is a PNG in the run folder that
+report.html embeds."""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+
+from ..engine.metrics import most_confused, reliability
+from ..runs import RunFolder, pick_examples
+from .plots import plot_grid, plot_precision_recall, plot_reliability
+
+log = logging.getLogger(__name__)
+
+TOP_LOSSES = 8
+CONFUSED_PAIRS = 4
+EXAMPLES_PER_PAIR = 4
+
+
+def wrong_first(labels: np.ndarray, predicted: np.ndarray, count: int = 32) -> np.ndarray:
+    """Up to `count` validation indices: the wrong ones first (in validation order), then correct ones
+    spread over the classes."""
+    wrong = np.flatnonzero(predicted != labels)[:count]
+    right = pick_examples(labels, count, seed=1)
+    right = right[predicted[right] == labels[right]][:count - len(wrong)]
+    return np.concatenate([wrong, right]).astype(np.int64)
+
+
+def _top_losses(folder: RunFolder, model: torch.nn.Module, meta: dict, val, labels: np.ndarray,
+                probs: np.ndarray, classes: list[str]) -> None:
+    """top_losses.png: the highest-loss validation pictures with the predicted class's Grad-CAM."""
+    from ..explain import overlay_on_input
+    from ..gradcam import default_layers, explain_batch
+
+    loss = -np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-15, 1))
+    idx = np.argsort(-loss)[:TOP_LOSSES]
+    device = next(model.parameters()).device
+    mean = torch.tensor(meta["mean"], device=device).view(1, -1, 1, 1) * 255.0
+    std = torch.tensor(meta["std"], device=device).view(1, -1, 1, 1) * 255.0
+    shown = val.pictures(idx)  # only these few are read from the cache
+    images = (shown.to(device).float() - mean) / std
+    layers = default_layers(model, meta["channels"], meta["input_size"])
+    heat = explain_batch(model, images, layers).heatmaps
+    overlays = np.stack([overlay_on_input(p, h) for p, h in zip(shown.numpy(), heat)])
+    predicted = probs.argmax(1)
+    titles = [f"{classes[predicted[i]]}/{classes[labels[i]]}\nloss {loss[i]:.2f} p {probs[i, predicted[i]]:.2f}"
+              for i in idx]
+    folder.save_figure(plot_grid(overlays, titles, ncols=min(TOP_LOSSES, 8)), "top_losses.png")
+
+
+def _confused(folder: RunFolder, val, matrix: np.ndarray, labels: np.ndarray, predicted: np.ndarray,
+              classes: list[str]) -> None:
+    """confused.png: examples of the most-confused pairs, titled true→predicted."""
+    idx, titles = [], []
+    for true, guess, count in most_confused(matrix, classes, CONFUSED_PAIRS):
+        t, g = classes.index(true), classes.index(guess)
+        members = np.flatnonzero((labels == t) & (predicted == g))[:EXAMPLES_PER_PAIR]
+        idx += members.tolist()
+        titles += [f"{true}→{guess} ({count})"] * len(members)
+    if idx:
+        folder.save_figure(plot_grid(val.pictures(np.asarray(idx)).numpy(), titles, ["red"] * len(idx),
+                                     ncols=EXAMPLES_PER_PAIR), "confused.png")
+
+
+def write_interpretation(folder: RunFolder, model: torch.nn.Module, meta: dict, metrics: dict, val,
+                         labels: np.ndarray, probs: np.ndarray, classes: list[str]) -> None:
+    """val_predictions.png, top_losses.png, confused.png, per_class.png and reliability.png."""
+    predicted = probs.argmax(1)
+    idx = wrong_first(labels, predicted)
+    titles = [f"{classes[predicted[i]]}/{classes[labels[i]]}" for i in idx]
+    colors = ["black" if predicted[i] == labels[i] else "red" for i in idx]
+    folder.save_figure(plot_grid(val.pictures(idx).numpy(), titles, colors), "val_predictions.png")
+    validation = metrics["validation"]
+    folder.save_figure(plot_precision_recall(validation["per_class"]), "per_class.png")
+    folder.save_figure(plot_reliability(*reliability(labels, probs)), "reliability.png")
+    _confused(folder, val, np.asarray(validation["confusion"]), labels, predicted, classes)
+    try:
+        _top_losses(folder, model, meta, val, labels, probs, classes)
+    except Exception as error:  # noqa: BLE001 - a picture for the report must never fail a finished run
+        log.warning("top_losses.png not drawn: %s", error)
