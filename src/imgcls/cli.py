@@ -33,7 +33,7 @@ def _cmd_cache(args: argparse.Namespace) -> None:
 
 
 TUNE_ONLY = ("trials", "space", "storage", "study", "timeout", "sampler", "folds", "stage1_epochs",
-             "stage2_epochs", "drop_implausible")
+             "stage2_epochs", "drop_implausible", "steps")
 
 
 def _train_config(values: dict):
@@ -103,6 +103,16 @@ def _cmd_finetune(args: argparse.Namespace) -> None:
     print(f"predict with: imgcls predict {result.run_dir} IMAGES --out submission.csv [--tta]")
 
 
+def _cmd_lr_find(args: argparse.Namespace) -> None:
+    values = vars(args)
+    config = _train_config({k: v for k, v in values.items() if k != "out"})
+    from .lr_find import lr_find
+
+    result = lr_find(config, out=values.get("out"), steps=args.steps)
+    print(f"suggested lr {result.suggestion:.3g} (fastai's valley, {len(result.lrs)} batches) -> "
+          f"{result.folder}/lr_find.png\ntrain with it: imgcls train ... --lr {result.suggestion:.3g} (or --lr auto)")
+
+
 def _launch_torchrun(nproc: int, argv: list[str]) -> None:
     """Re-run this same command under torchrun with N processes (torchrun manages them, not imgcls)."""
     from torch.distributed.run import main as torchrun
@@ -167,6 +177,8 @@ def _run(args: argparse.Namespace, argv: list[str]) -> None:
         _cmd_train(args, argv)
     elif args.command == "tune":
         _cmd_tune(args)
+    elif args.command == "lr-find":
+        _cmd_lr_find(args)
     elif args.command == "finetune":
         _cmd_finetune(args)
     elif args.command == "audit":

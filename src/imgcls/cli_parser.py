@@ -27,6 +27,15 @@ def _model_arg(text: str) -> tuple[str, object]:
     return key.replace("-", "_"), yaml.safe_load(value)
 
 
+def _lr(text: str) -> float | str:
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or auto, received {text!r}") from None
+
+
 def _names(text: str) -> list[str]:
     return [n.strip() for n in text.split(",") if n.strip()]
 
@@ -62,7 +71,8 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
                      ("--epochs", dict(type=int, help="default: 10, or the recipe's")),
                      ("--batch-size", dict(type=int, help="default: 64, or the recipe's")),
                      ("--optimizer", dict(choices=["adam", "adamw", "sgd", "rmsprop"], help="default: adam, or the recipe's")),
-                     ("--lr", dict(type=float, help="default: 1e-3 (sgd: 1e-2)")),
+                     ("--lr", dict(type=_lr, help="a number, or auto: the learning-rate finder's suggestion "
+                                   "(default: 1e-3, sgd: 1e-2, or the recipe's)")),
                      ("--momentum", dict(type=float, help="SGD momentum (default: 0.9)")),
                      ("--weight-decay", dict(type=float, help="default: 0")),
                      ("--scheduler", dict(choices=["none", "plateau", "cosine", "onecycle"], help="default: none, or the recipe's")),
@@ -147,6 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--timeout", type=float, metavar="S", help="stop starting trials after S seconds")
     u.add_argument("--sampler", default="tpe", choices=["tpe", "random"])
     u.add_argument("--out", default="runs/tune", metavar="DIR", help="default: runs/tune (run again to resume)")
+
+    r = sub.add_parser("lr-find", help="the learning-rate range test: plot loss against lr, suggest one",
+                       argument_default=s)
+    _add_train_flags(r)
+    r.add_argument("--steps", type=int, default=200, help="batches, the lr growing from 1e-7 to 10 (default: 200)")
+    r.add_argument("--out", metavar="DIR", help="lr_find.png and lr_find.csv go here (default: runs/lr-find, numbered)")
 
     c = sub.add_parser("check", help="report unreadable, tiny, bordered, duplicate and odd pictures")
     _add_data_flags(c)

@@ -86,7 +86,7 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 64
     optimizer: str = "adam"
-    lr: float | None = None  # None: the optimiser's usual default (see engine.optim)
+    lr: float | str | None = None  # None: the optimiser's usual default (engine.optim); "auto": lr_find.py's suggestion
     momentum: float = 0.9
     weight_decay: float = 0.0
     scheduler: str = "none"
@@ -144,8 +144,8 @@ class TrainConfig:
             raise UserError(f"Received: channels={self.data.channels}; expected 1 or 3")
         if self.data.img_size is not None and self.data.img_size < 8:
             raise UserError(f"Received: img-size={self.data.img_size}; expected an integer >= 8")
-        if self.lr is not None and self.lr <= 0:
-            raise UserError(f"Received: lr={self.lr}; expected a positive number")
+        if self.lr is not None and self.lr != "auto" and (isinstance(self.lr, str) or self.lr <= 0):
+            raise UserError(f"Received: lr={self.lr}; expected a positive number or auto")
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:

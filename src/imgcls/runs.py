@@ -86,8 +86,9 @@ class RunFolder:
         if self.writes:
             write_json(self.path / name, data)
 
-    def write_config(self, config: dict) -> None:
-        self._text("config.yaml", yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
+    def write_config(self, config: dict, comment: str | None = None) -> None:
+        head = f"# {comment}\n" if comment else ""
+        self._text("config.yaml", head + yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
 
     def write_data(self, info: dict) -> None:
         self._json("data.json", info)

@@ -88,7 +88,9 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
     data.write(folder, config)
     if report:
         _write_samples(folder, config, data)
-    built = _build(config, data, device, generator, ranks)
+    built = build_model(config, data, device, generator, ranks)
+    if config.lr == "auto":
+        _choose_lr(config, built, folder, len(data.classes))
 
     trainer = _fit(config, built, folder, generator, device, state, (callbacks or []) if ranks.main else None)
     seconds = sum(row["seconds"] for row in trainer.state.history)
@@ -138,7 +140,7 @@ def _write_samples(folder: RunFolder, config: TrainConfig, data: PreparedData) -
     folder.save_figure(plot_grid(shown.numpy(), [data.classes[int(data.train.labels[i])] for i in idx]), "samples.png")
 
 
-def _build(config: TrainConfig, data: PreparedData, device: torch.device, generator: torch.Generator,
+def build_model(config: TrainConfig, data: PreparedData, device: torch.device, generator: torch.Generator,
            ranks) -> Built:
     """The model (weights, freezing, layout, DDP) and its loaders, over cached features where possible."""
     meta = _model_meta(config, data)
@@ -163,6 +165,20 @@ def _build(config: TrainConfig, data: PreparedData, device: torch.device, genera
     val_loader = BatchLoader(data.val, inference_batch_size(data.channels, data.size), meta["mean"], meta["std"],
                              shuffle=False, device=device, channels_last=config.channels_last)
     return Built(model, train_model, model, train_loader, val_loader, None, meta)
+
+
+def _choose_lr(config: TrainConfig, built: Built, folder: RunFolder, num_classes: int) -> None:
+    """--lr auto: the range test on the built model (its weights put back), then its suggestion is the
+    run's lr, written into config.yaml so that --resume and later readers see the number."""
+    from .lr_find import range_test, write_range_test
+
+    result = range_test(built.model, built.train_model, built.train_loader, config, num_classes)
+    config.lr = float(f"{result.suggestion:.3g}")
+    log.info("--lr auto: the range test suggests %.3g (valley); lr_find.png in the run folder", config.lr)
+    folder.write_config(config_to_dict(config), comment=f"lr {config.lr:.3g} was chosen by the learning-rate "
+                        f"finder (--lr auto, fastai's valley over {len(result.lrs)} batches; lr_find.png)")
+    if folder.writes:
+        write_range_test(folder.path, result)
 
 
 def _fit(config: TrainConfig, built: Built, folder: RunFolder, generator: torch.Generator, device: torch.device,

@@ -160,3 +160,23 @@ def plot_reliability(bins: list[dict], ece: float) -> Figure:
         ax.legend(loc="upper left")
         fig.tight_layout()
     return fig
+
+
+def plot_lr_find(lrs: list[float], losses: list[float], suggestion: float) -> Figure:
+    """The range test: smoothed training loss against the learning rate (log scale), suggestion marked."""
+    with _style():
+        fig = Figure(figsize=(7, 4.5))
+        ax = fig.subplots()
+        ax.plot(lrs, losses)
+        ax.set_xscale("log")
+        if lrs:
+            at = int(np.argmin(np.abs(np.log(np.asarray(lrs)) - np.log(suggestion))))
+            ax.plot([lrs[at]], [losses[at]], "o", color="C3", markersize=8, label=f"valley: {suggestion:.2e}")
+            top = min(max(losses), 1.5 * max(losses[: max(1, len(losses) // 10)]))
+            ax.set_ylim(min(losses) - 0.05 * abs(min(losses)), top)
+            ax.legend()
+        ax.set_xlabel("learning rate")
+        ax.set_ylabel("training loss (smoothed)")
+        ax.grid(alpha=0.3, which="both")
+        fig.tight_layout()
+    return fig
