@@ -102,6 +102,9 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
                                              "entries beyond this size (default: 20)")),
                      ("--order", dict(choices=["auto", "random", "quasi"], help="training order; quasi keeps "
                                       "reads local in a cache file larger than memory (auto: quasi then)")),
+                     ("--track", dict(type=_names, metavar="tensorboard,mlflow", help="log config, metrics and "
+                                      "files to TensorBoard (RUN_DIR/tensorboard) and/or MLflow (./mlruns or "
+                                      "$MLFLOW_TRACKING_URI); pip install 'imgcls[track]'")),
                      ("--class-names", dict(metavar="FILE|A,B,...", help="names for the data's labels: a file "
                                             "(one name a line, or label,name rows) or comma-separated names")),
                      ("--config", dict(metavar="YAML", help="settings file; flags override it"))]:

@@ -105,6 +105,7 @@ class TrainConfig:
     cache_dir: str | None = None  # None: $IMGCLS_CACHE_DIR, $XDG_CACHE_HOME/imgcls or ~/.cache/imgcls
     cache_max_gb: float = 20.0  # least recently used cache entries are evicted beyond this
     order: str = "auto"  # training order: random, quasi (local reads), auto (quasi when the cache file exceeds memory)
+    track: list[str] = field(default_factory=list)  # tensorboard, mlflow (tracking.py)
     class_names: str | list[str] | None = None  # names for the data's labels: FILE, label,name CSV or 'a,b,c'
     out: str | None = None
 
@@ -119,6 +120,8 @@ class TrainConfig:
         _choice("recipe", self.recipe, ("auto", *RECIPES))
         _choice("precision", self.precision, PRECISIONS)
         _choice("order", self.order, ORDERS)
+        for tracker in self.track:
+            _choice("track", tracker, ("tensorboard", "mlflow"))
         if self.unfreeze_last is not None and self.unfreeze_last < 0:
             raise UserError(f"Received: unfreeze-last={self.unfreeze_last}; expected an integer >= 0")
         if self.backbone_lr_mult <= 0:

@@ -30,6 +30,7 @@ from .errors import UserError
 from .models.backbones import apply_freezing, describe_freezing, load_pretrained, load_weights_file
 from .models.registry import channel_stats, create_model, get_spec
 from .runs import ProgressLog, RunFolder, RunWriter, pick_examples
+from .tracking import check_trackers, make_trackers
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,7 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
     report.html.
     """
     config, state = _resolve(config, resume, overrides)
+    check_trackers(config.track)  # a missing package ends here, before any picture is read
     spec = get_spec(config.model)
     ranks, device = init_distributed(resolve_device(config.device))
     generator = seed_everything(config.data.seed, offset=ranks.rank)
@@ -92,12 +94,16 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
     if config.lr == "auto":
         _choose_lr(config, built, folder, len(data.classes))
 
-    trainer = _fit(config, built, folder, generator, device, state, (callbacks or []) if ranks.main else None)
+    trackers = make_trackers(config.track, folder.path, config_to_dict(config)) if ranks.main else []
+    trainer = _fit(config, built, folder, generator, device, state,
+                   [*(callbacks or []), *trackers] if ranks.main else None)
     seconds = sum(row["seconds"] for row in trainer.state.history)
     if not ranks.main:
         shutdown()
         return RunResult(folder.path, trainer.state.best_epoch, float("nan"), float("nan"), seconds)
     result = _write_run(folder, built, trainer, data, seconds, report)
+    for tracker in trackers:
+        tracker.finish(json.loads((folder / "metrics.json").read_text(encoding="utf-8")))
     shutdown()
     return result
 
