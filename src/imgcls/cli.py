@@ -236,6 +236,12 @@ def _run(args: argparse.Namespace, argv: list[str]) -> None:
         serve(args.run_dir, args.host, args.port, int(args.max_mb * 2**20), backend=args.backend, device=args.device,
               max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_pending=args.max_pending,
               max_pixels=int(args.max_pixels * 1e6))
+    elif args.command == "runs":
+        from .experiments import format_runs, list_runs, plot_runs
+        rows = list_runs(args.folder, args.sort)
+        print(format_runs(rows) if rows else f"no finished run under {args.folder}")
+        if args.plot and rows:
+            print(f"curves of {len(rows)} runs -> {plot_runs(rows, args.plot)}")
     elif args.command == "cache":
         _cmd_cache(args)
     elif args.command == "models":

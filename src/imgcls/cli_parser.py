@@ -246,6 +246,12 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--channels", type=int, choices=[1, 3])
     m.add_argument("--classes", type=int, default=10, help="classes for the summary (default: 10)")
 
+    n = sub.add_parser("runs", help="a table of the finished runs under a folder; --plot overlays their curves")
+    n.add_argument("folder", nargs="?", default="runs", metavar="DIR", help="default: runs")
+    n.add_argument("--sort", default="accuracy", choices=["accuracy", "log_loss", "time", "date", "name"],
+                   help="default: accuracy (best first)")
+    n.add_argument("--plot", metavar="FILE.png", help="also draw every run's validation curves into FILE.png")
+
     k = sub.add_parser("cache", help="list the decoded cache's entries, or clear them")
     k.add_argument("action", nargs="?", default="list", choices=["list", "clear"])
     k.add_argument("--older-than", type=float, metavar="DAYS", help="clear: only entries unused for DAYS days")

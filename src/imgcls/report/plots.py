@@ -180,3 +180,21 @@ def plot_lr_find(lrs: list[float], losses: list[float], suggestion: float) -> Fi
         ax.grid(alpha=0.3, which="both")
         fig.tight_layout()
     return fig
+
+
+def plot_run_curves(histories: dict[str, list[dict]]) -> Figure:
+    """Several runs' validation loss and accuracy per epoch, overlaid (imgcls runs --plot)."""
+    with _style():
+        fig = Figure(figsize=(12, 4.5))
+        axes = fig.subplots(1, 2)
+        for name, history in histories.items():
+            epochs = [h["epoch"] for h in history]
+            for ax, key in zip(axes, ("val_loss", "val_acc")):
+                ax.plot(epochs, [h[key] for h in history], "o-", markersize=3, label=name)
+        for ax, title in zip(axes, ("Validation loss", "Validation accuracy")):
+            ax.set_title(title)
+            ax.set_xlabel("epoch")
+            ax.grid(alpha=0.3)
+        axes[1].legend(fontsize=8, loc="lower right")
+        fig.tight_layout()
+    return fig
