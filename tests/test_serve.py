@@ -52,6 +52,25 @@ def test_predict_endpoint(client):
     assert abs(sum(t["probability"] for t in top) - 1) < 1e-4
 
 
+def test_predict_explains_on_request(client, run_dir: Path):
+    import base64
+    import io
+    response = client.post("/predict?explain=1", files={"file": ("red.png", picture_bytes((220, 40, 40), 30), "image/png")})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["top"][0]["class"] == "red" and body["explain"]["class"] == "red"
+    assert body["explain"]["layers"] == ["0"]  # 16 px: the 8x8 block (the 4x4 one is too coarse)
+    header, encoded = body["explain"]["overlay"].split(",", 1)
+    assert header == "data:image/png;base64"
+    assert Image.open(io.BytesIO(base64.b64decode(encoded))).size == (30, 30)  # the uploaded picture's own size
+    assert all(0 <= v < 30 for v in body["explain"]["peak"])
+    plain = client.post("/predict", files={"file": ("red.png", picture_bytes((220, 40, 40), 30), "image/png")})
+    assert plain.json()["top"] == body["top"] and "explain" not in plain.json()  # the batcher's model is untouched
+    onnx = make_client(run_dir, backend="onnx")
+    refused = onnx.post("/predict?explain=1", files={"file": ("red.png", picture_bytes((220, 40, 40)), "image/png")})
+    assert refused.status_code == 400 and "--backend torch" in refused.json()["detail"]
+
+
 def test_rejections_are_clear_4xx(client):
     not_image = client.post("/predict", files={"file": ("notes.txt", b"hello", "text/plain")})
     assert not_image.status_code == 415 and "not a picture" in not_image.json()["detail"]
@@ -105,6 +124,11 @@ def test_page_in_headless_chromium(run_dir: Path, tmp_path: Path):
         rows = WebDriverWait(driver, 20).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#results li.prediction"))
         assert len(rows) == 3 and rows[0].text.startswith("blue:") and "%" in rows[0].text
         driver.save_screenshot(str(tmp_path / "page.png"))
+        driver.find_element(By.ID, "explain").click()  # sends the same picture again, with explain=1
+        WebDriverWait(driver, 30).until(lambda d: d.find_element(By.ID, "explained").text)
+        assert driver.find_element(By.ID, "explained").text.startswith("heatmap of blue")
+        assert driver.find_element(By.ID, "preview").get_attribute("src").startswith("data:image/png;base64,")
+        driver.find_element(By.ID, "explain").click()
         text = tmp_path / "notes.txt"
         text.write_text("not a picture")
         driver.find_element(By.ID, "file").send_keys(str(text))

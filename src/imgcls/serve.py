@@ -8,12 +8,15 @@ that is not a picture, 400 for a form without `file`, 503 with Retry-After when 
 pictures are already waiting.
 
     POST /predict?top_k=5        multipart field `file`: one picture
+    POST /predict?explain=1      ... and where the model looked: Grad-CAM over the picture (torch backend)
     POST /predict/batch?top_k=5  multipart fields `files`: several pictures (at most `max_files`)
 """
 import asyncio
+import base64
 import io
 import logging
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -24,7 +27,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartParser
 
 from .batcher import MicroBatcher, Saturated
-from .data.decode import DecodeError, TooManyPixels, decode_image
+from .data.decode import DecodeError, TooManyPixels, decode_image, decode_with_geometry, open_picture
 from .predict import load_run, predict_arrays
 
 log = logging.getLogger(__name__)
@@ -91,14 +94,14 @@ def create_app(run_dir: str | Path, *, max_bytes: int = MAX_BYTES, top_k: int = 
             raise Rejected(400, f"expected a multipart form with the picture in field 'file' (or at most "
                                 f"{max_files} pictures in fields 'files')") from None
 
-    async def decoded(upload: UploadFile) -> np.ndarray:
+    async def decoded(upload: UploadFile, decode=decode_image):
         data = await upload.read()
         if len(data) > max_bytes:
             raise Rejected(413, f"picture of {len(data)} bytes; the limit is {max_bytes} bytes")
         try:
             # A pool of one thread per core: more concurrent decodes would only fight the model for the CPU.
             return await asyncio.get_running_loop().run_in_executor(
-                decode_pool, decode_image, io.BytesIO(data), meta["channels"], meta["input_size"],
+                decode_pool, decode, io.BytesIO(data), meta["channels"], meta["input_size"],
                 meta.get("trim_borders", False), max_pixels)
         except TooManyPixels as error:
             raise Rejected(413, f"{upload.filename}: {error}") from None
@@ -115,16 +118,43 @@ def create_app(run_dir: str | Path, *, max_bytes: int = MAX_BYTES, top_k: int = 
         order = np.argsort(-probs)[:max(1, k)]
         return [{"class": meta["classes"][i], "probability": round(float(probs[i]), 6)} for i in order]
 
+    explain_lock = threading.Lock()  # Grad-CAM hooks its model: one explanation at a time
+    explainer: dict = {}  # a copy of the model, built on first use: hooks must not touch the batcher's
+
+    def heatmap(picture: np.ndarray, geometry, data: bytes) -> dict:
+        import copy
+
+        from .explain import explain_arrays, overlay_on_picture, png_bytes
+        from .gradcam import default_layers
+
+        with explain_lock:
+            if not explainer:
+                model = copy.deepcopy(run.model).requires_grad_(False)
+                explainer.update(model=model, layers=default_layers(model, meta["channels"], meta["input_size"]))
+            layers = explainer["layers"]
+            [[e]] = explain_arrays(explainer["model"], meta, picture[None], [geometry], layers)
+        overlay = overlay_on_picture(open_picture(io.BytesIO(data), max_pixels=max_pixels), e.heatmap, geometry,
+                                     mark=e.peak)
+        return {"class": meta["classes"][e.target], "method": e.method, "layers": layers,
+                "peak": [round(e.peak[0], 1), round(e.peak[1], 1)],
+                "overlay": "data:image/png;base64," + base64.b64encode(png_bytes(overlay)).decode("ascii")}
+
     @app.post("/predict")
-    async def predict(request: Request, top_k: int = top_k):
+    async def predict(request: Request, top_k: int = top_k, explain: bool = False):
+        if explain and run.backend != "torch":
+            raise Rejected(400, f"explain=1 needs gradients: serve with --backend torch (this is {run.backend})")
         with batcher.arriving():
             form = await form_of(request)
             upload = form.get("file")
             if not isinstance(upload, UploadFile):
                 raise Rejected(400, "expected a multipart form with the picture in field 'file'")
-            picture = await decoded(upload)
+            picture, geometry = await decoded(upload, decode_with_geometry) if explain else (await decoded(upload), None)
         probs = (await classify(picture[None]))[0]
-        return {"filename": upload.filename, "top": top(probs, top_k)}
+        answer = {"filename": upload.filename, "top": top(probs, top_k)}
+        if explain:
+            await upload.seek(0)
+            answer["explain"] = await asyncio.to_thread(heatmap, picture, geometry, await upload.read())
+        return answer
 
     @app.post("/predict/batch")
     async def predict_batch(request: Request, top_k: int = top_k):
