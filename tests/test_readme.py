@@ -41,7 +41,8 @@ ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 
 TINY = {"--top": "5", "--stage1-epochs": "1", "--stage2-epochs": "1", "--folds": "2", "--trials": "2",
-        "--drop-implausible": "2", "--nproc": "2", "--nproc_per_node": "2"}
+        "--drop-implausible": "2", "--nproc": "2", "--nproc_per_node": "2",
+        "--class-names": "T-shirt/top,Trouser,Pullover"}  # the tiny apparel set has three labels
 IMG_SIZE = {"resnet50": "32", "convnext_tiny": "32", "efficientnet_lite0": "32", "fusion": "80"}
 ELLIPSIS = {"imgcls train ... --exclude": "imgcls train fashion-mnist/train --labels fashion-mnist/train.csv --exclude",
             "cifar10/train ...": "cifar10/train --model lenet5"}
@@ -297,6 +298,8 @@ def test_readme_command(command: str, workspace: Workspace):
         answer = json.loads(done.stdout)
         for one in answer.get("results", [answer]):  # /predict/batch answers a list
             assert one["filename"] == "cat.jpg" and len(one["top"]) >= 2, done.stdout
+        if "explain=1" in command:
+            assert answer["explain"]["overlay"].startswith("data:image/png;base64,"), done.stdout[:300]
         return
     if workspace.server is not None:  # the commands after the curl examples
         workspace.server.kill()

@@ -140,6 +140,7 @@ def explain(run_dir: str | Path, pictures: str | Path, out: str | Path, *, metho
     meta, model = run.meta, run.model
     model.requires_grad_(False)  # only the input's gradient path is needed
     target = class_index(class_name, meta)
+    top = min(top, len(meta["classes"]))
     size, channels = meta["input_size"], meta["channels"]
     if layer is not None:
         find_layer(model, layer)  # an unknown name ends here, before any picture is read

@@ -20,6 +20,7 @@ from .config import TrainConfig, config_from_dict
 from .data.augment import batch_mixer
 from .engine.checkpoint import write_text
 from .engine.optim import build_optimizer
+from .errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,7 @@ def range_test(model: torch.nn.Module, train_model: torch.nn.Module, loader, con
     step = 0
     try:
         while step < steps:
+            begun = step
             for images, labels in loader:
                 lr = start_lr * gamma ** step
                 for group, ratio in zip(optimizer.param_groups, ratios):
@@ -91,7 +93,10 @@ def range_test(model: torch.nn.Module, train_model: torch.nn.Module, loader, con
                 step += 1
                 if not math.isfinite(value) or smoothed > 4 * best or step >= steps:
                     break
-            if not losses or not math.isfinite(losses[-1]) or losses[-1] > 4 * best or step >= steps:
+            if step == begun:
+                raise UserError(f"Received: a training split with fewer pictures than one batch "
+                                f"({config.batch_size}); expected more pictures or a smaller --batch-size")
+            if not math.isfinite(losses[-1]) or losses[-1] > 4 * best or step >= steps:
                 break
     finally:
         model.load_state_dict(saved)
