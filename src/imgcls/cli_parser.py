@@ -102,6 +102,8 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
                                              "entries beyond this size (default: 20)")),
                      ("--order", dict(choices=["auto", "random", "quasi"], help="training order; quasi keeps "
                                       "reads local in a cache file larger than memory (auto: quasi then)")),
+                     ("--calibrate", dict(action="store_true", help="fit a temperature on the validation "
+                                          "split after training; evaluate, predict, export and serve use it")),
                      ("--track", dict(type=_names, metavar="tensorboard,mlflow", help="log config, metrics and "
                                       "files to TensorBoard (RUN_DIR/tensorboard) and/or MLflow (./mlruns or "
                                       "$MLFLOW_TRACKING_URI); pip install 'imgcls[track]'")),

@@ -105,6 +105,7 @@ class TrainConfig:
     cache_dir: str | None = None  # None: $IMGCLS_CACHE_DIR, $XDG_CACHE_HOME/imgcls or ~/.cache/imgcls
     cache_max_gb: float = 20.0  # least recently used cache entries are evicted beyond this
     order: str = "auto"  # training order: random, quasi (local reads), auto (quasi when the cache file exceeds memory)
+    calibrate: bool = False  # fit a temperature on the validation split after training (engine/calibration.py)
     track: list[str] = field(default_factory=list)  # tensorboard, mlflow (tracking.py)
     class_names: str | list[str] | None = None  # names for the data's labels: FILE, label,name CSV or 'a,b,c'
     out: str | None = None

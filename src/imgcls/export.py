@@ -27,7 +27,9 @@ def contract(meta: dict, fmt: str) -> dict:
             "preprocess": "resize to height x width (bilinear), scale to [0, 1], subtract mean, divide by std"
                           + ("; crop uniform borders first (trim_borders)" if meta.get("trim_borders") else ""),
             "mean": meta["mean"], "std": meta["std"], "trim_borders": bool(meta.get("trim_borders")),
-            "output": {"name": "logits", "postprocess": "softmax over the last axis"},
+            "output": {"name": "logits", "postprocess": "softmax over the last axis" if meta.get("temperature", 1.0) == 1.0
+                       else "divide by temperature, then softmax over the last axis",
+                       "temperature": meta.get("temperature", 1.0)},
             "classes": meta["classes"], "architecture": meta["architecture"]}
 
 

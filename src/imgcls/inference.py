@@ -86,6 +86,7 @@ def onnx_probabilities(model: OnnxModel, meta: dict, paths: list[str], *, batch_
     onnxruntime alone: decoded through the persistent cache (data/store.py) as training does, each
     batch normalised as in training; tta averages with the mirror images' probabilities."""
     from .data.decode import decode_all, inference_batch_size
+    from .engine.calibration import scaled
     from .data.store import CacheSettings, DecodedStore
 
     cache = cache or CacheSettings()
@@ -111,7 +112,7 @@ def onnx_probabilities(model: OnnxModel, meta: dict, paths: list[str], *, batch_
             log_prob = np.logaddexp(log_prob, mirrored) - np.log(2)
         out.append(np.exp(log_prob).astype(np.float32))
     probs = np.concatenate(out) if out else np.zeros((0, len(meta["classes"])), dtype=np.float32)
-    return probs, [paths[i] for i in ok], skipped
+    return scaled(probs, meta.get("temperature", 1.0)), [paths[i] for i in ok], skipped
 
 
 def predict_onnx(run_dir: str | Path, images: str | Path, out: str | Path, *, proba: str | None = None,

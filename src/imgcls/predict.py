@@ -13,6 +13,7 @@ from .data.decode import inference_batch_size
 from .data.loader import BatchLoader
 from .data.store import CacheSettings
 from .data.sources import list_pictures, load_samples
+from .engine.calibration import scaled
 from .engine.checkpoint import final_run_dir, load_weights, read_meta, write_json
 from .engine.device import resolve_device
 from .engine.metrics import classification_metrics
@@ -35,6 +36,10 @@ class LoadedRun:
     @property
     def classes(self) -> list[str]:
         return self.meta["classes"]
+
+    def calibrated(self, probs: np.ndarray) -> np.ndarray:
+        """The run's temperature (train --calibrate) applied; 1.0 when it has none."""
+        return scaled(probs, self.meta.get("temperature", 1.0))
 
     def loader(self, decoded: DecodedImages, batch_size: int | None = None) -> BatchLoader:
         batch_size = batch_size or inference_batch_size(self.meta["channels"], self.meta["input_size"])
@@ -71,7 +76,7 @@ def predict_images(run: LoadedRun, paths: list[str], batch_size: int | None = No
     decoded, skipped = decode_paths(paths, np.zeros(len(paths), dtype=np.int64), run.meta["channels"],
                                     run.meta["input_size"], trim=run.meta.get("trim_borders", False), cache=cache)
     probs, _, _ = predict_proba(run.model, run.loader(decoded, batch_size), tta)
-    return probs, decoded.paths, skipped
+    return run.calibrated(probs), decoded.paths, skipped
 
 
 def predict_arrays(run: LoadedRun, array: np.ndarray, names: list[str] | None = None,
@@ -91,7 +96,7 @@ def predict_arrays(run: LoadedRun, array: np.ndarray, names: list[str] | None = 
             yield ((images.float() - mean) / std).contiguous(memory_format=layout), zeros[:len(images)]
 
     probs, _, _ = predict_proba(run.model, batches(), tta)
-    return probs
+    return run.calibrated(probs)
 
 
 def predict(run_dir: str | Path, images: str | Path, out: str | Path, *, proba: str | None = None,
@@ -130,6 +135,7 @@ def evaluate(run_dir: str | Path, source: str, *, labels: str | None = None, id_
     decoded, failed = decode_samples(samples, run.meta["channels"], run.meta["input_size"],
                                      trim=run.meta.get("trim_borders", False), cache=cache)
     probs, _, _ = predict_proba(run.model, run.loader(decoded, batch_size), tta)
+    probs = run.calibrated(probs)
     metrics = classification_metrics(decoded.labels.numpy(), probs, run.classes)
     metrics["skipped"] = samples.skipped + failed
     if out is not None:

@@ -101,7 +101,7 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
     if not ranks.main:
         shutdown()
         return RunResult(folder.path, trainer.state.best_epoch, float("nan"), float("nan"), seconds)
-    result = _write_run(folder, built, trainer, data, seconds, report)
+    result = _write_run(folder, built, trainer, data, seconds, report, config.calibrate)
     for tracker in trackers:
         tracker.finish(json.loads((folder / "metrics.json").read_text(encoding="utf-8")))
     shutdown()
@@ -257,7 +257,7 @@ def _feature_cache(config: TrainConfig, model: torch.nn.Module, data: PreparedDa
 
 
 def _write_run(folder: RunFolder, built: Built, trainer: Trainer, data: PreparedData, seconds: float,
-               report: bool) -> RunResult:
+               report: bool, calibrate: bool = False) -> RunResult:
     """Reload the best epoch's weights, score it on validation, and write metrics, predictions, and
     (with `report`) the plots and report.html."""
     load_weights(folder.path, built.model)
@@ -274,6 +274,8 @@ def _write_run(folder: RunFolder, built: Built, trainer: Trainer, data: Prepared
     state = trainer.state
     metrics = {"best_epoch": state.best_epoch, "epochs_run": state.epoch, "stopped_early": state.stopped_early,
                "train_seconds": round(seconds, 3), "validation": classification_metrics(labels, probs, classes)}
+    if calibrate:
+        metrics["calibration"] = _calibrate(folder, labels, probs, classes)
     folder.write_metrics(metrics)
     folder.write_predictions("val_predictions.csv", data.val.paths, labels, probs, classes)
     if report:
@@ -283,6 +285,24 @@ def _write_run(folder: RunFolder, built: Built, trainer: Trainer, data: Prepared
     log.info("best epoch %d: val accuracy %.4f, log loss %.4f → %s", state.best_epoch, val["accuracy"],
              val["log_loss"], folder.path)
     return RunResult(folder.path, state.best_epoch, val["accuracy"], val["log_loss"], seconds)
+
+
+def _calibrate(folder: RunFolder, labels: np.ndarray, probs: np.ndarray, classes: list[str]) -> dict:
+    """--calibrate: the temperature that minimises the validation log loss, kept in model.json (so
+    every later command uses it); the validation figures before and after. Fitted and scored on the
+    same pictures: an independent split says more (bench/)."""
+    from .engine.calibration import fit_temperature, scaled
+    from .engine.checkpoint import META, read_meta, write_json
+
+    temperature = fit_temperature(probs, labels)
+    after = classification_metrics(labels, scaled(probs, temperature), classes)
+    before = classification_metrics(labels, probs, classes)
+    if folder.writes:
+        write_json(folder / META, {**read_meta(folder.path), "temperature": round(temperature, 6)})
+    log.info("--calibrate: temperature %.3f; validation log loss %.4f → %.4f, ECE %.4f → %.4f", temperature,
+             before["log_loss"], after["log_loss"], before["ece"], after["ece"])
+    return {"temperature": round(temperature, 6), "fitted_on": "validation",
+            "before": {k: before[k] for k in ("log_loss", "ece")}, "after": {k: after[k] for k in ("log_loss", "ece")}}
 
 
 def _write_plots(folder: RunFolder, built: Built, state, metrics: dict, val: DecodedImages, labels: np.ndarray,

@@ -38,6 +38,12 @@ def write_report(run_dir: str | Path) -> Path:
              f"log loss <b>{val['log_loss']:.4f}</b>, expected calibration error {val.get('ece', float('nan')):.4f} "
              f"on {val['count']} pictures; "
              f"training took {metrics['train_seconds']:.1f} s.</p>"]
+    calibration = metrics.get("calibration")
+    if calibration:
+        parts.append(f"<p>Calibrated (--calibrate): temperature <b>{calibration['temperature']:.3f}</b>, fitted on the "
+                     f"validation pictures; their log loss {calibration['before']['log_loss']:.4f} → "
+                     f"{calibration['after']['log_loss']:.4f}, ECE {calibration['before']['ece']:.4f} → "
+                     f"{calibration['after']['ece']:.4f}. Evaluate, predict, export and serve use it.</p>")
     per_class = [[name, v["precision"], v["recall"], v["support"]] for name, v in val["per_class"].items()]
     parts.append("<h2>Per class (validation)</h2>" + _table(per_class, ["class", "precision", "recall", "support"]))
     confused = most_confused(val["confusion"], meta["classes"])
