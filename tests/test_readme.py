@@ -6,7 +6,8 @@ so the paths stay as written. What changes is listed here and nowhere else:
   epoch is one or two batches); a train/finetune/tune/audit command without --epochs gets --epochs 1;
   a model in IMG_SIZE without --img-size gets that size (Inception-v3 needs 75 px);
 - placeholders: RUN_DIR and RUN are the newest run folder trained on the command's dataset (the first
-  folder of its data path), or the newest run of any dataset when the command names no data; `...` is
+  folder of its data path), or the newest run of any dataset when the command names no data; RUN_A and
+  RUN_B are the second newest and the newest such run; `...` is
   the text in ELLIPSIS; `[--flag value]` is used as `--flag value`; port 8000 is a free port;
 - programs: `make demo` runs what its Makefile target runs after installing (`imgcls demo`, with
   --epochs 1), `torchrun` is `python -m torch.distributed.run` with 2 processes, `curl` posts to the
@@ -160,10 +161,10 @@ class Workspace:
         self.port = free_port()
         self.server: subprocess.Popen | None = None
 
-    def run_for(self, dataset: str | None) -> str:
+    def run_for(self, dataset: str | None, back: int = 1) -> str:
         matching = [run for data, run in self.runs if dataset is None or data == dataset]
-        assert matching, f"no run of {dataset} before this command"
-        return str(matching[-1].relative_to(self.root))
+        assert len(matching) >= back, f"fewer than {back} runs of {dataset} before this command"
+        return str(matching[-back].relative_to(self.root))
 
     def record(self, dataset: str, before: set[Path]) -> None:
         """The run folder(s) the last command wrote: new folders holding model.json or finetune.json."""
@@ -213,9 +214,9 @@ def tiny_argv(command: str, workspace: Workspace) -> list[str]:
         argv += ["--img-size", IMG_SIZE[model]]
     dataset = dataset_of(argv)
     for i, arg in enumerate(argv):
-        for placeholder in ("RUN_DIR", "RUN"):
+        for placeholder, back in (("RUN_DIR", 1), ("RUN_A", 2), ("RUN_B", 1), ("RUN", 1)):
             if arg == placeholder or arg.startswith(placeholder + "/"):
-                argv[i] = workspace.run_for(dataset) + arg[len(placeholder):]
+                argv[i] = workspace.run_for(dataset, back) + arg[len(placeholder):]
                 break
     return argv
 

@@ -144,6 +144,15 @@ def _cmd_train(args: argparse.Namespace, argv: list[str]) -> None:
                             "(the run's config.yaml holds its settings)")
         from .train import train
         result = train(resume=values["resume"])
+    elif "folds" in values:
+        config = _train_config(values)
+        from .folds import train_folds
+        out, summary = train_folds(config, values["folds"])
+        oof = summary["out_of_fold"]
+        print(f"{len(summary['folds'])} folds: out-of-fold accuracy {oof['accuracy']:.4f}, log loss "
+              f"{oof['log_loss']:.4f} on {oof['count']} pictures -> {out}\npredict with the ensemble: imgcls predict "
+              f"{out} IMAGES --out submission.csv")
+        return
     else:
         config = _train_config(values)  # a mistake ends here, before torch loads
         from .train import train
@@ -202,12 +211,16 @@ def _run(args: argparse.Namespace, argv: list[str]) -> None:
         if metrics["skipped"]:
             print(f"{len(metrics['skipped'])} pictures skipped (see the log above)")
     elif args.command == "predict":
-        if args.backend == "torch":
+        if len(args.paths) < 2:
+            raise UserError(f"Received: predict {' '.join(args.paths)}; expected RUN_DIR [RUN_DIR ...] IMAGES")
+        run_dirs, images = args.paths[:-1], args.paths[-1]
+        if args.backend == "torch" or len(run_dirs) > 1:
             from .predict import predict
         else:  # onnxruntime and numpy only: no torch import (about 2 s)
             from .inference import predict_onnx as predict
-        device = {"device": args.device} if args.backend == "torch" else {}  # onnxruntime runs on the CPU
-        result = predict(args.run_dir, args.images, args.out, proba=args.proba, template=args.template,
+        device = {"device": args.device} if args.backend == "torch" or len(run_dirs) > 1 else {}
+        result = predict(run_dirs if len(run_dirs) > 1 else run_dirs[0], images, args.out, proba=args.proba,
+                         template=args.template,
                          tta=args.tta, cache=_cache_settings(args), backend=args.backend,
                          label_format=args.label_format, **device)
         print(f"wrote {result['written']} rows to {result['out']} ({len(result['skipped'])} pictures skipped)")

@@ -141,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_flags(t)
     t.add_argument("--out", metavar="RUN_DIR", help="run folder (default: runs/<model>, numbered)")
     t.add_argument("--resume", metavar="RUN_DIR", help="finish an interrupted run; needs no other argument")
+    t.add_argument("--folds", type=int, metavar="K", help="K models, each validated on its own fold, kept as a "
+                   "K-fold ensemble in --out (predict OUT averages them; folds.json has the out-of-fold score)")
     t.add_argument("--nproc", type=int, metavar="N", help="data-parallel over N processes, started by torchrun "
                    "(gloo on CPU, nccl on GPU); the global batch stays --batch-size")
 
@@ -191,9 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_backend_flag(e)
     _add_cache_flags(e)
 
-    p = sub.add_parser("predict", help="predict pictures into a CSV (a submission)")
-    p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("images", metavar="IMAGES", help="a picture or a folder of pictures")
+    p = sub.add_parser("predict", help="predict pictures into a CSV (a submission); several runs: their ensemble")
+    p.add_argument("paths", nargs="+", metavar="RUN_DIR [RUN_DIR ...] IMAGES",
+                   help="one run folder, or several (their probabilities averaged), then a picture or a folder")
     p.add_argument("--out", metavar="FILE.csv", required=True)
     p.add_argument("--proba", metavar="CLASS", help="write P(CLASS) instead of the class name")
     p.add_argument("--template", metavar="SAMPLE.csv", help="follow this CSV's ids and column names")

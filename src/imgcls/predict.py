@@ -99,14 +99,50 @@ def predict_arrays(run: LoadedRun, array: np.ndarray, names: list[str] | None = 
     return run.calibrated(probs)
 
 
-def predict(run_dir: str | Path, images: str | Path, out: str | Path, *, proba: str | None = None,
+def ensemble_probabilities(run_dirs: list[str | Path], paths: list[str], *, batch_size: int | None = None,
+                           device: str = "auto", tta: bool = False, cache: CacheSettings | None = None,
+                           backend: str = "torch") -> tuple[np.ndarray, list[str], list[dict], list[str]]:
+    """The mean of several runs' probabilities (each with its own input size, preprocessing and
+    temperature) for the pictures every run could read; the runs must have the same classes, in order."""
+    total, kept, failed, classes = None, None, {}, None
+    for run_dir in run_dirs:
+        run = load_run(run_dir, device, backend)
+        if classes is None:
+            classes = run.classes
+        elif run.classes != classes:
+            raise UserError(f"Received: runs with different classes ({run_dir}: {', '.join(run.classes[:6])}; "
+                            f"{run_dirs[0]}: {', '.join(classes[:6])}); expected an ensemble of runs of the same classes")
+        probs, paths_kept, skipped = predict_images(run, paths, batch_size, tta, cache)
+        failed.update({item["path"]: item for item in skipped})
+        by_path = dict(zip(paths_kept, probs))
+        kept = paths_kept if kept is None else [p for p in kept if p in by_path]
+        total = {p: by_path[p] for p in kept} if total is None else {p: total[p] + by_path[p] for p in kept}
+        del run
+    probs = np.stack([total[p] / len(run_dirs) for p in kept]) if kept else np.zeros((0, len(classes)), np.float32)
+    return probs, kept, list(failed.values()), classes
+
+
+def predict(run_dir: str | Path | list, images: str | Path, out: str | Path, *, proba: str | None = None,
             template: str | Path | None = None, batch_size: int | None = None, device: str = "auto",
             tta: bool = False, cache: CacheSettings | None = None, backend: str = "torch",
             label_format: str = "name") -> dict:
     """Write `id,label` per picture (submission.write_submission: numeric ids in numeric order,
     proba=CLASS for P(CLASS), template=CSV for its ids and columns, label_format="index" for class
     positions). tta=True averages each picture's probabilities with its mirror image's.
-    backend="onnx"/"int8" runs without torch (inference.py)."""
+    backend="onnx"/"int8" runs without torch (inference.py). Several run folders: their mean
+    probabilities (ensemble_probabilities)."""
+    from .folds import expand_runs
+
+    run_dir = [r for one in (run_dir if isinstance(run_dir, (list, tuple)) else [run_dir]) for r in expand_runs(one)]
+    if len(run_dir) > 1:
+        paths, skipped = list_pictures(images)
+        probs, kept, failed, classes = ensemble_probabilities(run_dir, paths, batch_size=batch_size, device=device,
+                                                              tta=tta, cache=cache, backend=backend)
+        check_proba(proba, classes)
+        log.info("ensemble of %d runs: mean probabilities", len(run_dir))
+        return write_submission(probs, kept, skipped + failed, classes, images, out, proba=proba, template=template,
+                                label_format=label_format)
+    run_dir = run_dir[0]
     if backend != "torch":
         from .inference import predict_onnx
 
