@@ -75,6 +75,8 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
                                    "(default: 1e-3, sgd: 1e-2, or the recipe's)")),
                      ("--momentum", dict(type=float, help="SGD momentum (default: 0.9)")),
                      ("--weight-decay", dict(type=float, help="default: 0")),
+                     ("--norm-weight-decay", dict(type=float, metavar="F", help="weight decay of norm layers and "
+                                                  "biases (default: --weight-decay's; 0: none, as timm does)")),
                      ("--scheduler", dict(choices=["none", "plateau", "cosine", "onecycle"], help="default: none, or the recipe's")),
                      ("--augment", dict(choices=["none", "light", "standard", "strong"], help="default: none, or the recipe's")),
                      ("--mixup", dict(type=float, metavar="ALPHA", help="MixUp alpha (default: 0 = off)")),

@@ -89,6 +89,7 @@ class TrainConfig:
     lr: float | str | None = None  # None: the optimiser's usual default (engine.optim); "auto": lr_find.py's suggestion
     momentum: float = 0.9
     weight_decay: float = 0.0
+    norm_weight_decay: float | None = None  # norm layers' weights and biases; None: weight_decay (engine/optim.py)
     scheduler: str = "none"
     early_stop: int = 0  # stop after this many epochs without a better val loss; 0 = never
     augment: str = "none"  # none, light, standard, strong (data.augment.PRESETS)
@@ -148,6 +149,8 @@ class TrainConfig:
             raise UserError(f"Received: channels={self.data.channels}; expected 1 or 3")
         if self.data.img_size is not None and self.data.img_size < 8:
             raise UserError(f"Received: img-size={self.data.img_size}; expected an integer >= 8")
+        if self.norm_weight_decay is not None and self.norm_weight_decay < 0:
+            raise UserError(f"Received: norm-weight-decay={self.norm_weight_decay}; expected a number >= 0")
         if self.lr is not None and self.lr != "auto" and (isinstance(self.lr, str) or self.lr <= 0):
             raise UserError(f"Received: lr={self.lr}; expected a positive number or auto")
 

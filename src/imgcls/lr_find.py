@@ -62,7 +62,7 @@ def range_test(model: torch.nn.Module, train_model: torch.nn.Module, loader, con
     BatchNorm statistics back as they were."""
     saved = copy.deepcopy(model.state_dict())
     optimizer = build_optimizer(model, config.optimizer, start_lr, config.momentum, config.weight_decay,
-                                config.backbone_lr_mult)
+                                config.backbone_lr_mult, config.norm_weight_decay)
     ratios = [group["lr"] / start_lr for group in optimizer.param_groups]  # the backbone's multiplier kept
     mixer = batch_mixer(config.mixup, config.cutmix, num_classes)
     gamma = (end_lr / start_lr) ** (1 / max(1, steps - 1))

@@ -192,7 +192,7 @@ def _fit(config: TrainConfig, built: Built, folder: RunFolder, generator: torch.
     """The one engine: optimiser, schedule, the run folder's writer, resume state, then every epoch."""
     steps = min(len(built.train_loader), config.train_batches or len(built.train_loader))
     optimizer = build_optimizer(built.model, config.optimizer, config.lr, config.momentum, config.weight_decay,
-                                config.backbone_lr_mult)
+                                config.backbone_lr_mult, config.norm_weight_decay)
     schedule = Schedule(optimizer, config.scheduler, config.epochs, steps)
     writers = [RunWriter(folder, built.meta), ProgressLog(steps), *callbacks] if callbacks is not None else []
     trainer = Trainer(built.model, optimizer, schedule, early_stop=config.early_stop, max_batches=config.train_batches,

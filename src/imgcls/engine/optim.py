@@ -9,24 +9,35 @@ from ..errors import UserError
 DEFAULT_LR = {"adam": 1e-3, "adamw": 1e-3, "sgd": 1e-2, "rmsprop": 1e-3}
 
 
-def param_groups(model: nn.Module, lr: float, backbone_lr_mult: float = 1.0) -> list[dict]:
-    """The head at `lr`, every other trainable parameter at lr * backbone_lr_mult (fastai's discriminative lr)."""
+def param_groups(model: nn.Module, lr: float, backbone_lr_mult: float = 1.0, weight_decay: float = 0.0,
+                 norm_weight_decay: float | None = None) -> list[dict]:
+    """The head at `lr`, every other trainable parameter at lr * backbone_lr_mult (fastai's discriminative
+    lr); norm layers' weights and every bias (the 0- and 1-dimensional tensors, timm's
+    param_groups_weight_decay rule) at `norm_weight_decay`, the rest at `weight_decay`
+    (norm_weight_decay=None: the same for all, torchvision's --norm-weight-decay default)."""
     trainable = [p for p in model.parameters() if p.requires_grad]
     head = {id(p) for p in model.head.parameters()} if hasattr(model, "head") else set()
-    if backbone_lr_mult == 1.0 or not head:
-        return [{"params": trainable, "lr": lr}]
-    groups = [{"params": [p for p in trainable if id(p) in head], "lr": lr},
-              {"params": [p for p in trainable if id(p) not in head], "lr": lr * backbone_lr_mult}]
+    by_lr = ([(trainable, lr)] if backbone_lr_mult == 1.0 or not head else
+             [([p for p in trainable if id(p) in head], lr),
+              ([p for p in trainable if id(p) not in head], lr * backbone_lr_mult)])
+    groups = []
+    for params, group_lr in by_lr:
+        if norm_weight_decay is None or norm_weight_decay == weight_decay:
+            groups.append({"params": params, "lr": group_lr, "weight_decay": weight_decay})
+            continue
+        groups.append({"params": [p for p in params if p.ndim > 1], "lr": group_lr, "weight_decay": weight_decay})
+        groups.append({"params": [p for p in params if p.ndim <= 1], "lr": group_lr, "weight_decay": norm_weight_decay})
     return [g for g in groups if g["params"]]
 
 
 def build_optimizer(params, name: str, lr: float | None, momentum: float = 0.9,
-                    weight_decay: float = 0.0, backbone_lr_mult: float = 1.0) -> torch.optim.Optimizer:
-    """`params` is a model (its trainable parameters, the backbone's at lr * backbone_lr_mult) or a
-    list of parameter groups."""
+                    weight_decay: float = 0.0, backbone_lr_mult: float = 1.0,
+                    norm_weight_decay: float | None = None) -> torch.optim.Optimizer:
+    """`params` is a model (its trainable parameters, the backbone's at lr * backbone_lr_mult, norm
+    layers and biases at norm_weight_decay) or a list of parameter groups."""
     lr = lr if lr is not None else DEFAULT_LR.get(name, 1e-3)
     if isinstance(params, nn.Module):
-        params = param_groups(params, lr, backbone_lr_mult)
+        params = param_groups(params, lr, backbone_lr_mult, weight_decay, norm_weight_decay)
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     if name == "adamw":
