@@ -104,6 +104,10 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
                                              "entries beyond this size (default: 20)")),
                      ("--order", dict(choices=["auto", "random", "quasi"], help="training order; quasi keeps "
                                       "reads local in a cache file larger than memory (auto: quasi then)")),
+                     ("--class-weight", dict(choices=["none", "balanced"], help="balanced: loss weights "
+                                             "inversely proportional to each class's pictures")),
+                     ("--sampler", dict(choices=["uniform", "balanced"], help="balanced: every class drawn "
+                                        "equally often per epoch (with replacement)")),
                      ("--calibrate", dict(action="store_true", help="fit a temperature on the validation "
                                           "split after training; evaluate, predict, export and serve use it")),
                      ("--track", dict(type=_names, metavar="tensorboard,mlflow", help="log config, metrics and "

@@ -106,6 +106,8 @@ class TrainConfig:
     cache_dir: str | None = None  # None: $IMGCLS_CACHE_DIR, $XDG_CACHE_HOME/imgcls or ~/.cache/imgcls
     cache_max_gb: float = 20.0  # least recently used cache entries are evicted beyond this
     order: str = "auto"  # training order: random, quasi (local reads), auto (quasi when the cache file exceeds memory)
+    class_weight: str = "none"  # none, balanced: loss weights inversely proportional to class counts
+    sampler: str = "uniform"  # uniform, balanced: every class drawn equally often (with replacement)
     calibrate: bool = False  # fit a temperature on the validation split after training (engine/calibration.py)
     track: list[str] = field(default_factory=list)  # tensorboard, mlflow (tracking.py)
     class_names: str | list[str] | None = None  # names for the data's labels: FILE, label,name CSV or 'a,b,c'
@@ -122,6 +124,8 @@ class TrainConfig:
         _choice("recipe", self.recipe, ("auto", *RECIPES))
         _choice("precision", self.precision, PRECISIONS)
         _choice("order", self.order, ORDERS)
+        _choice("class-weight", self.class_weight, ("none", "balanced"))
+        _choice("sampler", self.sampler, ("uniform", "balanced"))
         for tracker in self.track:
             _choice("track", tracker, ("tensorboard", "mlflow"))
         if self.unfreeze_last is not None and self.unfreeze_last < 0:

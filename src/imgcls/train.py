@@ -167,10 +167,21 @@ def build_model(config: TrainConfig, data: PreparedData, device: torch.device, g
     train_loader = BatchLoader(data.train, config.batch_size, meta["mean"], meta["std"], shuffle=True,
                                device=device, generator=generator, drop_last=True, augment=augment,
                                shard=(ranks.rank, ranks.world), channels_last=config.channels_last,
-                               order=config.order)
+                               order=config.order, balanced=config.sampler == "balanced")
     val_loader = BatchLoader(data.val, inference_batch_size(data.channels, data.size), meta["mean"], meta["std"],
                              shuffle=False, device=device, channels_last=config.channels_last)
     return Built(model, train_model, model, train_loader, val_loader, None, meta)
+
+
+def _class_weight(config: TrainConfig, built: Built) -> torch.Tensor | None:
+    """--class-weight balanced: loss weight N / (K * pictures of the class), scikit-learn's "balanced"."""
+    if config.class_weight == "none":
+        return None
+    labels = built.train_loader.labels.cpu()
+    counts = torch.bincount(labels, minlength=len(built.meta["classes"])).double().clamp(min=1)
+    weight = len(labels) / (len(counts) * counts)
+    log.info("--class-weight balanced: %s", ", ".join(f"{c} {w:.2f}" for c, w in zip(built.meta["classes"], weight)))
+    return weight.float().to(built.train_loader.labels.device)
 
 
 def _choose_lr(config: TrainConfig, built: Built, folder: RunFolder, num_classes: int) -> None:
@@ -197,6 +208,7 @@ def _fit(config: TrainConfig, built: Built, folder: RunFolder, generator: torch.
     writers = [RunWriter(folder, built.meta), ProgressLog(steps), *callbacks] if callbacks is not None else []
     trainer = Trainer(built.model, optimizer, schedule, early_stop=config.early_stop, max_batches=config.train_batches,
                       generator=generator, label_smoothing=config.label_smoothing,
+                      class_weight=_class_weight(config, built),
                       batch_transform=batch_mixer(config.mixup, config.cutmix, len(built.meta["classes"])),
                       callbacks=writers, train_model=built.train_model, eval_model=built.eval_model,
                       autocast=_autocast_dtype(config.precision, device))
@@ -251,7 +263,7 @@ def _feature_cache(config: TrainConfig, model: torch.nn.Module, data: PreparedDa
     features = {name: frozen_features(key, model, prefix, part, mean=meta["mean"], std=meta["std"], device=device,
                                       cache=cache) for name, part in (("train", data.train), ("val", data.val))}
     train_loader = FeatureLoader(features["train"], config.batch_size, shuffle=True, device=device,
-                                 generator=generator, drop_last=True)
+                                 generator=generator, drop_last=True, balanced=config.sampler == "balanced")
     val_loader = FeatureLoader(features["val"], max(config.batch_size, 256), shuffle=False, device=device)
     return train_loader, val_loader, CachedTail(model, rest).to(device)
 

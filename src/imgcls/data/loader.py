@@ -31,6 +31,12 @@ def quasi_random(file_rows: np.ndarray, block_rows: int, window_blocks: int, gen
     return torch.cat(order) if order else by_place
 
 
+def balanced_weights(labels: torch.Tensor) -> torch.Tensor:
+    """Sampling weight 1 / (pictures of its class) per picture: every class drawn equally often."""
+    counts = torch.bincount(labels.cpu())
+    return 1.0 / counts[labels.cpu()].double()
+
+
 class BatchOrder:
     """The index tensors of one epoch's batches: a seeded shuffle (or in order), the last batch dropped
     only when it is a tiny remainder that would make BatchNorm statistics noisy. With `file_rows`
@@ -38,8 +44,10 @@ class BatchOrder:
 
     def __init__(self, n: int, batch_size: int, *, shuffle: bool, device: torch.device,
                  generator: torch.Generator | None = None, drop_last: bool = False, ranks: int = 1,
-                 file_rows: np.ndarray | None = None, row_bytes: int = 0, memory: int = 0):
+                 file_rows: np.ndarray | None = None, row_bytes: int = 0, memory: int = 0,
+                 weights: torch.Tensor | None = None):
         self.n, self.batch_size, self.shuffle = n, batch_size, shuffle
+        self.weights = weights  # per-position sampling weights: an epoch of n draws with replacement
         self.device, self.generator = device, generator
         # Split over `ranks` processes, a remainder under 2 per rank would leave a rank one picture or none
         # (BatchNorm cannot train on that; an empty slice gave a NaN loss).
@@ -57,6 +65,8 @@ class BatchOrder:
     def permutation(self) -> torch.Tensor:
         if not self.shuffle:
             return torch.arange(self.n)
+        if self.weights is not None:
+            return torch.multinomial(self.weights, self.n, replacement=True, generator=self.generator)
         if self.file_rows is not None:
             return quasi_random(self.file_rows, self.block_rows, self.window_blocks, self.generator)
         return torch.randperm(self.n, generator=self.generator)
@@ -117,7 +127,7 @@ class RowLoader:
 
     def __init__(self, data: DecodedImages, batch_size: int, *, shuffle: bool, device: torch.device,
                  generator: torch.Generator | None = None, drop_last: bool = False,
-                 shard: tuple[int, int] = (0, 1), order: str = "auto"):
+                 shard: tuple[int, int] = (0, 1), order: str = "auto", balanced: bool = False):
         if order not in ORDERS:
             raise ValueError(f"order={order!r}; expected one of {ORDERS}")
         self.data = data.to(device)
@@ -132,7 +142,8 @@ class RowLoader:
         self.order = BatchOrder(len(data), batch_size, shuffle=shuffle,
                                 device=torch.device("cpu") if self.streamed else device, generator=generator,
                                 drop_last=drop_last, ranks=shard[1], file_rows=data.file_rows() if local else None,
-                                row_bytes=data.row_bytes, memory=memory)
+                                row_bytes=data.row_bytes, memory=memory,
+                                weights=balanced_weights(data.labels) if balanced and shuffle else None)
         # (rank, world): every rank walks the same shuffled global batches and keeps its slice of each,
         # so N processes with batch B train like one process with batch B.
         self.rank, self.world = shard
@@ -162,9 +173,10 @@ class BatchLoader(RowLoader):
     def __init__(self, data: DecodedImages, batch_size: int, mean: list[float], std: list[float], *,
                  shuffle: bool, device: torch.device, generator: torch.Generator | None = None,
                  drop_last: bool = False, augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 shard: tuple[int, int] = (0, 1), channels_last: bool = False, order: str = "auto"):
+                 shard: tuple[int, int] = (0, 1), channels_last: bool = False, order: str = "auto",
+                 balanced: bool = False):
         super().__init__(data, batch_size, shuffle=shuffle, device=device, generator=generator,
-                         drop_last=drop_last, shard=shard, order=order)
+                         drop_last=drop_last, shard=shard, order=order, balanced=balanced)
         self.augment = augment  # uint8 batch → uint8 batch, before normalisation
         self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255.0
         self.std = torch.tensor(std, device=device).view(1, -1, 1, 1) * 255.0

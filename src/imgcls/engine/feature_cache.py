@@ -63,9 +63,9 @@ class FeatureLoader(RowLoader):
     """Batches of cached prefix outputs (one tensor, or a tuple for a fusion model) with their labels."""
 
     def __init__(self, features: FrozenFeatures, batch_size: int, *, shuffle: bool, device: torch.device,
-                 generator: torch.Generator | None = None, drop_last: bool = False):
+                 generator: torch.Generator | None = None, drop_last: bool = False, balanced: bool = False):
         super().__init__(features.rows, batch_size, shuffle=shuffle, device=device, generator=generator,
-                         drop_last=drop_last)
+                         drop_last=drop_last, balanced=balanced)
         self.features = features
 
     def prepare(self, flat: torch.Tensor):

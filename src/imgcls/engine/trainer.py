@@ -65,7 +65,8 @@ class Trainer:
                  callbacks: Iterable[Callback] = (), early_stop: int = 0, max_batches: int | None = None,
                  generator: torch.Generator | None = None, label_smoothing: float = 0.0,
                  batch_transform: Callable | None = None, train_model: nn.Module | None = None,
-                 eval_model: nn.Module | None = None, autocast: torch.dtype | None = None):
+                 eval_model: nn.Module | None = None, autocast: torch.dtype | None = None,
+                 class_weight: torch.Tensor | None = None):
         self.model = model
         self.optimizer = optimizer
         self.schedule = schedule
@@ -79,6 +80,7 @@ class Trainer:
         self.train_model = model if train_model is None else train_model  # e.g. DDP or torch.compile of `model`
         self.eval_model = model if eval_model is None else eval_model  # e.g. the tail over cached frozen features
         self.autocast = autocast  # e.g. torch.bfloat16: forward and loss under mixed precision
+        self.class_weight = class_weight  # per-class loss weights (--class-weight balanced); validation stays plain
         self.state = TrainState()
         self.epochs = 0
 
@@ -100,7 +102,8 @@ class Trainer:
             # The device comes from the labels: `images` may be a tuple (a fusion model's cached features).
             with torch.autocast(labels.device.type, self.autocast or torch.float32, enabled=self.autocast is not None):
                 logits = self.train_model(images)
-                summed = F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing, reduction="sum")
+                summed = F.cross_entropy(logits, targets, weight=self.class_weight,
+                                         label_smoothing=self.label_smoothing, reduction="sum")
                 # Under torchrun each rank holds a slice of the global batch, slices may differ by a picture,
                 # and DDP averages gradients over ranks: sum / (global count / ranks) makes that average the
                 # global batch's mean loss, as in one process.
