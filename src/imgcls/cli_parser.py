@@ -108,6 +108,8 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
                                              "inversely proportional to each class's pictures")),
                      ("--sampler", dict(choices=["uniform", "balanced"], help="balanced: every class drawn "
                                         "equally often per epoch (with replacement)")),
+                     ("--ema", dict(type=float, nargs="?", const=0.999, metavar="DECAY", help="evaluate and save an "
+                                    "exponential moving average of the weights (default decay 0.999)")),
                      ("--calibrate", dict(action="store_true", help="fit a temperature on the validation "
                                           "split after training; evaluate, predict, export and serve use it")),
                      ("--track", dict(type=_names, metavar="tensorboard,mlflow", help="log config, metrics and "

@@ -108,6 +108,7 @@ class TrainConfig:
     order: str = "auto"  # training order: random, quasi (local reads), auto (quasi when the cache file exceeds memory)
     class_weight: str = "none"  # none, balanced: loss weights inversely proportional to class counts
     sampler: str = "uniform"  # uniform, balanced: every class drawn equally often (with replacement)
+    ema: float = 0.0  # decay of an exponential moving average of the weights, evaluated and saved; 0: off
     calibrate: bool = False  # fit a temperature on the validation split after training (engine/calibration.py)
     track: list[str] = field(default_factory=list)  # tensorboard, mlflow (tracking.py)
     class_names: str | list[str] | None = None  # names for the data's labels: FILE, label,name CSV or 'a,b,c'
@@ -153,6 +154,8 @@ class TrainConfig:
             raise UserError(f"Received: channels={self.data.channels}; expected 1 or 3")
         if self.data.img_size is not None and self.data.img_size < 8:
             raise UserError(f"Received: img-size={self.data.img_size}; expected an integer >= 8")
+        if not 0 <= self.ema < 1:
+            raise UserError(f"Received: ema={self.ema}; expected a decay in [0, 1) such as 0.999 (0: off)")
         if self.norm_weight_decay is not None and self.norm_weight_decay < 0:
             raise UserError(f"Received: norm-weight-decay={self.norm_weight_decay}; expected a number >= 0")
         if self.lr is not None and self.lr != "auto" and (isinstance(self.lr, str) or self.lr <= 0):

@@ -153,7 +153,7 @@ class RunWriter(Callback):
 
     def on_epoch_end(self, trainer: Trainer, row: dict, improved: bool) -> None:
         if improved:
-            self.folder.save_best(trainer.model, {**self.meta, "best_epoch": row["epoch"]})
+            self.folder.save_best(trainer.weights_model, {**self.meta, "best_epoch": row["epoch"]})
         self.folder.save_resume(trainer.state_dict())
         self.folder.write_history(trainer.state.history)
 

@@ -208,7 +208,7 @@ def _fit(config: TrainConfig, built: Built, folder: RunFolder, generator: torch.
     writers = [RunWriter(folder, built.meta), ProgressLog(steps), *callbacks] if callbacks is not None else []
     trainer = Trainer(built.model, optimizer, schedule, early_stop=config.early_stop, max_batches=config.train_batches,
                       generator=generator, label_smoothing=config.label_smoothing,
-                      class_weight=_class_weight(config, built),
+                      class_weight=_class_weight(config, built), ema_decay=config.ema,
                       batch_transform=batch_mixer(config.mixup, config.cutmix, len(built.meta["classes"])),
                       callbacks=writers, train_model=built.train_model, eval_model=built.eval_model,
                       autocast=_autocast_dtype(config.precision, device))
@@ -248,6 +248,9 @@ def _feature_cache(config: TrainConfig, model: torch.nn.Module, data: PreparedDa
     """(train loader, val loader, model tail) over cached frozen-block outputs, or None when not applicable."""
     split = model.split_frozen(config.cache_before_last) if hasattr(model, "split_frozen") else None
     if split is None or not config.feature_cache:
+        return None
+    if config.ema:
+        log.info("frozen-feature cache off: --ema averages the whole model, which the cached tail does not see")
         return None
     if config.augment != "none" or config.mixup or config.cutmix or distributed:
         log.info("frozen-feature cache off: augmentation, mixing or several processes change the frozen "

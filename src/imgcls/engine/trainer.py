@@ -66,7 +66,7 @@ class Trainer:
                  generator: torch.Generator | None = None, label_smoothing: float = 0.0,
                  batch_transform: Callable | None = None, train_model: nn.Module | None = None,
                  eval_model: nn.Module | None = None, autocast: torch.dtype | None = None,
-                 class_weight: torch.Tensor | None = None):
+                 class_weight: torch.Tensor | None = None, ema_decay: float = 0.0):
         self.model = model
         self.optimizer = optimizer
         self.schedule = schedule
@@ -81,6 +81,13 @@ class Trainer:
         self.eval_model = model if eval_model is None else eval_model  # e.g. the tail over cached frozen features
         self.autocast = autocast  # e.g. torch.bfloat16: forward and loss under mixed precision
         self.class_weight = class_weight  # per-class loss weights (--class-weight balanced); validation stays plain
+        # --ema: an exponential moving average of the weights (and BatchNorm statistics), updated after every
+        # step; it is what validation scores and what the run saves (timm's --model-ema, Keras' use_ema).
+        self.ema = None
+        if ema_decay:
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+            self.ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
+            self.eval_model = self.ema.module
         self.state = TrainState()
         self.epochs = 0
 
@@ -112,6 +119,8 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
             self.schedule.after_batch()
             # Sums stay tensors: no device sync per batch on a GPU.
             total_loss = total_loss.to(loss.device) + summed.detach()
@@ -159,6 +168,7 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "shuffle_rng": self.generator.get_state() if self.generator is not None else torch.empty(0),
             "train_state": asdict(self.state),
+            "ema": self.ema.state_dict() if self.ema is not None else {},
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -169,3 +179,10 @@ class Trainer:
         if self.generator is not None and len(state["shuffle_rng"]):
             self.generator.set_state(state["shuffle_rng"])
         self.state = TrainState(**state["train_state"])
+        if self.ema is not None and state.get("ema"):
+            self.ema.load_state_dict(state["ema"])
+
+    @property
+    def weights_model(self) -> nn.Module:
+        """The weights a run saves: the EMA copy's with --ema, else the model's."""
+        return self.ema.module if self.ema is not None else self.model
