@@ -32,7 +32,7 @@ def _cmd_cache(args: argparse.Namespace) -> None:
               f"last used {e['age_s'] / 86400:.1f} days ago")
 
 
-TUNE_ONLY = ("trials", "space", "storage", "study", "timeout", "sampler", "folds", "stage1_epochs",
+TUNE_ONLY = ("trials", "space", "storage", "study", "timeout", "folds", "stage1_epochs",
              "stage2_epochs", "drop_implausible", "steps")
 
 
@@ -55,7 +55,8 @@ def _train_config(values: dict):
 
 def _cmd_tune(args: argparse.Namespace) -> None:
     values = vars(args)
-    base = _train_config({k: v for k, v in values.items() if k != "out"})  # a mistake ends here, before torch loads
+    # (--sampler here is Optuna's, not the training sampler's)
+    base = _train_config({k: v for k, v in values.items() if k not in ("out", "sampler")})  # mistakes end here
     from .tune import load_space, tune
 
     space = values.get("space")

@@ -40,8 +40,9 @@ def _names(text: str) -> list[str]:
     return [n.strip() for n in text.split(",") if n.strip()]
 
 
-def _add_train_flags(parser: argparse.ArgumentParser) -> None:
-    """DATA and every training flag; unset flags stay out of the namespace (defaults < --config < flags)."""
+def _add_train_flags(parser: argparse.ArgumentParser, *, search: bool = False) -> None:
+    """DATA and every training flag; unset flags stay out of the namespace (defaults < --config < flags).
+    search=True (tune): --sampler is Optuna's there, so the training sampler comes from --config."""
     _add_data_flags(parser, optional=True)
     for flag, kw in [("--val", dict(metavar="DATA2", help="a separate validation folder (same layout flags)")),
                      ("--val-split", dict(type=float, help="validation fraction (default: 0.2)")),
@@ -67,6 +68,8 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
                      ("--no-feature-cache", dict(action="store_false", dest="feature_cache",
                                                  help="recompute frozen blocks every epoch (for comparisons)")),
                      ("--img-size", dict(type=int, metavar="N", help="default: the model's input size")),
+                     ("--resize", dict(choices=["squash", "crop", "pad"], help="how a picture becomes a square: "
+                                       "squash (default), crop (short side, centre) or pad (long side, letterbox)")),
                      ("--channels", dict(type=int, choices=[1, 3], help="default: the model's")),
                      ("--epochs", dict(type=int, help="default: 10, or the recipe's")),
                      ("--batch-size", dict(type=int, help="default: 64, or the recipe's")),
@@ -106,8 +109,6 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
                                       "reads local in a cache file larger than memory (auto: quasi then)")),
                      ("--class-weight", dict(choices=["none", "balanced"], help="balanced: loss weights "
                                              "inversely proportional to each class's pictures")),
-                     ("--sampler", dict(choices=["uniform", "balanced"], help="balanced: every class drawn "
-                                        "equally often per epoch (with replacement)")),
                      ("--ema", dict(type=float, nargs="?", const=0.999, metavar="DECAY", help="evaluate and save an "
                                     "exponential moving average of the weights (default decay 0.999)")),
                      ("--calibrate", dict(action="store_true", help="fit a temperature on the validation "
@@ -119,6 +120,9 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
                                             "(one name a line, or label,name rows) or comma-separated names")),
                      ("--config", dict(metavar="YAML", help="settings file; flags override it"))]:
         parser.add_argument(flag, **kw)
+    if not search:
+        parser.add_argument("--sampler", choices=["uniform", "balanced"], help="balanced: every class drawn "
+                            "equally often per epoch (with replacement)")
     _add_cache_flags(parser)
 
 
@@ -164,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--out", metavar="DIR", help="default: runs/finetune-<model>, numbered")
 
     u = sub.add_parser("tune", help="search training settings with Optuna (resumable)", argument_default=s)
-    _add_train_flags(u)
+    _add_train_flags(u, search=True)
     u.add_argument("--trials", type=int, default=20, help="finished trials the study should hold (default: 20)")
     u.add_argument("--space", metavar="SPACE.yaml", help="search space (default: see README)")
     u.add_argument("--storage", metavar="URL", help="Optuna storage (default: sqlite:///OUT/study.db)")

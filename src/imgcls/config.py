@@ -64,6 +64,7 @@ class DataConfig:
     clean: bool = False  # drop unreadable, tiny and cross-label duplicates; trim uniform borders
     min_pixels: int = 3600  # with clean: pictures with fewer pixels are dropped
     img_size: int | None = None  # None: the model's default input size
+    resize: str = "squash"  # squash, crop (short side, centre) or pad (long side, letterbox): data/decode.py
     channels: int | None = None  # None: the model's default (1 grey, 3 colour)
 
 
@@ -125,6 +126,7 @@ class TrainConfig:
         _choice("recipe", self.recipe, ("auto", *RECIPES))
         _choice("precision", self.precision, PRECISIONS)
         _choice("order", self.order, ORDERS)
+        _choice("resize", self.data.resize, ("squash", "crop", "pad"))
         _choice("class-weight", self.class_weight, ("none", "balanced"))
         _choice("sampler", self.sampler, ("uniform", "balanced"))
         for tracker in self.track:

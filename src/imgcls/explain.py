@@ -154,7 +154,8 @@ def explain(run_dir: str | Path, pictures: str | Path, out: str | Path, *, metho
     decoded, geometries, kept = [], [], []
     for path in paths:
         try:
-            array, geometry = decode_with_geometry(path, channels, size, meta.get("trim_borders", False))
+            array, geometry = decode_with_geometry(path, channels, size, meta.get("trim_borders", False),
+                                                   resize=meta.get("resize", "squash"))
         except DecodeError as error:
             skipped.append({"path": path, "reason": str(error)})
             log.warning("skipped %s: %s", path, error)

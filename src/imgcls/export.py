@@ -24,9 +24,13 @@ def contract(meta: dict, fmt: str) -> dict:
     return {"format": fmt, "input": {"name": "input", "layout": "NCHW", "dtype": "float32",
                                      "channels": meta["channels"], "height": meta["input_size"],
                                      "width": meta["input_size"], "batch": "dynamic"},
-            "preprocess": "resize to height x width (bilinear), scale to [0, 1], subtract mean, divide by std"
+            "preprocess": {"squash": "resize to height x width (bilinear)",
+                           "crop": "resize the short side to height (bilinear), keep the centre height x width",
+                           "pad": "resize the long side to height (bilinear), pad to height x width with grey 114"}[
+                meta.get("resize", "squash")] + ", scale to [0, 1], subtract mean, divide by std"
                           + ("; crop uniform borders first (trim_borders)" if meta.get("trim_borders") else ""),
             "mean": meta["mean"], "std": meta["std"], "trim_borders": bool(meta.get("trim_borders")),
+            "resize": meta.get("resize", "squash"),
             "output": {"name": "logits", "postprocess": "softmax over the last axis" if meta.get("temperature", 1.0) == 1.0
                        else "divide by temperature, then softmax over the last axis",
                        "temperature": meta.get("temperature", 1.0)},

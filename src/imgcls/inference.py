@@ -91,13 +91,14 @@ def onnx_probabilities(model: OnnxModel, meta: dict, paths: list[str], *, batch_
 
     cache = cache or CacheSettings()
     channels, size, trim = meta["channels"], meta["input_size"], meta.get("trim_borders", False)
+    resize = meta.get("resize", "squash")
     if cache.enabled:
-        store = DecodedStore(cache.root, channels, size, trim, max_gb=cache.max_gb)
+        store = DecodedStore(cache.root, channels, size, trim, resize, max_gb=cache.max_gb)
         rows, skipped = store.lookup(paths)
         pictures, ok = store.array(), np.flatnonzero(rows >= 0)
         rows = rows[ok]
     else:
-        pictures, ok, skipped = decode_all(paths, channels, size, trim=trim)
+        pictures, ok, skipped = decode_all(paths, channels, size, trim=trim, resize=resize)
         rows = np.arange(len(ok))
     mean = np.asarray(meta["mean"], dtype=np.float32).reshape(1, -1, 1, 1) * 255
     std = np.asarray(meta["std"], dtype=np.float32).reshape(1, -1, 1, 1) * 255

@@ -74,7 +74,8 @@ def predict_images(run: LoadedRun, paths: list[str], batch_size: int | None = No
     """Probabilities (N, classes) for the pictures that decode, their paths, and the skipped ones."""
     # A run trained on border-trimmed pictures sees its test pictures trimmed the same way.
     decoded, skipped = decode_paths(paths, np.zeros(len(paths), dtype=np.int64), run.meta["channels"],
-                                    run.meta["input_size"], trim=run.meta.get("trim_borders", False), cache=cache)
+                                    run.meta["input_size"], trim=run.meta.get("trim_borders", False), cache=cache,
+                                    resize=run.meta.get("resize", "squash"))
     probs, _, _ = predict_proba(run.model, run.loader(decoded, batch_size), tta)
     return run.calibrated(probs), decoded.paths, skipped
 
@@ -169,7 +170,8 @@ def evaluate(run_dir: str | Path, source: str, *, labels: str | None = None, id_
         raise UserError(f"Received: {source} with no picture of the run's classes; expected some of "
                         f"{', '.join(run.classes)}")
     decoded, failed = decode_samples(samples, run.meta["channels"], run.meta["input_size"],
-                                     trim=run.meta.get("trim_borders", False), cache=cache)
+                                     trim=run.meta.get("trim_borders", False), cache=cache,
+                                     resize=run.meta.get("resize", "squash"))
     probs, _, _ = predict_proba(run.model, run.loader(decoded, batch_size), tta)
     probs = run.calibrated(probs)
     metrics = classification_metrics(decoded.labels.numpy(), probs, run.classes)

@@ -35,7 +35,8 @@ def validation_batches(run, limit: int | None = None, cache=None) -> tuple[list[
     index = {c: i for i, c in enumerate(run.classes)}
     meta = run.meta
     decoded, _ = decode_paths([r["path"] for r in rows], np.array([index[r["label"]] for r in rows]),
-                              meta["channels"], meta["input_size"], trim=meta.get("trim_borders", False), cache=cache)
+                              meta["channels"], meta["input_size"], trim=meta.get("trim_borders", False), cache=cache,
+                              resize=meta.get("resize", "squash"))
     if not len(decoded):
         raise UserError(f"Received: RUN_DIR {run.run_dir} whose validation pictures no longer decode; expected "
                         "the pictures it was trained on")

@@ -18,6 +18,7 @@ import logging
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -101,8 +102,8 @@ def create_app(run_dir: str | Path, *, max_bytes: int = MAX_BYTES, top_k: int = 
         try:
             # A pool of one thread per core: more concurrent decodes would only fight the model for the CPU.
             return await asyncio.get_running_loop().run_in_executor(
-                decode_pool, decode, io.BytesIO(data), meta["channels"], meta["input_size"],
-                meta.get("trim_borders", False), max_pixels)
+                decode_pool, partial(decode, resize=meta.get("resize", "squash")), io.BytesIO(data), meta["channels"],
+                meta["input_size"], meta.get("trim_borders", False), max_pixels)
         except TooManyPixels as error:
             raise Rejected(413, f"{upload.filename}: {error}") from None
         except DecodeError as error:

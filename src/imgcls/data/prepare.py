@@ -81,7 +81,8 @@ def prepare_data(config: TrainConfig, samples: Samples, excluded: list[str], fol
              len(samples), size, channels)
     trim = config.data.clean
     cache = CacheSettings(config.cache, config.cache_dir, config.cache_max_gb)
-    decoded, skipped = decode_samples(samples, channels, size, trim=trim, cache=cache)
+    resize = config.data.resize
+    decoded, skipped = decode_samples(samples, channels, size, trim=trim, cache=cache, resize=resize)
     skipped = samples.skipped + skipped
     if config.data.val:
         # A separate validation folder uses the same layout flags; its classes must be the training ones.
@@ -89,7 +90,8 @@ def prepare_data(config: TrainConfig, samples: Samples, excluded: list[str], fol
                                    classes=samples.given_classes or samples.classes)
         if samples.given_classes:
             val_samples = val_samples.renamed(samples.classes)
-        train_data, (val_data, val_skipped) = decoded, decode_samples(val_samples, channels, size, trim=trim, cache=cache)
+        train_data, (val_data, val_skipped) = decoded, decode_samples(val_samples, channels, size, trim=trim,
+                                                                      cache=cache, resize=resize)
         skipped += val_samples.skipped + val_skipped
     else:
         train_idx, val_idx = _split(config, decoded, folder, resuming)

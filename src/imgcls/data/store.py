@@ -295,7 +295,8 @@ class DecodedStore(RowStore):
     def __init__(self, root: Path, channels: int, size: int, trim: bool, resize: str = "squash",
                  max_gb: float = DEFAULT_MAX_GB):
         settings = {"format": FORMAT, "channels": channels, "size": size, "trim": trim, "resize": resize}
-        super().__init__(root, f"decoded-{channels}x{size}{'-trim' if trim else ''}", settings,
+        super().__init__(root, f"decoded-{channels}x{size}{'-trim' if trim else ''}"
+                         f"{'' if resize == 'squash' else '-' + resize}", settings,
                          (channels, size, size), np.uint8, max_gb)
 
     def lookup(self, paths: list[str], desc: str = "decoding") -> tuple[np.ndarray, list[dict[str, str]]]:
@@ -305,7 +306,8 @@ class DecodedStore(RowStore):
         channels, size = self.row_shape[0], self.row_shape[1]
 
         def decode(positions: list[int]):
-            return decode_chunks([paths[i] for i in positions], channels, size, desc, trim=self.settings["trim"])
+            return decode_chunks([paths[i] for i in positions], channels, size, desc, trim=self.settings["trim"],
+                                 resize=self.settings["resize"])
         return self.lookup_rows(paths, decode, "decoding")
 
 
