@@ -9,6 +9,7 @@ family; that is the part imgcls does for the user.
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,10 +29,8 @@ def _named_blocks(model: nn.Module) -> list[list[tuple[str, nn.Module]]]:
 MIN_SIDE = 7  # where ImageNet backbones end at 224 px; coarser maps miss small objects
 
 
-def default_layers(model: nn.Module, channels: int, size: int) -> list[str]:
-    """Per backbone, the last block whose output is at least 7x7 (else the last with more than one
-    pixel), by block name. A 32 px airnet's last group is 4x4: its Grad-CAM++ peak fell on a 7-pixel
-    object for 51 % of pictures, against 100 % one group earlier at 8x8 (bench/localisation.py)."""
+def block_shapes(model: nn.Module, channels: int, size: int) -> list[list[tuple[str, tuple[int, ...]]]]:
+    """Per backbone, (block name, output shape) of every block, from one forward pass of a blank picture."""
     groups = _named_blocks(model)
     shapes: dict[str, tuple[int, ...]] = {}
 
@@ -51,15 +50,31 @@ def default_layers(model: nn.Module, channels: int, size: int) -> list[str]:
     finally:
         for hook in hooks:
             hook.remove()
+    return [[(name, shapes.get(name, ())) for name, _ in group] for group in groups]
+
+
+def _spatial(group: list[tuple[str, tuple[int, ...]]]) -> list[tuple[str, tuple[int, ...]]]:
+    return [(name, shape) for name, shape in group if len(shape) == 4 and shape[2] * shape[3] > 1]
+
+
+def default_layers(model: nn.Module, channels: int, size: int) -> list[str]:
+    """Per backbone, the last block whose output is at least 7x7 (else the last with more than one
+    pixel), by block name. A 32 px airnet's last group is 4x4: its Grad-CAM++ peak fell on a 7-pixel
+    object for 51 % of pictures, against 99 % one group earlier at 8x8 (bench/localisation.py)."""
     layers = []
-    for group in groups:
-        spatial = [name for name, _ in group if len(shapes.get(name, ())) == 4 and shapes[name][2] * shapes[name][3] > 1]
-        fine = [name for name in spatial if min(shapes[name][2:]) >= MIN_SIDE]
+    for group in block_shapes(model, channels, size):
+        spatial = _spatial(group)
+        fine = [name for name, shape in spatial if min(shape[2:]) >= MIN_SIDE]
         if spatial:
-            layers.append((fine or spatial)[-1])
+            layers.append((fine or [name for name, _ in spatial])[-1])
     if not layers:
         raise UserError("Received: a model without a spatial block; expected a convolutional model for Grad-CAM")
     return layers
+
+
+def last_spatial_blocks(model: nn.Module, channels: int, size: int) -> list[str]:
+    """Per backbone, its last block with a spatial output: what the head pools."""
+    return [_spatial(group)[-1][0] for group in block_shapes(model, channels, size) if _spatial(group)]
 
 
 def find_layer(model: nn.Module, name: str) -> nn.Module:
@@ -86,17 +101,22 @@ class Explanation:
     methods: list[str]  # what "auto" chose, per layer
 
 
-def resolved_method(method: str, gradient: torch.Tensor) -> str:
-    """auto → gradcam where the head averages the block over space (the gradient is the same at every
-    position: torchvision's and timm's backbones), else gradcam++. A flatten or max-pool head weighs
-    each position on its own, and Grad-CAM's spatially averaged weights can cancel out there (simple-cnn
-    on digits: an empty map); Grad-CAM++ weighs positive gradients per position and put the peak on the
-    object for 96-100 % of pictures for simple-cnn, airnet and cifar-cnn, against 44-94 % for Grad-CAM and
-    52-86 % for HiResCAM (bench/localisation.py)."""
+def average_pooled(gradient: torch.Tensor) -> bool:
+    """The gradient at a head's input is the same at every position when the head averages it."""
+    spread = (gradient - gradient.mean((2, 3), keepdim=True)).abs().amax()
+    return bool(spread <= 1e-5 * gradient.abs().amax().clamp(min=1e-30))
+
+
+def resolved_method(method: str, pooled: bool) -> str:
+    """auto → gradcam when the head average-pools the last spatial block (torchvision's and timm's
+    backbones), else gradcam++. A flatten or max-pool head weighs each position on its own, and
+    Grad-CAM's spatially averaged weights can cancel out there (simple-cnn on digits: an empty map);
+    Grad-CAM++ weighs positive gradients per position. On the localisation benchmark Grad-CAM++ put
+    the peak on the object for 96-100 % of pictures for simple-cnn, airnet and cifar-cnn (Grad-CAM:
+    47-87 %), and Grad-CAM did better on EfficientNet-Lite0 (bench/localisation.py)."""
     if method != "auto":
         return method
-    spread = (gradient - gradient.mean((2, 3), keepdim=True)).abs().amax()
-    return "gradcam" if spread <= 1e-5 * gradient.abs().amax().clamp(min=1e-30) else "gradcam++"
+    return "gradcam" if pooled else "gradcam++"
 
 
 def _cam(activation: torch.Tensor, gradient: torch.Tensor, method: str) -> torch.Tensor:
@@ -119,7 +139,7 @@ def _weights(activation: torch.Tensor, gradient: torch.Tensor, method: str) -> t
     return (alpha * gradient.clamp(min=0)).sum((2, 3))
 
 
-_ALIGNMENT: dict[tuple[int, int, int], tuple[float, float, float, float]] = {}
+_ALIGNMENT: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
 
 
 def alignment(model: nn.Module, module: nn.Module, images: torch.Tensor) -> tuple[float, float, float, float]:
@@ -128,9 +148,10 @@ def alignment(model: nn.Module, module: nn.Module, images: torch.Tensor) -> tupl
     gradient of the central cell. Symmetric or TF-style 'same' padding shifts a stride-32 map by up to
     half a cell (16 px at 224 px), which plain upsampling would carry into every peak (EfficientNet-Lite0:
     a fine-tuned model's peak on the object for 61 % of pictures without this, bench/localisation.py)."""
-    key = (id(module), images.shape[-2], images.shape[-1])
-    if key in _ALIGNMENT:
-        return _ALIGNMENT[key]
+    per_shape = _ALIGNMENT.setdefault(module, {})
+    key = (images.shape[-2], images.shape[-1])
+    if key in per_shape:
+        return per_shape[key]
     seen: list[torch.Tensor] = []
     hook = module.register_forward_hook(lambda _m, _i, output: seen.append(output) and None)
     try:
@@ -149,8 +170,8 @@ def alignment(model: nn.Module, module: nn.Module, images: torch.Tensor) -> tupl
     total = weight.sum().clamp(min=1e-30)
     cy, cx = float((weight.sum(1) * ys).sum() / total), float((weight.sum(0) * xs).sum() / total)
     sy, sx = images.shape[-2] / h, images.shape[-1] / w
-    _ALIGNMENT[key] = (sx, cx - sx * (w // 2), sy, cy - sy * (h // 2))
-    return _ALIGNMENT[key]
+    per_shape[key] = (sx, cx - sx * (w // 2), sy, cy - sy * (h // 2))
+    return per_shape[key]
 
 
 def upsample(cam: torch.Tensor, size: tuple[int, int], align: tuple[float, float, float, float]) -> torch.Tensor:
@@ -164,6 +185,18 @@ def upsample(cam: torch.Tensor, size: tuple[int, int], align: tuple[float, float
                          align_corners=True)[:, 0]
 
 
+# Per model (weakly: a model that is freed takes its entries with it), per input shape.
+_HEADS: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+def _heads(model: nn.Module, images: torch.Tensor) -> list[str]:
+    per_shape = _HEADS.setdefault(model, {})
+    key = (images.shape[1], images.shape[-1])
+    if key not in per_shape:
+        per_shape[key] = last_spatial_blocks(model, images.shape[1], images.shape[-1])
+    return per_shape[key]
+
+
 def explain_batch(model: nn.Module, images: torch.Tensor, layers: list[str], method: str = "auto",
                   target: int | np.ndarray | None = None) -> Explanation:
     """Heatmaps of `target` (a class index, one per picture, or None: the predicted class) for
@@ -171,6 +204,9 @@ def explain_batch(model: nn.Module, images: torch.Tensor, layers: list[str], met
     if method not in METHODS:
         raise UserError(f"Received: --method {method}; expected one of {', '.join(METHODS)}")
     modules = [find_layer(model, name) for name in layers]
+    # auto decides by the head: the gradient at what the head pools (its last spatial blocks)
+    heads = _heads(model, images) if method == "auto" else []
+    modules += [find_layer(model, name) for name in heads]
     activations: dict[int, torch.Tensor] = {}
     gradients: dict[int, torch.Tensor] = {}
 
@@ -198,10 +234,11 @@ def explain_batch(model: nn.Module, images: torch.Tensor, layers: list[str], met
             hook.remove()
         for m in inplace:
             m.inplace = True
+    pooled = all(average_pooled(gradients[i].float()) for i in range(len(layers), len(modules)))
     maps, used = [], []
-    for i in range(len(modules)):
+    for i in range(len(layers)):
         activation, gradient = activations[i].detach().float(), gradients[i].float()
-        used.append(resolved_method(method, gradient))
+        used.append(resolved_method(method, pooled))
         cam = _cam(activation, gradient, used[-1])
         cam = upsample(cam, tuple(images.shape[-2:]), alignment(model, modules[i], images))
         peak = cam.flatten(1).max(1).values.clamp(min=1e-12).view(-1, 1, 1)
