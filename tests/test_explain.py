@@ -34,8 +34,11 @@ def test_every_family_has_a_default_layer_and_a_heatmap(name):
     size = spec.size_for({})
     torch.manual_seed(0)
     model = create_model(name, 3).eval()
+    assert default_layers(model, spec.channels, size) == DEFAULT_LAYERS[name]
+    # The heatmap at a smaller input (its own default layers there): the same code, a fraction of the time.
+    size = min(size, 96)
+    model = create_model(name, 3, img_size=size).eval()
     layers = default_layers(model, spec.channels, size)
-    assert layers == DEFAULT_LAYERS[name]
     images = torch.randn(2, spec.channels, size, size)
     result = explain_batch(model, images, layers)
     assert result.heatmaps.shape == (2, size, size)
