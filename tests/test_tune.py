@@ -23,7 +23,7 @@ def test_killed_study_resumes_and_the_trial_count_continues(tmp_path: Path):
                      "model_args.width: {type: categorical, choices: [4, 8]}\n")
     process = subprocess.Popen([sys.executable, "-m", "imgcls", "tune", "digits", "--model", "simple-cnn", "--img-size", "16",
                                 "--epochs", "30", "--trials", "3", "--space", str(space), "--out", str(out)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               stdout=subprocess.DEVNULL, stderr=open(tmp_path / "tune.log", "w"))
     storage = f"sqlite:///{out / 'study.db'}"
     deadline = time.time() + 120
     running = False
@@ -36,7 +36,8 @@ def test_killed_study_resumes_and_the_trial_count_continues(tmp_path: Path):
                 continue
             # Kill during the first trial's training, after it has reported a few epochs.
             running = any(len(t.intermediate_values) >= 2 for t in trials)
-    assert running, "the study never got going"
+    assert running, (f"the study never got going (exit code {process.poll()}): "
+                     f"{(tmp_path / 'tune.log').read_text()[-2000:]}")
     process.kill()
     process.wait()
 
