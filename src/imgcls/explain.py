@@ -86,6 +86,13 @@ def png_bytes(image) -> bytes:
     return buffer.getvalue()
 
 
+def normalised(pictures: torch.Tensor, meta: dict, device: torch.device) -> torch.Tensor:
+    """Decoded uint8 (N, C, H, W) pictures → the model's input, normalised as in training."""
+    mean = torch.tensor(meta["mean"], device=device).view(1, -1, 1, 1) * 255.0
+    std = torch.tensor(meta["std"], device=device).view(1, -1, 1, 1) * 255.0
+    return (pictures.to(device).float() - mean) / std
+
+
 @dataclass
 class Explained:
     """One picture's explanation of one class."""
@@ -104,12 +111,10 @@ def explain_arrays(model: torch.nn.Module, meta: dict, pictures: np.ndarray, geo
                    batch_size: int = 16) -> list[list[Explained]]:
     """Per picture (decoded (N, C, S, S) uint8), its `top` classes' explanations (or `target`'s)."""
     device = next(model.parameters()).device
-    mean = torch.tensor(meta["mean"], device=device).view(1, -1, 1, 1) * 255.0
-    std = torch.tensor(meta["std"], device=device).view(1, -1, 1, 1) * 255.0
     size = meta["input_size"]
     results: list[list[Explained]] = []
     for start in range(0, len(pictures), batch_size):
-        images = (torch.from_numpy(pictures[start:start + batch_size]).to(device).float() - mean) / std
+        images = normalised(torch.from_numpy(pictures[start:start + batch_size]), meta, device)
         first = explain_batch(model, images, layers, method, target)
         ranked = np.argsort(-first.probs, 1)
         runs = [first] + [explain_batch(model, images, layers, method, ranked[:, r])

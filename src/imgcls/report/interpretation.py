@@ -32,16 +32,13 @@ def wrong_first(labels: np.ndarray, predicted: np.ndarray, count: int = 32) -> n
 def _top_losses(folder: RunFolder, model: torch.nn.Module, meta: dict, val, labels: np.ndarray,
                 probs: np.ndarray, classes: list[str]) -> None:
     """top_losses.png: the highest-loss validation pictures with the predicted class's Grad-CAM."""
-    from ..explain import overlay_on_input
+    from ..explain import normalised, overlay_on_input
     from ..gradcam import default_layers, explain_batch
 
     loss = -np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-15, 1))
     idx = np.argsort(-loss)[:TOP_LOSSES]
-    device = next(model.parameters()).device
-    mean = torch.tensor(meta["mean"], device=device).view(1, -1, 1, 1) * 255.0
-    std = torch.tensor(meta["std"], device=device).view(1, -1, 1, 1) * 255.0
     shown = val.pictures(idx)  # only these few are read from the cache
-    images = (shown.to(device).float() - mean) / std
+    images = normalised(shown, meta, next(model.parameters()).device)
     layers = default_layers(model, meta["channels"], meta["input_size"])
     heat = explain_batch(model, images, layers).heatmaps
     overlays = np.stack([overlay_on_input(p, h) for p, h in zip(shown.numpy(), heat)])
