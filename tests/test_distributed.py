@@ -35,7 +35,7 @@ def test_three_gloo_processes_with_uneven_slices_match_one_process(tmp_path: Pat
     # 1,437 training pictures in global batches of 64: the last batch (29) splits 10/10/9, so the loss must be
     # weighted by the global count to match one process. lenet5: no BatchNorm, no dropout, smooth (tanh).
     args = dict(source="digits", model="lenet5", epochs=2, batch_size=64)
-    single = imgcls.train(out=str(tmp_path / "single"), **args)
+    single = imgcls.train(out=str(tmp_path / "single"), report=False, **args)
     done = imgcls_cli("train", "digits", "--model", "lenet5", "--epochs", "2", "--batch-size", "64", "--nproc", "3",
                       "--out", str(tmp_path / "ddp"), cwd=tmp_path)
     assert done.stdout.count("best epoch") == 1  # rank 0 speaks for the run
@@ -45,14 +45,14 @@ def test_three_gloo_processes_with_uneven_slices_match_one_process(tmp_path: Pat
 
 
 def test_batchnorm_model_with_augmentation_and_a_short_last_batch_stays_finite(tmp_path: Path):
-    # 1,437 = 205 x 7 + 2: the last global batch of 2 left the third rank an empty slice (a NaN loss) before
-    # short remainders were dropped under several processes.
-    imgcls_cli("train", "digits", "--model", "simple-cnn", "--epochs", "1", "--batch-size", "7", "--augment",
+    # 359 training pictures (--val-split 0.8) = 51 x 7 + 2: the last global batch of 2 left the third rank an
+    # empty slice (a NaN loss) before short remainders were dropped under several processes.
+    imgcls_cli("train", "digits", "--val-split", "0.8", "--model", "simple-cnn", "--epochs", "1", "--batch-size", "7", "--augment",
                "light", "--nproc", "3", "--sync-bn", "--out", "run", cwd=tmp_path)
     rows = history(tmp_path / "run")
     assert len(rows) == 1
     assert all(math.isfinite(float(rows[0][k])) for k in ("train_loss", "val_loss"))
-    assert float(rows[0]["val_acc"]) > 0.8  # it learned, which NaN weights cannot
+    assert float(rows[0]["val_acc"]) > 0.5  # it learned (chance: 0.1), which NaN weights cannot
     assert "sync_bn: true" in (tmp_path / "run" / "config.yaml").read_text()
 
 
@@ -122,7 +122,7 @@ def test_resume_under_torchrun_continues_the_run(tmp_path: Path):
             raise KeyboardInterrupt("simulated crash")
 
     args = dict(source="digits", model="lenet5", epochs=3, batch_size=64)
-    whole = imgcls.train(out=str(tmp_path / "whole"), **args)
+    whole = imgcls.train(out=str(tmp_path / "whole"), report=False, **args)
     with pytest.raises(KeyboardInterrupt):
         imgcls.train(out=str(tmp_path / "run"), callbacks=[CrashAfterFirstEpoch()], **args)
     imgcls_cli("train", "--resume", str(tmp_path / "run"), "--nproc", "2", cwd=tmp_path)

@@ -49,7 +49,7 @@ def test_family_through_every_command(family: str, data: Path, tmp_path: Path):
     model_args, size = FAMILIES[family]
     before = folder_snapshot(data)
     common = dict(source=str(data), model=family, model_args=model_args, img_size=size, batch_size=4)
-    unfrozen = imgcls.train(epochs=1, out=str(tmp_path / "unfrozen"), **common)
+    unfrozen = imgcls.train(epochs=1, out=str(tmp_path / "unfrozen"), report=False, **common)
     weights = str(unfrozen.run_dir / "model.safetensors")
 
     # finetune from the unfrozen run's weights: stage 1 trains the head over cached frozen features,
@@ -60,7 +60,7 @@ def test_family_through_every_command(family: str, data: Path, tmp_path: Path):
     # The same head training without the cache: the same history (the cache changes the speed only).
     uncached = imgcls.train(weights=weights, freeze="backbone", optimizer="sgd", momentum=0.91, scheduler="plateau",
                             lr=0.01, epochs=2, feature_cache=False, split_file=str(tuned.stage1.run_dir / "split.csv"),
-                            out=str(tmp_path / "uncached"), **common)
+                            out=str(tmp_path / "uncached"), report=False, **common)
     cached, full = history(tuned.stage1.run_dir), history(uncached.run_dir)
     assert len(cached) == len(full) == 2
     assert np.allclose(cached, full, atol=1e-4), (cached, full)

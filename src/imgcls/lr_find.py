@@ -13,12 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from .config import TrainConfig, config_from_dict
-from .data.augment import batch_mixer
 from .engine.checkpoint import write_text
 from .engine.optim import build_optimizer
+from .engine.trainer import Callback
 from .errors import UserError
 
 log = logging.getLogger(__name__)
@@ -56,50 +55,72 @@ def valley(lrs: list[float], losses: list[float]) -> float:
     return float(lrs[begin + int(third) + int(third / 2)])
 
 
-def range_test(model: torch.nn.Module, train_model: torch.nn.Module, loader, config: TrainConfig,
-               num_classes: int, steps: int = STEPS, start_lr: float = START_LR, end_lr: float = END_LR) -> RangeTest:
-    """Run the test on `train_model` (which shares `model`'s weights) and put the weights, buffers and
+class _Enough(Exception):
+    """The range test has its batches, or its loss diverged."""
+
+
+class _GrowingLr:
+    """The Schedule interface for the range test: every batch multiplies each group's lr by `gamma`
+    (a backbone's --backbone-lr-mult stays a multiple of the head's)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, gamma: float):
+        self.optimizer, self.gamma = optimizer, gamma
+
+    def after_batch(self) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] *= self.gamma
+
+    def after_epoch(self, val_loss: float) -> None: ...
+
+
+class _LossRecorder(Callback):
+    """The smoothed loss after every batch (exponential average, β 0.98, bias-corrected); stops the test
+    after `steps` batches, or once the loss is not finite or above 4x its best."""
+
+    def __init__(self, start_lr: float, gamma: float, steps: int):
+        self.start_lr, self.gamma, self.steps = start_lr, gamma, steps
+        self.lrs: list[float] = []
+        self.losses: list[float] = []
+        self.average, self.best = 0.0, math.inf
+
+    def on_batch_end(self, trainer, batch: int, loss: torch.Tensor) -> None:
+        value = loss.item()
+        self.average = 0.98 * self.average + 0.02 * value
+        smoothed = self.average / (1 - 0.98 ** (len(self.losses) + 1))
+        self.lrs.append(self.start_lr * self.gamma ** len(self.losses))
+        self.losses.append(smoothed)
+        self.best = min(self.best, smoothed)
+        if not math.isfinite(value) or smoothed > 4 * self.best or len(self.losses) >= self.steps:
+            raise _Enough
+
+
+def range_test(config: TrainConfig, built, device: torch.device, steps: int = STEPS, start_lr: float = START_LR,
+               end_lr: float = END_LR) -> RangeTest:
+    """Run the test through the training engine (train's loss weights, mixing and precision, on `built`'s
+    training loader, epoch after epoch until `steps` batches) and put the weights, buffers and
     BatchNorm statistics back as they were."""
-    saved = copy.deepcopy(model.state_dict())
-    optimizer = build_optimizer(model, config.optimizer, start_lr, config.momentum, config.weight_decay,
+    from .train import make_trainer
+
+    saved = copy.deepcopy(built.model.state_dict())
+    optimizer = build_optimizer(built.model, config.optimizer, start_lr, config.momentum, config.weight_decay,
                                 config.backbone_lr_mult, config.norm_weight_decay)
-    ratios = [group["lr"] / start_lr for group in optimizer.param_groups]  # the backbone's multiplier kept
-    mixer = batch_mixer(config.mixup, config.cutmix, num_classes)
     gamma = (end_lr / start_lr) ** (1 / max(1, steps - 1))
-    lrs, losses, average, best = [], [], 0.0, math.inf
-    train_model.train()
-    step = 0
+    recorder = _LossRecorder(start_lr, gamma, steps)
+    trainer = make_trainer(config, built, optimizer, _GrowingLr(optimizer, gamma), device, callbacks=[recorder],
+                           ema=False)
     try:
-        while step < steps:
-            begun = step
-            for images, labels in loader:
-                lr = start_lr * gamma ** step
-                for group, ratio in zip(optimizer.param_groups, ratios):
-                    group["lr"] = lr * ratio
-                targets = labels
-                if mixer is not None:
-                    images, targets = mixer(images, labels)
-                loss = F.cross_entropy(train_model(images), targets, label_smoothing=config.label_smoothing)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                value = loss.item()
-                average = 0.98 * average + 0.02 * value
-                smoothed = average / (1 - 0.98 ** (step + 1))
-                lrs.append(lr)
-                losses.append(smoothed)
-                best = min(best, smoothed)
-                step += 1
-                if not math.isfinite(value) or smoothed > 4 * best or step >= steps:
-                    break
-            if step == begun:
+        while True:
+            begun = len(recorder.losses)
+            try:
+                trainer.train_one_epoch(built.train_loader)
+            except _Enough:
+                break
+            if len(recorder.losses) == begun:
                 raise UserError(f"Received: a training split with fewer pictures than one batch "
                                 f"({config.batch_size}); expected more pictures or a smaller --batch-size")
-            if not math.isfinite(losses[-1]) or losses[-1] > 4 * best or step >= steps:
-                break
     finally:
-        model.load_state_dict(saved)
-    finite = [(lr, v) for lr, v in zip(lrs, losses) if math.isfinite(v)]
+        built.model.load_state_dict(saved)
+    finite = [(lr, v) for lr, v in zip(recorder.lrs, recorder.losses) if math.isfinite(v)]
     lrs, losses = [lr for lr, _ in finite], [v for _, v in finite]
     return RangeTest(lrs, losses, valley(lrs, losses))
 
@@ -137,7 +158,7 @@ def lr_find(config: TrainConfig | None = None, *, out: str | Path | None = None,
     folder = RunFolder.new(str(out) if out is not None else None, "lr-find")
     data = prepare_data(config, samples, excluded, folder, resuming=False, spec=get_spec(config.model))
     built = build_model(config, data, device, generator, Dist())
-    result = range_test(built.model, built.train_model, built.train_loader, config, len(data.classes), steps)
+    result = range_test(config, built, device, steps)
     write_range_test(folder.path, result)
     log.info("lr-find: %d steps from %.0e; suggested lr %.2e (valley) → %s", len(result.lrs), START_LR,
              result.suggestion, folder.path / "lr_find.png")

@@ -76,6 +76,10 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
     if ranks.active and config.batch_size < ranks.world:
         raise UserError(f"Received: batch-size {config.batch_size} over {ranks.world} processes; expected a "
                         "global batch of at least one picture per process")
+    if ranks.active and config.lr == "auto":
+        # Each process would see its own slice's loss and could stop the range test at its own batch.
+        raise UserError("Received: --lr auto over several processes; expected a number: run `imgcls lr-find` "
+                        "with the same flags in one process first")
     if not ranks.main:
         logging.getLogger("imgcls").setLevel(logging.WARNING)  # one voice in the log: rank 0's
 
@@ -92,7 +96,7 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
         _write_samples(folder, config, data)
     built = build_model(config, data, device, generator, ranks)
     if config.lr == "auto":
-        _choose_lr(config, built, folder, len(data.classes))
+        _choose_lr(config, built, folder, device)
 
     trackers = make_trackers(config.track, folder.path, config_to_dict(config)) if ranks.main else []
     trainer = _fit(config, built, folder, generator, device, state,
@@ -184,18 +188,31 @@ def _class_weight(config: TrainConfig, built: Built) -> torch.Tensor | None:
     return weight.float().to(built.train_loader.labels.device)
 
 
-def _choose_lr(config: TrainConfig, built: Built, folder: RunFolder, num_classes: int) -> None:
+def _choose_lr(config: TrainConfig, built: Built, folder: RunFolder, device: torch.device) -> None:
     """--lr auto: the range test on the built model (its weights put back), then its suggestion is the
     run's lr, written into config.yaml so that --resume and later readers see the number."""
     from .lr_find import range_test, write_range_test
 
-    result = range_test(built.model, built.train_model, built.train_loader, config, num_classes)
+    result = range_test(config, built, device)
     config.lr = float(f"{result.suggestion:.3g}")
     log.info("--lr auto: the range test suggests %.3g (valley); lr_find.png in the run folder", config.lr)
     folder.write_config(config_to_dict(config), comment=f"lr {config.lr:.3g} was chosen by the learning-rate "
                         f"finder (--lr auto, fastai's valley over {len(result.lrs)} batches; lr_find.png)")
     if folder.writes:
         write_range_test(folder.path, result)
+
+
+def make_trainer(config: TrainConfig, built: Built, optimizer: torch.optim.Optimizer, schedule, device: torch.device,
+                 *, callbacks: list[Callback] = (), generator: torch.Generator | None = None,
+                 ema: bool = True) -> Trainer:
+    """The engine as every command that trains builds it (train, the lr range test): loss weights,
+    label smoothing, MixUp/CutMix, precision and, unless ema=False, the weights' moving average."""
+    return Trainer(built.model, optimizer, schedule, early_stop=config.early_stop, max_batches=config.train_batches,
+                   generator=generator, label_smoothing=config.label_smoothing,
+                   class_weight=_class_weight(config, built), ema_decay=config.ema if ema else 0.0,
+                   batch_transform=batch_mixer(config.mixup, config.cutmix, len(built.meta["classes"])),
+                   callbacks=callbacks, train_model=built.train_model, eval_model=built.eval_model,
+                   autocast=_autocast_dtype(config.precision, device))
 
 
 def _fit(config: TrainConfig, built: Built, folder: RunFolder, generator: torch.Generator, device: torch.device,
@@ -206,12 +223,7 @@ def _fit(config: TrainConfig, built: Built, folder: RunFolder, generator: torch.
                                 config.backbone_lr_mult, config.norm_weight_decay)
     schedule = Schedule(optimizer, config.scheduler, config.epochs, steps)
     writers = [RunWriter(folder, built.meta), ProgressLog(steps), *callbacks] if callbacks is not None else []
-    trainer = Trainer(built.model, optimizer, schedule, early_stop=config.early_stop, max_batches=config.train_batches,
-                      generator=generator, label_smoothing=config.label_smoothing,
-                      class_weight=_class_weight(config, built), ema_decay=config.ema,
-                      batch_transform=batch_mixer(config.mixup, config.cutmix, len(built.meta["classes"])),
-                      callbacks=writers, train_model=built.train_model, eval_model=built.eval_model,
-                      autocast=_autocast_dtype(config.precision, device))
+    trainer = make_trainer(config, built, optimizer, schedule, device, callbacks=writers, generator=generator)
     if state is not None:
         trainer.load_state_dict(state)
         folder.write_history(trainer.state.history)  # drop rows of an epoch that did not finish

@@ -55,16 +55,16 @@ class BatchAugment:
         self.size = size
         self.small = size < 64
         self.pad = max(1, size // 8)
-        # torchvision imported here, not at the top: its import costs seconds that runs without these
-        # steps (and `imgcls predict`) need not pay.
-        from torchvision.transforms import v2
+        self.per_picture = None
+        if preset == "strong" or preset == "standard" and not self.small:
+            # torchvision imported only here: its import costs about 2 s that runs without these steps
+            # (and `imgcls predict`) need not pay.
+            from torchvision.transforms import v2
 
-        per_picture = []
-        if preset in ("standard", "strong") and not self.small:
-            per_picture.append(v2.RandomResizedCrop(size, scale=(0.35, 1.0), antialias=True))
-        if preset == "strong":
-            per_picture.append(v2.RandAugment(num_ops=2, magnitude=9))
-        self.per_picture = v2.Compose(per_picture) if per_picture else None
+            per_picture = [] if self.small else [v2.RandomResizedCrop(size, scale=(0.35, 1.0), antialias=True)]
+            if preset == "strong":
+                per_picture.append(v2.RandAugment(num_ops=2, magnitude=9))
+            self.per_picture = v2.Compose(per_picture)
         self.strength = {"none": 0.0, "light": 0.0, "standard": 0.2, "strong": 0.3}[preset]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
