@@ -22,7 +22,7 @@ from .conftest import write_class_folders, write_object_folders
 # Every family's default layer at its own input size: what `imgcls models NAME` prints.
 DEFAULT_LAYERS = {
     "simple-cnn": ["1"], "airnet": ["group2"], "lenet5": ["4"], "cifar-cnn": ["9"],
-    "efficientnet_lite0": ["conv_head"], "resnet50": ["layer4"], "inception_v3": ["Mixed_7c"],
+    "efficientnet_lite0": ["blocks.14"], "resnet50": ["layer4"], "inception_v3": ["Mixed_7c"],
     "efficientnet_b0": ["features.8"], "mobilenet_v3_large": ["features.16"], "convnext_tiny": ["features.7"],
     "fusion": ["resnet50.layer4", "inception_v3.Mixed_7c"],
 }

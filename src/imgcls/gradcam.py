@@ -58,15 +58,19 @@ def _spatial(group: list[tuple[str, tuple[int, ...]]]) -> list[tuple[str, tuple[
 
 
 def default_layers(model: nn.Module, channels: int, size: int) -> list[str]:
-    """Per backbone, the last block whose output is at least 7x7 (else the last with more than one
-    pixel), by block name. A 32 px airnet's last group is 4x4: its Grad-CAM++ peak fell on a 7-pixel
+    """Per backbone, its family's `gradcam_block` where that is at least 7x7, else the last block whose
+    output is at least 7x7 (else the last with more than one pixel), by block name. A 32 px airnet's last group is 4x4: its Grad-CAM++ peak fell on a 7-pixel
     object for 51 % of pictures, against 99 % one group earlier at 8x8 (bench/localisation.py)."""
     layers = []
-    for group in block_shapes(model, channels, size):
+    members = list(model.members.values()) if hasattr(model, "members") else [model]
+    for group, member in zip(block_shapes(model, channels, size), members):
         spatial = _spatial(group)
         fine = [name for name, shape in spatial if min(shape[2:]) >= MIN_SIDE]
+        # A family may name a better block (EfficientNet-Lite: not its 1x1 head), used where it is fine enough.
+        preferred = getattr(member, "gradcam_block", None)
+        chosen = [name for name in fine if preferred and (name == preferred or name.endswith("." + preferred))]
         if spatial:
-            layers.append((fine or [name for name, _ in spatial])[-1])
+            layers.append((chosen or fine or [name for name, _ in spatial])[-1])
     if not layers:
         raise UserError("Received: a model without a spatial block; expected a convolutional model for Grad-CAM")
     return layers
