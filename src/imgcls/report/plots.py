@@ -86,7 +86,7 @@ def plot_grid(images: np.ndarray, titles: list[str], colors: list[str] | None = 
     nrows = max(1, -(-n // ncols))
     channels, height, width = images.shape[1:] if n else (1, 1, 1)
     cell_w, cell_h = 1.8, 2.0  # inches per picture and its title
-    # Cells in picture pixels: a margin of 10 % of the width each side, the rest of the cell's height
+    # Cells in picture pixels: a margin of 5 % of the width each side, the rest of the cell's height
     # (in the same scale) above the picture for its title.
     pad_x = max(1, round(0.05 * width))
     scale = (width + 2 * pad_x) / cell_w  # picture pixels per inch, the same both ways
@@ -97,9 +97,9 @@ def plot_grid(images: np.ndarray, titles: list[str], colors: list[str] | None = 
         pad_x = max(pad_x, round((cell_w * scale - width) / 2))
     full_w = width + 2 * pad_x
     mosaic = np.full((nrows * full_h, ncols * full_w, channels), 255, dtype=np.uint8)
-    for i in range(n):
-        row, col = divmod(i, ncols)
-        top = row * full_h + full_h - height - max(1, round(0.03 * full_h))
+    cells = [divmod(i, ncols) for i in range(n)]
+    tops = [row * full_h + full_h - height - max(1, round(0.03 * full_h)) for row, _ in cells]
+    for i, ((_, col), top) in enumerate(zip(cells, tops)):
         left = col * full_w + pad_x
         mosaic[top:top + height, left:left + width] = images[i].transpose(1, 2, 0)
     with _style():
@@ -108,9 +108,7 @@ def plot_grid(images: np.ndarray, titles: list[str], colors: list[str] | None = 
         ax.set_axis_off()
         ax.imshow(mosaic[:, :, 0] if channels == 1 else mosaic, cmap="gray", vmin=0, vmax=255, aspect="auto",
                   interpolation="nearest" if max(height, width) < 100 else "antialiased")
-        for i in range(n):
-            row, col = divmod(i, ncols)
-            top = row * full_h + full_h - height - max(1, round(0.03 * full_h))
+        for i, ((_, col), top) in enumerate(zip(cells, tops)):
             fig.text((col + 0.5) / ncols, 1 - (top - 0.02 * full_h) / (nrows * full_h), titles[i], fontsize=9,
                      ha="center", va="bottom", color=colors[i] if colors else "black")
     return fig
