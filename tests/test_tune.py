@@ -1,11 +1,12 @@
 """A tiny Optuna study on digits, killed mid-study and resumed: the trial count continues."""
 import csv
+import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
-import optuna
 import pytest
 
 from imgcls.config import config_from_dict, load_yaml, resolve_config
@@ -24,18 +25,18 @@ def test_killed_study_resumes_and_the_trial_count_continues(tmp_path: Path):
     process = subprocess.Popen([sys.executable, "-m", "imgcls", "tune", "digits", "--model", "simple-cnn", "--img-size", "16",
                                 "--epochs", "30", "--trials", "3", "--space", str(space), "--out", str(out)],
                                stdout=subprocess.DEVNULL, stderr=open(tmp_path / "tune.log", "w"))
-    storage = f"sqlite:///{out / 'study.db'}"
     deadline = time.time() + 120
     running = False
     while time.time() < deadline and process.poll() is None and not running:
         time.sleep(0.5)
-        if (out / "study.db").is_file():
-            try:
-                trials = optuna.load_study(study_name="imgcls", storage=storage).trials
-            except Exception:  # the database is still being created
-                continue
-            # Kill during the first trial's training, after it has reported a few epochs.
-            running = any(len(t.intermediate_values) >= 2 for t in trials)
+        # Read-only: opening it through Optuna would create the tables too and race the tune process.
+        try:
+            with closing(sqlite3.connect(f"file:{out / 'study.db'}?mode=ro", uri=True)) as db:
+                reported = db.execute("SELECT COUNT(*) FROM trial_intermediate_values").fetchone()[0]
+        except sqlite3.Error:  # not created yet
+            continue
+        # Kill during the first trial's training, after it has reported a few epochs.
+        running = reported >= 2
     assert running, (f"the study never got going (exit code {process.poll()}): "
                      f"{(tmp_path / 'tune.log').read_text()[-2000:]}")
     process.kill()
@@ -69,3 +70,25 @@ def test_bad_space_and_sampler(tmp_path: Path):
         load_space(bad)
     with pytest.raises(UserError, match="sampler"):
         tune(resolve_config(overrides={"source": "digits"}), 1, out=tmp_path / "s", sampler="grid")
+
+
+def _open_at_once(url: str, barrier) -> None:
+    from imgcls.tune import open_storage
+    barrier.wait()
+    open_storage(url)
+
+
+def test_processes_opening_a_new_study_database_at_once_all_succeed(tmp_path: Path):
+    """Several `imgcls tune` workers started together on one new database: Optuna has each create the
+    tables, and without the retry the slower ones died with "table ... already exists"."""
+    import multiprocessing
+    context = multiprocessing.get_context("fork")
+    for attempt in range(5):  # each round a new database, so the race gets several chances
+        url = f"sqlite:///{tmp_path / f'study{attempt}.db'}"
+        barrier = context.Barrier(4)
+        workers = [context.Process(target=_open_at_once, args=(url, barrier)) for _ in range(4)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(60)
+        assert [worker.exitcode for worker in workers] == [0, 0, 0, 0]

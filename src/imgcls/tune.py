@@ -11,6 +11,7 @@ import dataclasses
 import inspect
 import io
 import logging
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,32 @@ class ReportToOptuna(Callback):
             raise optuna.TrialPruned(f"pruned after epoch {row['epoch']} (val loss {row['val_loss']:.4f})")
 
 
+def open_storage(url: str, attempts: int = 5) -> "optuna.storages.RDBStorage":  # noqa: F821
+    """Optuna's RDB storage at `url`, created if new.
+
+    Two processes that open a new database at the same moment both try to create its tables, and
+    the slower one fails with "table ... already exists" (optuna#1092, #4621: upstream leaves it to
+    the user). By then the tables are there, so opening again a moment later succeeds.
+    """
+    import optuna
+
+    for attempt in range(attempts):
+        try:
+            # The heartbeat lets a later or parallel process mark the trials of a killed one as failed.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=90)
+        except Exception as error:  # a malformed URL, an unreachable database, or the race above (without the
+            # retry, 16 of 60 processes opening 15 new databases four at a time failed here)
+            racing = "already exists" in str(error) or "UNIQUE constraint failed" in str(error)
+            if racing and attempt + 1 < attempts:
+                time.sleep(0.2 * (attempt + 1))
+                continue
+            raise UserError(f"Received: --storage {url} ({str(error).splitlines()[0]}); expected e.g. "
+                            "sqlite:///study.db") from None
+    raise AssertionError("unreachable")
+
+
 def tune(base: TrainConfig, trials: int, *, out: str | Path = "runs/tune", space: dict | None = None,
          storage: str | None = None, study_name: str = "imgcls", timeout: float | None = None,
          sampler: str = "tpe") -> "optuna.Study":  # noqa: F821
@@ -111,14 +138,7 @@ def tune(base: TrainConfig, trials: int, *, out: str | Path = "runs/tune", space
     out.mkdir(parents=True, exist_ok=True)
     space = space or default_space(base.model)
     url = storage or f"sqlite:///{(out / 'study.db').resolve()}"
-    try:
-        # The heartbeat lets a later or parallel process mark the trials of a killed one as failed.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            rdb = optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=90)
-    except Exception as error:  # a malformed URL or an unreachable database
-        raise UserError(f"Received: --storage {url} ({str(error).splitlines()[0]}); expected e.g. "
-                        "sqlite:///study.db") from None
+    rdb = open_storage(url)
     study = optuna.create_study(study_name=study_name, storage=rdb, direction="minimize",
                                 pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1),
                                 load_if_exists=True)
