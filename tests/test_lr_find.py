@@ -23,6 +23,17 @@ def test_valley_sits_half_way_down_the_longest_descent():
     assert 50 <= index <= 60  # fastai: start + a third + a sixth: half way down the valley
 
 
+def test_valley_ignores_the_noise_of_the_flat_start():
+    # Before the loss begins to fall, noise alone makes "decreasing" points; fastai's longest descent
+    # starts among them (index 63-65 here) and the suggestion slides up the flat part. It must sit half
+    # way down the fall itself: 50 + 40 / 2.
+    rng = np.random.default_rng(0)
+    lrs = list(np.logspace(-7, 1, 100))
+    noise = np.convolve(rng.standard_normal(60), np.ones(10) / 10, "valid")[:50]  # smoothed, as recorded
+    losses = list(2.0 + 0.02 * noise) + list(np.linspace(1.95, 0.5, 40)) + [0.6 + i for i in range(10)]
+    assert 67 <= lrs.index(valley(lrs, losses)) <= 71
+
+
 def test_lr_find_command_writes_the_curve_and_suggests(tmp_path: Path, capsys):
     out = tmp_path / "lrf"
     assert main(["lr-find", "digits", "--model", "simple-cnn", "--img-size", "16", "--steps", "60",

@@ -1,0 +1,107 @@
+"""Issue 16's apparel target under the protocol: which change to the `small` recipe, if any, does the
+default Fashion-MNIST command gain from? Chosen on validation accuracy, the test split scored once.
+
+    python bench/fashion_recipe.py [--data ../shared/datasets] [--seeds 0,1,2] [--variants recipe,nwd0,ema,7ep]
+
+Every variant is the default command, `imgcls train fashion-mnist/train --labels fashion-mnist/train.csv
+--seed S`, plus its flags (the recipe's own run has none). Seeds run in turn, each seed through every
+variant, so a slow spell of the machine touches all of them alike. The variant with the best mean
+validation accuracy is then scored on the 10,000 test pictures (only that one: the test split chooses
+nothing). Training time is the engine's own `train_seconds` (epochs only, no decoding or start-up);
+the matmul rate is measured in the same run. Prints a table, writes bench/out/fashion_recipe.json and
+appends the table to bench/RESULTS.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from speed import record  # noqa: E402
+from workflows import DEFAULT_DATA, run_imgcls, unpack  # noqa: E402
+
+VARIANTS = {
+    "recipe": [],
+    "nwd0": ["--norm-weight-decay", "0"],
+    "ema": ["--ema"],
+    "7ep": ["--epochs", "7"],
+}
+
+
+def matmul_gflops() -> float:
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    a @ b
+    rates = []
+    for _ in range(5):
+        start = time.perf_counter()
+        a @ b
+        rates.append(2 * 2048**3 / (time.perf_counter() - start) / 1e9)
+    return round(statistics.median(rates), 1)
+
+
+def mean_std(values: list[float], digits: int = 4) -> str:
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.{digits}f} ± {spread:.{digits}f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--data", default=DEFAULT_DATA)
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    args = parser.parse_args()
+    fm = unpack(Path(args.data), HERE / "data") / "fashion-mnist"
+    out = HERE / "out" / "fashion-recipe"
+    seeds = [int(s) for s in args.seeds.split(",")]
+    variants = args.variants.split(",")
+    gflops_before = matmul_gflops()
+    print(f"fp32 matmul 2048²: {gflops_before} GFLOP/s", flush=True)
+    results: dict[str, list[dict]] = {v: [] for v in variants}
+    for seed in seeds:
+        for variant in variants:
+            run_dir = out / f"{variant}-seed{seed}"
+            run_imgcls(["train", fm / "train", "--labels", fm / "train.csv", "--seed", seed, *VARIANTS[variant],
+                        "--out", run_dir])
+            metrics = json.loads((run_dir / "metrics.json").read_text())
+            row = {"seed": seed, "val_accuracy": metrics["validation"]["accuracy"],
+                   "val_log_loss": metrics["validation"]["log_loss"], "train_seconds": metrics["train_seconds"],
+                   "run": str(run_dir)}
+            results[variant].append(row)
+            print(f"{variant:8} seed {seed}: val {row['val_accuracy']:.4f}  log loss {row['val_log_loss']:.4f}  "
+                  f"train {row['train_seconds']:.0f} s", flush=True)
+    chosen = max(variants, key=lambda v: statistics.mean(r["val_accuracy"] for r in results[v]))
+    for row in results[chosen]:
+        scored = Path(row["run"]) / "test_metrics.json"
+        run_imgcls(["evaluate", row["run"], fm / "test", "--labels", fm / "test_labels.csv", "--out", scored])
+        row["test_accuracy"] = json.loads(scored.read_text())["accuracy"]
+        print(f"{chosen:8} seed {row['seed']}: test {row['test_accuracy']:.4f}", flush=True)
+    gflops_after = matmul_gflops()
+    table = {}
+    for variant in variants:
+        rows = results[variant]
+        table[f"{variant} ({' '.join(VARIANTS[variant]) or 'the recipe as it is'})"] = {
+            "val_accuracy": mean_std([r["val_accuracy"] for r in rows]),
+            "val_log_loss": mean_std([r["val_log_loss"] for r in rows]),
+            "train_seconds": mean_std([r["train_seconds"] for r in rows], 1),
+            "max_train_seconds": round(max(r["train_seconds"] for r in rows), 1),
+            "test_accuracy": mean_std([r["test_accuracy"] for r in rows]) if variant == chosen else "not scored",
+        }
+    table[f"chosen on validation: {chosen}"] = {"val_accuracy": f"seeds {args.seeds}",
+                                                "test_accuracy": " / ".join(f"{r['test_accuracy']:.4f}"
+                                                                             for r in results[chosen])}
+    table["fp32 matmul 2048² GFLOP/s, before / after"] = {"val_accuracy": f"{gflops_before} / {gflops_after}"}
+    for name, row in table.items():
+        print(f"{name:50} {row}")
+    (out / "rows.json").write_text(json.dumps(results, indent=2))
+    print(f"wrote {record('fashion_recipe', table)}; appended to bench/RESULTS.md")
+
+
+if __name__ == "__main__":
+    main()
