@@ -14,20 +14,37 @@ from imgcls.predict import load_run, predict_images
 from imgcls.train import train
 
 
-def test_ema_follows_the_textbook_update():
+def test_ema_follows_the_warmed_up_textbook_update():
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 3)
     optimizer = build_optimizer(model, "sgd", 0.1)
-    trainer = Trainer(model, optimizer, Schedule(optimizer, "none", 1, 4), ema_decay=0.9)
-    batches = [(torch.randn(8, 4), torch.randint(0, 3, (8,))) for _ in range(4)]
+    trainer = Trainer(model, optimizer, Schedule(optimizer, "none", 1, 4), ema_decay=0.5)
+    batches = [(torch.randn(8, 4), torch.randint(0, 3, (8,))) for _ in range(12)]
     expected = None
-    for images, labels in batches:
+    for n, (images, labels) in enumerate(batches):
         trainer.train_one_epoch([(images, labels)])
-        # torch's AveragedModel starts from the weights after the first step, then decays
+        # torch's AveragedModel starts from the weights after the first step; the decay then warms up
+        # as TensorFlow's: min(0.5, (1 + n) / (10 + n)), which reaches 0.5 at the 8th update
         weight = model.weight.detach().clone()
-        expected = weight if expected is None else 0.9 * expected + 0.1 * weight
+        decay = min(0.5, (1 + n) / (10 + n))
+        expected = weight if expected is None else decay * expected + (1 - decay) * weight
     torch.testing.assert_close(trainer.weights_model.weight, expected)
     assert trainer.eval_model is trainer.weights_model is not model
+
+
+def test_a_short_run_keeps_little_of_its_first_weights():
+    # 0.999 without warm-up keeps 0.999 ** 1124 = 32 % of the first step's weights after 1,125 steps
+    model = torch.nn.Linear(1, 1, bias=False)
+    optimizer = build_optimizer(model, "sgd", 0.0)
+    trainer = Trainer(model, optimizer, Schedule(optimizer, "none", 1, 4), ema_decay=0.999)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    trainer.ema.update_parameters(model)
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+    for _ in range(1124):
+        trainer.ema.update_parameters(model)
+    assert trainer.weights_model.weight.item() < 0.01
 
 
 def test_an_ema_run_saves_and_scores_the_average(tmp_path: Path):
