@@ -1,0 +1,83 @@
+"""Issue 16's CIFAR-10 target under the protocol: the default network given the whole 15-minute training
+budget on 2 cores, and whether flip TTA helps, decided on the validation split.
+
+    python bench/cifar10_budget.py [--data ../shared/datasets] [--seeds 0,1,2] [--epochs 18]
+
+Each seed: `imgcls train cifar10/train --val-split 0.1 --augment light --epochs E --seed S` (the `small`
+recipe: airnet, one-cycle AdamW), then `imgcls evaluate` with and without `--tta` on that run's own
+validation pictures (linked into class folders from its split.csv; they chose only the best epoch) and
+on the 10,000 test pictures. Training time is the engine's `train_seconds` (epochs only); the matmul
+rate is measured in the same run. Prints a table, writes bench/out/cifar10_budget.json and appends the
+table to bench/RESULTS.md.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shutil
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from fashion_recipe import matmul_gflops, mean_std  # noqa: E402
+from speed import record  # noqa: E402
+from workflows import DEFAULT_DATA, run_imgcls, unpack  # noqa: E402
+
+
+def validation_folder(run: Path, target: Path) -> Path:
+    """The run's validation pictures as class folders of links (what `evaluate` reads)."""
+    shutil.rmtree(target, ignore_errors=True)
+    with open(run / "split.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            if row["split"] == "val":
+                folder = target / row["label"]
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / Path(row["path"]).name).symlink_to(row["path"])
+    return target
+
+
+def accuracy(run: Path, data: Path, name: str, tta: bool) -> float:
+    out = run / f"{name}{'_tta' if tta else ''}.json"
+    run_imgcls(["evaluate", run, data, *(["--tta"] if tta else []), "--out", out])
+    return json.loads(out.read_text())["accuracy"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--data", default=DEFAULT_DATA)
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--epochs", default="18")
+    args = parser.parse_args()
+    cifar = unpack(Path(args.data), HERE / "data") / "cifar10"
+    out = HERE / "out" / "cifar10-budget"
+    gflops_before = matmul_gflops()
+    print(f"fp32 matmul 2048²: {gflops_before} GFLOP/s", flush=True)
+    rows = []
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        run = out / f"seed{seed}"
+        shutil.rmtree(run, ignore_errors=True)
+        _, _, wall = run_imgcls(["train", cifar / "train", "--val-split", "0.1", "--augment", "light",
+                                 "--epochs", args.epochs, "--seed", seed, "--out", run])
+        metrics = json.loads((run / "metrics.json").read_text())
+        val = validation_folder(run, out / f"seed{seed}-val")
+        row = {"train_seconds": metrics["train_seconds"], "train_command_wall_s": wall,
+               "val_accuracy": accuracy(run, val, "val", False), "val_accuracy_tta": accuracy(run, val, "val", True),
+               "test_accuracy": accuracy(run, cifar / "test", "test", False),
+               "test_accuracy_tta": accuracy(run, cifar / "test", "test", True)}
+        rows.append(row)
+        print(f"seed {seed}: train {row['train_seconds']:.0f} s, val {row['val_accuracy']:.4f} "
+              f"(TTA {row['val_accuracy_tta']:.4f}), test {row['test_accuracy']:.4f} "
+              f"(TTA {row['test_accuracy_tta']:.4f})", flush=True)
+    table = {f"--epochs {args.epochs} --augment light, mean ± std over {len(rows)} seeds":
+             {key: mean_std([r[key] for r in rows], 1 if key.endswith("s") else 4) for key in rows[0]},
+             "fp32 matmul 2048² GFLOP/s, before / after": {"train_seconds": f"{gflops_before} / {matmul_gflops()}"}}
+    for name, row in table.items():
+        print(f"{name}: {row}")
+    (out / "rows.json").write_text(json.dumps(rows, indent=2))
+    print(f"wrote {record('cifar10_budget', table)}; appended to bench/RESULTS.md")
+
+
+if __name__ == "__main__":
+    main()
