@@ -1,6 +1,6 @@
 """Does the learning-rate finder's suggestion train as well as the recipe's hand-tuned lr? (issue 15)
 
-    python bench/lr_find.py [--data ../shared/datasets] [--seeds 0,1,2]
+    python bench/lr_find.py [--data ../shared/datasets] [--seeds 0,1,2] [--settings recipe,auto]
 
 Fashion-MNIST, the default command (`imgcls train fashion-mnist/train --labels fashion-mnist/train.csv`,
 the `small` recipe: airnet, one-cycle AdamW at lr 4e-3), against the same command with `--lr auto`
@@ -32,13 +32,16 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", default=DEFAULT_DATA)
     parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--settings", default="recipe,auto", help="recipe (its lr), auto (--lr auto), or both")
     args = parser.parse_args()
     fm = unpack(Path(args.data), HERE / "data") / "fashion-mnist"
     out = HERE / "out" / "lr-find"
     seeds = [int(s) for s in args.seeds.split(",")]
-    rows, per_setting = {}, {"recipe lr": [], "--lr auto": []}
+    settings = {"recipe": ("recipe lr", []), "auto": ("--lr auto", ["--lr", "auto"])}
+    chosen = [settings[s] for s in args.settings.split(",")]
+    rows, per_setting = {}, {setting: [] for setting, _ in chosen}
     for seed in seeds:
-        for setting, extra in (("recipe lr", []), ("--lr auto", ["--lr", "auto"])):
+        for setting, extra in chosen:
             run_dir = out / f"{'auto' if extra else 'recipe'}-seed{seed}"
             _, _, seconds = run_imgcls(["train", fm / "train", "--labels", fm / "train.csv", "--seed", seed,
                                         *extra, "--out", run_dir])
