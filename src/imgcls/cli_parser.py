@@ -68,8 +68,9 @@ def _add_train_flags(parser: argparse.ArgumentParser, *, search: bool = False) -
                      ("--no-feature-cache", dict(action="store_false", dest="feature_cache",
                                                  help="recompute frozen blocks every epoch (for comparisons)")),
                      ("--img-size", dict(type=int, metavar="N", help="default: the model's input size")),
-                     ("--resize", dict(choices=["squash", "crop", "pad"], help="how a picture becomes a square: "
-                                       "squash (default), crop (short side, centre) or pad (long side, letterbox)")),
+                     ("--resize", dict(choices=["auto", "squash", "crop", "pad"], help="how a picture becomes a square: "
+                                       "squash, crop (short side, centre) or pad (long side, letterbox); auto "
+                                       "(default): crop for pretrained weights, squash otherwise")),
                      ("--channels", dict(type=int, choices=[1, 3], help="default: the model's")),
                      ("--epochs", dict(type=int, help="default: 10, or the recipe's")),
                      ("--batch-size", dict(type=int, help="default: 64, or the recipe's")),

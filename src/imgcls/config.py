@@ -64,7 +64,8 @@ class DataConfig:
     clean: bool = False  # drop unreadable, tiny and cross-label duplicates; trim uniform borders
     min_pixels: int = 3600  # with clean: pictures with fewer pixels are dropped
     img_size: int | None = None  # None: the model's default input size
-    resize: str = "squash"  # squash, crop (short side, centre) or pad (long side, letterbox): data/decode.py
+    # squash, crop (short side, centre) or pad (long side, letterbox): data/decode.py; auto: TrainConfig.resize_mode()
+    resize: str = "auto"
     channels: int | None = None  # None: the model's default (1 grey, 3 colour)
 
 
@@ -115,6 +116,14 @@ class TrainConfig:
     class_names: str | list[str] | None = None  # names for the data's labels: FILE, label,name CSV or 'a,b,c'
     out: str | None = None
 
+    def resize_mode(self) -> str:
+        """--resize, with auto resolved: pretrained weights get their eval transform's geometry (torchvision's
+        and timm's presets resize the short side and centre-crop: "crop"), so a photo is not distorted
+        where ImageNet never was; a model trained from scratch gets all of the picture ("squash")."""
+        if self.data.resize != "auto":
+            return self.data.resize
+        return "crop" if self.pretrained else "squash"
+
     def validate(self) -> None:
         """Check every choice where it enters, naming what was received and what is allowed."""
         _choice("optimizer", self.optimizer, OPTIMIZERS)
@@ -126,7 +135,7 @@ class TrainConfig:
         _choice("recipe", self.recipe, ("auto", *RECIPES))
         _choice("precision", self.precision, PRECISIONS)
         _choice("order", self.order, ORDERS)
-        _choice("resize", self.data.resize, ("squash", "crop", "pad"))
+        _choice("resize", self.data.resize, ("auto", "squash", "crop", "pad"))
         _choice("class-weight", self.class_weight, ("none", "balanced"))
         _choice("sampler", self.sampler, ("uniform", "balanced"))
         for tracker in self.track:

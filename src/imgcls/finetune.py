@@ -65,6 +65,8 @@ def finetune(config: TrainConfig | None = None, *, stage1_epochs: int = 5, stage
     """
     base = config_from_dict(overrides, config)
     base.pretrained = not base.weights
+    # Stage 2 starts from stage 1's weights, not pretrained ones: it must see the pictures as stage 1 did.
+    base.data = dataclasses.replace(base.data, resize=base.resize_mode())
     if stage1_epochs < 1 or stage2_epochs < 0 or unfreeze_last < 0 or drop_implausible < 0:
         raise UserError(f"Received: stage1-epochs={stage1_epochs}, stage2-epochs={stage2_epochs}, unfreeze-last="
                         f"{unfreeze_last}, drop-implausible={drop_implausible}; expected stage 1 >= 1, the rest >= 0")

@@ -131,7 +131,7 @@ def _model_meta(config: TrainConfig, data: PreparedData) -> dict:
     spec = get_spec(config.model)
     classes, channels, size = data.classes, data.channels, data.size
     return {"format": "imgcls-model/1", "imgcls_version": __version__, "architecture": config.model,
-            "trim_borders": config.data.clean, "resize": config.data.resize,
+            "trim_borders": config.data.clean, "resize": config.resize_mode(),
             "model_args": dict(config.model_args), "num_classes": len(classes), "classes": classes,
             **({"given_classes": data.given_classes} if data.given_classes else {}),
             "input_size": size, "channels": channels, "mean": channel_stats(spec.mean, channels),
@@ -273,7 +273,7 @@ def _feature_cache(config: TrainConfig, model: torch.nn.Module, data: PreparedDa
     # finetune's stage 2, a second finetune) reuse it.
     key = {"model": config.model, "model_args": json.loads(json.dumps(config.model_args, sort_keys=True)),
            "weights": weights_digest(modules), "channels": meta["channels"], "size": meta["input_size"],
-           "trim": config.data.clean, **({"resize": config.data.resize} if config.data.resize != "squash" else {})}
+           "trim": config.data.clean, **({"resize": config.resize_mode()} if config.resize_mode() != "squash" else {})}
     cache = CacheSettings(config.cache, config.cache_dir, config.cache_max_gb)
     features = {name: frozen_features(key, model, prefix, part, mean=meta["mean"], std=meta["std"], device=device,
                                       cache=cache) for name, part in (("train", data.train), ("val", data.val))}

@@ -81,7 +81,7 @@ def prepare_data(config: TrainConfig, samples: Samples, excluded: list[str], fol
              len(samples), size, channels)
     trim = config.data.clean
     cache = CacheSettings(config.cache, config.cache_dir, config.cache_max_gb)
-    resize = config.data.resize
+    resize = config.resize_mode()
     decoded, skipped = decode_samples(samples, channels, size, trim=trim, cache=cache, resize=resize)
     skipped = samples.skipped + skipped
     if config.data.val:
