@@ -17,14 +17,11 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
-
-import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from speed import record  # noqa: E402
+from speed import matmul_gflops, record  # noqa: E402
 from workflows import DEFAULT_DATA, run_imgcls, unpack  # noqa: E402
 
 VARIANTS = {
@@ -33,17 +30,6 @@ VARIANTS = {
     "ema": ["--ema"],
     "7ep": ["--epochs", "7"],
 }
-
-
-def matmul_gflops() -> float:
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    a @ b
-    rates = []
-    for _ in range(5):
-        start = time.perf_counter()
-        a @ b
-        rates.append(2 * 2048**3 / (time.perf_counter() - start) / 1e9)
-    return round(statistics.median(rates), 1)
 
 
 def mean_std(values: list[float], digits: int = 4) -> str:

@@ -34,7 +34,20 @@ def machine() -> dict:
     return {"platform": platform.platform(), "processor": _cpu_name(), "threads": torch.get_num_threads(),
             "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
             "torch": torch.__version__, "torchvision": torchvision.__version__, "numpy": np.__version__,
-            "imgcls": imgcls.__version__, "python": platform.python_version()}
+            "imgcls": imgcls.__version__, "python": platform.python_version(), "matmul_gflops": matmul_gflops()}
+
+
+def matmul_gflops() -> float:
+    """The machine's fp32 matrix-multiply rate now (median of 5 products of 2048² matrices): timings
+    carry the rate measured in their own run, since this machine kind's rate moves (97-170 GFLOP/s)."""
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    a @ b
+    rates = []
+    for _ in range(5):
+        start = time.perf_counter()
+        a @ b
+        rates.append(2 * 2048**3 / (time.perf_counter() - start) / 1e9)
+    return round(statistics.median(rates), 1)
 
 
 def _cpu_name() -> str:
@@ -332,7 +345,9 @@ def append_results(command: str, result: dict, info: dict) -> None:
     columns = list(dict.fromkeys(key for row in rows.values() for key in row))
     lines = [f"\n### `{command}` ({time.strftime('%Y-%m-%d')})\n",
              f"{info['processor']}, {info['threads']} threads, torch {info['torch']}"
-             + (f", {info['cuda']}" if info["cuda"] else "") + "; medians (± half the spread) of the repeats.\n",
+             + (f", {info['cuda']}" if info["cuda"] else "")
+             + f", fp32 matmul {info['matmul_gflops']} GFLOP/s at the end of the run"
+             + "; medians (± half the spread) of the repeats.\n",
              "| | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     lines += [f"| {name} | " + " | ".join(cell(row.get(c)) for c in columns) + " |" for name, row in rows.items()]
     with open(HERE / "RESULTS.md", "a", encoding="utf-8") as f:
