@@ -29,8 +29,7 @@ from sklearn.metrics import log_loss
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from fashion_recipe import mean_std  # noqa: E402
-from speed import matmul_gflops, record  # noqa: E402
+from speed import matmul_gflops, mean_std, record  # noqa: E402
 from workflows import DEFAULT_DATA, run_imgcls, unpack  # noqa: E402
 
 PATTERN = r"^(cat|dog)\."

@@ -22,7 +22,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from speed import matmul_gflops, record  # noqa: E402
+from speed import matmul_gflops, mean_std, record  # noqa: E402
 from workflows import DEFAULT_DATA, run_imgcls, unpack  # noqa: E402
 
 VARIANTS = {
@@ -33,11 +33,6 @@ VARIANTS = {
     "wd0.01": ["--weight-decay", "0.01"],
     "wd0.1": ["--weight-decay", "0.1"],
 }
-
-
-def mean_std(values: list[float], digits: int = 4) -> str:
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.{digits}f} ± {spread:.{digits}f}"
 
 
 def main() -> None:

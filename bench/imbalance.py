@@ -22,8 +22,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from fashion_recipe import mean_std  # noqa: E402
-from speed import record  # noqa: E402
+from speed import mean_std, record  # noqa: E402
 from workflows import DEFAULT_DATA, run_imgcls, unpack  # noqa: E402
 
 MAJORITY = ("airplane", "automobile", "bird", "cat", "deer")

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import csv
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -27,7 +26,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
-from speed import record  # noqa: E402
+from speed import mean_std, record  # noqa: E402
 from tests.conftest import write_object_folders  # noqa: E402
 
 METHODS = ("auto", "gradcam", "gradcam++", "hirescam")
@@ -64,10 +63,6 @@ def hit_rates(run_dir: Path, boxes: dict, layers: list[str] | None, margin: int 
     return rates
 
 
-def mean_std(values: list[float]) -> str:
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values) if len(values) > 1 else 0.0:.3f}"
-
-
 def localisation(models: dict, size: int, seeds: list[int], per_class: int, extra_layers: dict) -> dict:
     from imgcls.train import train
 
@@ -88,10 +83,10 @@ def localisation(models: dict, size: int, seeds: list[int], per_class: int, extr
             finally:
                 shutil.rmtree(root, ignore_errors=True)
         for layer, per_method in results.items():
-            rows[f"{name}, layer {layer}"] = {"val_accuracy": mean_std(accuracy),
-                                              **{m: mean_std(v) for m, v in per_method.items()}}
-            print(f"{name:20} {layer:10} acc {mean_std(accuracy)}  " +
-                  "  ".join(f"{m} {mean_std(v)}" for m, v in per_method.items()), flush=True)
+            rows[f"{name}, layer {layer}"] = {"val_accuracy": mean_std(accuracy, 3),
+                                              **{m: mean_std(v, 3) for m, v in per_method.items()}}
+            print(f"{name:20} {layer:10} acc {mean_std(accuracy, 3)}  " +
+                  "  ".join(f"{m} {mean_std(v, 3)}" for m, v in per_method.items()), flush=True)
     return rows
 
 
@@ -152,7 +147,7 @@ def photos(dvc: Path, count: int, seeds: list[int], layers: list[str]) -> dict:
     rows = {}
     for layer, per_method in results.items():
         rows[f"efficientnet_lite0 ImageNet head, photos on noise, layer {layer}"] = {
-            m: mean_std(v) for m, v in per_method.items()}
+            m: mean_std(v, 3) for m, v in per_method.items()}
     return rows
 
 

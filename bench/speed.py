@@ -60,6 +60,12 @@ def _cpu_name() -> str:
     return platform.processor()
 
 
+def mean_std(values: list[float], digits: int = 4) -> str:
+    """"mean ± sample standard deviation" over seeds (0 spread for one value): the protocol's headline cell."""
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.{digits}f} ± {spread:.{digits}f}"
+
+
 def summary(values: list[float], digits: int = 2) -> dict:
     return {"repeats": [round(v, digits) for v in values], "median": round(statistics.median(values), digits),
             "spread": round(max(values) - min(values), digits)}

@@ -273,7 +273,7 @@ def _feature_cache(config: TrainConfig, model: torch.nn.Module, data: PreparedDa
     # finetune's stage 2, a second finetune) reuse it.
     key = {"model": config.model, "model_args": json.loads(json.dumps(config.model_args, sort_keys=True)),
            "weights": weights_digest(modules), "channels": meta["channels"], "size": meta["input_size"],
-           "trim": config.data.clean, **({"resize": config.resize_mode()} if config.resize_mode() != "squash" else {})}
+           "trim": config.data.clean, **({"resize": meta["resize"]} if meta["resize"] != "squash" else {})}
     cache = CacheSettings(config.cache, config.cache_dir, config.cache_max_gb)
     features = {name: frozen_features(key, model, prefix, part, mean=meta["mean"], std=meta["std"], device=device,
                                       cache=cache) for name, part in (("train", data.train), ("val", data.val))}
