@@ -1,8 +1,10 @@
 """Issue 16's Dogs vs. Cats target under the protocol: log loss on labelled pictures that no choice was
-made on, for one EfficientNet-Lite0 and for an ensemble of the seeds' models, with and without the
-validation-fitted temperature (--calibrate) and test-time augmentation.
+made on, for one EfficientNet-Lite model (Lite0 by default; --models) and for ensembles (each seed's
+models together, and every run together), with and without the validation-fitted temperature
+(--calibrate) and test-time augmentation.
 
-    python bench/dvc_heldout.py [--data ../shared/datasets] [--seeds 0,1,2] [--heldout 0.2] [-- FINETUNE FLAGS]
+    python bench/dvc_heldout.py [--data ../shared/datasets] [--seeds 0,1,2] [--heldout 0.2]
+                                [--models efficientnet_lite0,efficientnet_lite2] [--no-tta] [-- FINETUNE FLAGS]
 
 dogs-vs-cats/train is split once (fixed seed 1234, balanced by class) into a held-out part and the
 pictures imgcls sees; bench/out/dvc-heldout/data links to them (the dataset is never modified). Each
@@ -33,7 +35,7 @@ from speed import matmul_gflops, mean_std, record  # noqa: E402
 from workflows import DEFAULT_DATA, run_imgcls, unpack  # noqa: E402
 
 PATTERN = r"^(cat|dog)\."
-FINETUNE = ["--label-pattern", PATTERN, "--split", "balanced", "--clean", "--model", "efficientnet_lite0",
+FINETUNE = ["--label-pattern", PATTERN, "--split", "balanced", "--clean",
             "--batch-size", "32", "--stage1-epochs", "8", "--stage2-epochs", "4", "--unfreeze-last", "2",
             "--drop-implausible", "8", "--calibrate"]
 
@@ -73,41 +75,59 @@ def uncalibrated_copy(stage: Path, target: Path) -> Path:
     return target
 
 
+def short(model: str) -> str:
+    return model.replace("efficientnet_lite", "Lite")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", default=DEFAULT_DATA)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--heldout", type=float, default=0.2)
-    parser.add_argument("extra", nargs="*", help="after --: more `imgcls finetune` flags (e.g. --resize crop)")
-    args = parser.parse_args()
+    parser.add_argument("--models", default="efficientnet_lite0",
+                        help="one finetune per model and seed; with several, each seed's models are also ensembled")
+    parser.add_argument("--no-tta", action="store_true", help="leave out the flip-TTA predictions")
+    argv = sys.argv[1:]
+    cut = argv.index("--") if "--" in argv else len(argv)
+    args = parser.parse_args(argv[:cut])
+    extra = argv[cut + 1:]  # after --: more `imgcls finetune` flags (e.g. --resize crop)
+    models = args.models.split(",")
     dvc = unpack(Path(args.data), HERE / "data") / "dogs-vs-cats"
-    out = HERE / "out" / ("dvc-heldout" + "".join(f"_{a.strip('-')}" for a in args.extra))
+    suffix = "".join(f"_{a.strip('-')}" for a in extra) + ("" if models == ["efficientnet_lite0"]
+                                                           else "_" + "_".join(map(short, models)))
+    out = HERE / "out" / ("dvc-heldout" + suffix)
     seen, heldout = hold_out(dvc / "train", out / "data", args.heldout)
     print(f"{len(list(seen.iterdir()))} pictures seen, {len(list(heldout.iterdir()))} held out", flush=True)
     gflops_before = matmul_gflops()
     seeds = [int(s) for s in args.seeds.split(",")]
+    ttas = (False,) if args.no_tta else (False, True)
     singles: dict[str, list[dict]] = {}
-    finals: dict[str, list[Path]] = {"calibrated": [], "uncalibrated": []}
+    # (model, calibration) → each seed's run folder; a calibrated finetune folder predicts with its temperature
+    finals: dict[tuple[str, str], list[Path]] = {}
+    finetune_seconds: dict[tuple[str, int], float] = {}
     for seed in seeds:
-        run = out / f"seed{seed}"
-        shutil.rmtree(run, ignore_errors=True)
-        _, _, finetune_s = run_imgcls(["finetune", seen, *FINETUNE, *args.extra, "--seed", seed,
-                                               "--out", run])
-        stage2 = json.loads((run / "stage2" / "metrics.json").read_text())
-        temperature = json.loads((run / "stage2" / "model.json").read_text()).get("temperature")
-        finals["calibrated"].append(run)
-        finals["uncalibrated"].append(uncalibrated_copy(run / "stage2", out / f"seed{seed}-uncalibrated"))
-        for calibration, model in (("calibrated", run), ("uncalibrated", finals["uncalibrated"][-1])):
-            for tta in (False, True):
-                name = f"Lite0, {calibration}{', TTA' if tta else ''}"
-                submission = out / f"seed{seed}-{calibration}{'-tta' if tta else ''}.csv"
-                _, _, predict_s = run_imgcls(["predict", model, heldout, "--proba", "dog", *(["--tta"] if tta else []),
-                                              "--out", submission])
-                row = {**score(submission), "finetune_s": finetune_s, "predict_s": predict_s,
-                       "val_log_loss": stage2["validation"]["log_loss"], "temperature": temperature}
-                singles.setdefault(name, []).append(row)
-                print(f"seed {seed} {name:28} held-out log loss {row['log_loss']:.4f}  accuracy {row['accuracy']:.4f}"
-                      f"  (finetune {finetune_s:.0f} s, predict {predict_s:.0f} s, T {temperature})", flush=True)
+        for model in models:
+            run = out / f"{short(model)}-seed{seed}"
+            shutil.rmtree(run, ignore_errors=True)
+            _, _, finetune_s = run_imgcls(["finetune", seen, *FINETUNE, "--model", model, *extra, "--seed", seed,
+                                           "--out", run])
+            finetune_seconds[model, seed] = finetune_s
+            stage2 = json.loads((run / "stage2" / "metrics.json").read_text())
+            temperature = json.loads((run / "stage2" / "model.json").read_text()).get("temperature")
+            uncalibrated = uncalibrated_copy(run / "stage2", out / f"{short(model)}-seed{seed}-uncalibrated")
+            for calibration, folder in (("calibrated", run), ("uncalibrated", uncalibrated)):
+                finals.setdefault((model, calibration), []).append(folder)
+                for tta in ttas:
+                    name = f"{short(model)}, {calibration}{', TTA' if tta else ''}"
+                    submission = out / f"{short(model)}-seed{seed}-{calibration}{'-tta' if tta else ''}.csv"
+                    _, _, predict_s = run_imgcls(["predict", folder, heldout, "--proba", "dog",
+                                                  *(["--tta"] if tta else []), "--out", submission])
+                    row = {**score(submission), "finetune_s": finetune_s, "predict_s": predict_s,
+                           "val_log_loss": stage2["validation"]["log_loss"], "temperature": temperature}
+                    singles.setdefault(name, []).append(row)
+                    print(f"seed {seed} {name:28} held-out log loss {row['log_loss']:.4f}  accuracy "
+                          f"{row['accuracy']:.4f}  (finetune {finetune_s:.0f} s, predict {predict_s:.0f} s, "
+                          f"T {temperature})", flush=True)
     table = {}
     for name, rows in singles.items():
         table[f"{name}: mean ± std over {len(seeds)} seeds"] = {
@@ -115,20 +135,37 @@ def main() -> None:
             "held-out accuracy": mean_std([r["accuracy"] for r in rows]),
             "val log loss (chose the epoch)": mean_std([r["val_log_loss"] for r in rows]),
             "pipeline s (finetune + predict)": mean_std([r["finetune_s"] + r["predict_s"] for r in rows], 1)}
-    for calibration, runs in finals.items():
-        for tta in (False, True):
+    if len(models) > 1:  # each seed's models together: the pipeline a user runs for a mixed ensemble
+        for calibration in ("calibrated", "uncalibrated"):
+            for tta in ttas:
+                rows = []
+                for i, seed in enumerate(seeds):
+                    submission = out / f"mixed-seed{seed}-{calibration}{'-tta' if tta else ''}.csv"
+                    _, _, predict_s = run_imgcls(["predict", *(finals[m, calibration][i] for m in models), heldout,
+                                                  "--proba", "dog", *(["--tta"] if tta else []), "--out", submission])
+                    rows.append({**score(submission), "pipeline_s": predict_s + sum(
+                        finetune_seconds[m, seed] for m in models)})
+                name = f"{' + '.join(map(short, models))} of one seed, {calibration}{', TTA' if tta else ''}"
+                table[f"{name}: mean ± std over {len(seeds)} seeds"] = {
+                    "held-out log loss": mean_std([r["log_loss"] for r in rows]),
+                    "held-out accuracy": mean_std([r["accuracy"] for r in rows]),
+                    "pipeline s (finetune + predict)": mean_std([r["pipeline_s"] for r in rows], 1)}
+                print(f"{name:50} held-out log loss {table[f'{name}: mean ± std over {len(seeds)} seeds']}",
+                      flush=True)
+    for calibration in ("calibrated", "uncalibrated"):
+        for tta in ttas:
+            runs = [run for model in models for run in finals[model, calibration]]
             submission = out / f"ensemble-{calibration}{'-tta' if tta else ''}.csv"
             _, _, predict_s = run_imgcls(["predict", *runs, heldout, "--proba", "dog", *(["--tta"] if tta else []),
                                           "--out", submission])
             scored = score(submission)
-            finetune_total = sum(singles["Lite0, calibrated"][i]["finetune_s"] for i in range(len(seeds)))
-            name = f"ensemble of the {len(seeds)} seeds' models, {calibration}{', TTA' if tta else ''}"
+            name = f"ensemble of all {len(runs)} models, {calibration}{', TTA' if tta else ''}"
             table[name] = {"held-out log loss": f"{scored['log_loss']:.4f}",
                            "held-out accuracy": f"{scored['accuracy']:.4f}",
-                           "pipeline s (finetune + predict)": f"{finetune_total + predict_s:.1f}"}
+                           "pipeline s (finetune + predict)": f"{sum(finetune_seconds.values()) + predict_s:.1f}"}
             print(f"{name:50} held-out log loss {scored['log_loss']:.4f}  accuracy {scored['accuracy']:.4f}  "
                   f"predict {predict_s:.0f} s", flush=True)
-    table["held-out pictures"] = {"held-out log loss": str(singles["Lite0, calibrated"][0]["pictures"])}
+    table["held-out pictures"] = {"held-out log loss": str(next(iter(singles.values()))[0]["pictures"])}
     table["fp32 matmul 2048² GFLOP/s, before / after"] = {"held-out log loss": f"{gflops_before} / {matmul_gflops()}"}
     (out / "rows.json").write_text(json.dumps(singles, indent=2, default=str))
     print(f"wrote {record(out.name.replace('-', '_'), table)}; appended to bench/RESULTS.md")

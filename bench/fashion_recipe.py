@@ -32,6 +32,8 @@ VARIANTS = {
     "7ep": ["--epochs", "7"],
     "wd0.01": ["--weight-decay", "0.01"],
     "wd0.1": ["--weight-decay", "0.1"],
+    # twice the steps (on one H200 the cifar10-speed recipe gained 1.5 points from halving its batch)
+    "batch128": ["--batch-size", "128"],
 }
 
 

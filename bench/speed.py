@@ -2,7 +2,7 @@
 PyTorch loop, the data pipeline against torchvision's ImageFolder + DataLoader, and predict against a
 plain PIL loop. Each prints a table and writes bench/out/speed-<name>.json with every repeat.
 
-    python bench/speed.py matmul|overhead|layout|pipeline|predict [--data ../shared/datasets] [--repeats 5]
+    python bench/speed.py matmul|overhead|layout|pipeline|decode|predict [--data ../shared/datasets] [--repeats 5]
     python bench/speed.py fashion|cifar10 [--repeats 1] [-- extra imgcls train flags]
     python bench/speed.py startup [--src OTHER_CHECKOUT/src]
 
@@ -226,6 +226,26 @@ def pipeline(args) -> dict:
             "plain_img_s": summary(plain), "later_over_plain": round(ratio, 1)}
 
 
+def decode(args) -> dict:
+    """Decoding the 60,000 Fashion-MNIST training PNGs into memory (no cache): in threads (Pillow holds
+    the GIL for most of a small picture) against forked processes (the default from 4,096 pictures),
+    alternating so that a slow spell of the machine touches both."""
+    from imgcls.data.decode import decode_all
+
+    folder = unpack(Path(args.data), HERE / "data") / "fashion-mnist" / "train"
+    paths = sorted(str(p) for p in folder.glob("*.png"))
+    cases = {"threads": dict(processes=1), "processes": dict(processes=None)}  # None: the default, one per core
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(args.repeats):
+        for name, kw in cases.items():
+            start = time.perf_counter()
+            array, _, _ = decode_all(paths, 1, 28, **kw)
+            times[name].append(time.perf_counter() - start)
+    for name, values in times.items():
+        print(f"{len(paths)} PNGs, {name:9} {statistics.median(values):6.1f} s")
+    return {f"{len(paths)} Fashion-MNIST PNGs, {name}": {"seconds": summary(values)} for name, values in times.items()}
+
+
 def predict(args) -> dict:
     """`imgcls predict` on the Dogs vs. Cats test JPEGs (1,001, median about 440x374) with a cifar-cnn at
     32 px vs a plain PIL (open, RGB, resize) + model loop."""
@@ -372,7 +392,8 @@ def record(name: str, result: dict) -> Path:
 
 
 def main() -> None:
-    benches = {"matmul": matmul, "overhead": overhead, "layout": layout, "pipeline": pipeline, "predict": predict,
+    benches = {"matmul": matmul, "overhead": overhead, "layout": layout, "pipeline": pipeline, "decode": decode,
+               "predict": predict,
                "fashion": fashion, "cifar10": cifar10, "startup": startup}
     parser = argparse.ArgumentParser()
     parser.add_argument("bench", choices=list(benches))

