@@ -51,7 +51,7 @@ def _add_train_flags(parser: argparse.ArgumentParser, *, search: bool = False) -
                      ("--recipe", dict(choices=["auto", "none", "small", "cifar10-speed"],
                                        help="a named set of defaults that flags override (default: auto = small "
                                        "when no --model is named: airnet, one-cycle AdamW, label smoothing 0.1, "
-                                       "batch 256, 6 epochs; cifar10-speed: airbench's GPU recipe)")),
+                                       "batch 128, 6 epochs; cifar10-speed: airbench's GPU recipe)")),
                      ("--model", dict(help="a name from `imgcls models` (default: the recipe's; none: simple-cnn)")),
                      ("--model-arg", dict(type=_model_arg, action="append", metavar="KEY=VALUE",
                                           help="a model argument, e.g. width=4 (repeatable)")),
