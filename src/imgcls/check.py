@@ -35,6 +35,10 @@ def check(data: DataConfig, *, min_pixels: int = 3600, out: str | Path = "runs/c
         remap = lambda s: np.array([classes.index(s.classes[l]) for l in s.labels], dtype=np.int64)  # noqa: E731
         samples = Samples(samples.paths + val.paths, np.concatenate([remap(samples), remap(val)]), classes)
     rows, summary = scan(samples, min_pixels=min_pixels, sides=sides, cache=cache)
+    # What the listing itself left out: an id with two labels, a link cycle, an id without a picture.
+    summary["not_listed"] = samples.skipped
+    for item in samples.skipped:
+        log.warning("not listed: %s: %s", item["path"], item["reason"])
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     buffer = io.StringIO()
@@ -52,7 +56,9 @@ def check(data: DataConfig, *, min_pixels: int = 3600, out: str | Path = "runs/c
 def _load_any(source: str, data: DataConfig, test_set: bool = False) -> Samples:
     """Labelled pictures as train reads them, or, for a folder of loose pictures (a test set), unlabelled."""
     try:
-        return load_samples(source, data.labels, data.id_col, data.label_col, data.ext, data.label_pattern)
+        # clean: an id with two labels is a finding to list here, not a reason to stop
+        return load_samples(source, data.labels, data.id_col, data.label_col, data.ext, data.label_pattern,
+                            clean=True)
     except UserError:
         if not Path(source).is_dir() or not test_set and (data.labels or data.label_pattern):
             raise

@@ -2,10 +2,14 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
+import signal
 import sys
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 from .cli_parser import build_parser
@@ -269,19 +273,66 @@ def _run(args: argparse.Namespace, argv: list[str]) -> None:
               f"{result.val_log_loss:.4f} in {result.train_seconds:.1f} s\nopen {result.run_dir}/report.html")
 
 
+ENVIRONMENT_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGINT: raised where the program is, so that every `finally` runs (decode workers
+    stop, locks are released, a trial is marked failed) and what is on disk stays resumable."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextmanager
+def _stop_on_signals():
+    """The first SIGTERM/SIGINT stops the command through Stopped; a second one exits at once (what
+    was written is still consistent: every file is replaced atomically). The previous handlers come
+    back afterwards (main() also runs inside other programs, tests among them)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+
+    def stop(signum, frame):
+        if received:
+            os._exit(128 + signum)
+        received.append(signum)
+        raise Stopped(signum)
+
+    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s",
                         stream=sys.stderr)
     try:
-        _run(args, argv)
+        with _stop_on_signals():
+            _run(args, argv)
     except UserError as error:
         print(f"imgcls: error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("imgcls: interrupted (a run folder can be finished with --resume)", file=sys.stderr)
-        return 130
+    except OSError as error:
+        if error.errno not in ENVIRONMENT_ERRORS:
+            raise
+        # A full disk or a read-only folder: the machine's state, said in one line (what was written
+        # before it is consistent: every file is replaced atomically).
+        print(f"imgcls: error: {error.strerror} while writing {error.filename or 'a file'}; expected free space "
+              "and write permission there (or --cache-dir elsewhere, or --no-cache)", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as stopped:
+        signum = getattr(stopped, "signum", signal.SIGINT)
+        print(f"imgcls: stopped by {signal.Signals(signum).name} (a training run can be finished with "
+              "imgcls train --resume RUN_DIR; an audit or tune resumes when run again)", file=sys.stderr)
+        return 128 + signum
     return 0
 
 

@@ -9,9 +9,11 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import signal
 from collections import deque
 from dataclasses import dataclass
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from functools import partial
 from itertools import islice
 from typing import BinaryIO, Iterator
@@ -262,20 +264,43 @@ def decode_chunks(paths: list[str], channels: int, size: int, desc: str = "decod
     chunks = [(start, paths[start:start + chunk]) for start in range(0, len(paths), chunk)]
     job = partial(_decode_chunk, channels, size, trim, resize)
     workers = processes if processes > 1 else workers or min(8, (os.cpu_count() or 1) + 1)
-    pool = (ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("fork")) if processes > 1
+    # Forked workers die with this process (even by SIGKILL) and hold none of its cache locks: see
+    # data/locking.py.
+    pool = (ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("fork"),
+                                initializer=_start_worker, initargs=(os.getpid(),)) if processes > 1
             else ThreadPoolExecutor(workers))
     # At most two chunks per worker in flight: pool.map would submit every chunk at once, and decoded
     # chunks waiting for a slower consumer (the cache's writer) would pile up to the whole set in memory.
     todo = iter(chunks)
-    with pool, tqdm(total=len(paths), desc=desc, unit="img", mininterval=2.0, disable=None, leave=False) as bar:
-        pending = deque(pool.submit(job, c) for c in islice(todo, 2 * workers))
-        while pending:
-            start, array, reasons = pending.popleft().result()
-            following = next(todo, None)
-            if following is not None:
-                pending.append(pool.submit(job, following))
-            yield start, array, reasons
-            bar.update(len(reasons))
+    try:
+        with tqdm(total=len(paths), desc=desc, unit="img", mininterval=2.0, disable=None, leave=False) as bar:
+            pending = deque((c, pool.submit(job, c)) for c in islice(todo, 2 * workers))
+            while pending:
+                chunk_paths, future = pending.popleft()
+                try:
+                    start, array, reasons = future.result()
+                except BrokenProcessPool:  # a worker was killed (the OOM killer, a user): go on without them
+                    log.warning("a decode worker died (killed, or out of memory?); decoding the rest in this process")
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    pool = ThreadPoolExecutor(min(8, (os.cpu_count() or 1) + 1))
+                    pending = deque((c, pool.submit(job, c)) for c in [chunk_paths, *(c for c, _ in pending)])
+                    continue
+                following = next(todo, None)
+                if following is not None:
+                    pending.append((following, pool.submit(job, following)))
+                yield start, array, reasons
+                bar.update(len(reasons))
+    finally:  # on an interruption too: the queued chunks are dropped, the running ones finish
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _start_worker(parent: int) -> None:
+    from .locking import worker_dies_with_parent
+
+    worker_dies_with_parent(parent)
+    # Ctrl-C reaches the whole process group: the parent stops the pool; a worker's traceback would be noise.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def decode_all(paths: list[str], channels: int, size: int, desc: str = "decoding",

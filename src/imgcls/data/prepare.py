@@ -56,7 +56,7 @@ class PreparedData:
 def _data_kwargs(config: TrainConfig, source: str) -> dict:
     d = config.data
     return dict(source=source, labels=d.labels, id_col=d.id_col, label_col=d.label_col, ext=d.ext,
-                label_pattern=d.label_pattern)
+                label_pattern=d.label_pattern, clean=d.clean)
 
 
 def load_training_samples(config: TrainConfig) -> tuple[Samples, list[str]]:

@@ -67,11 +67,45 @@ def _is_clutter(name: str) -> bool:
     return name.startswith(".") or name.lower() in ("thumbs.db", "desktop.ini")
 
 
-def scan_pictures(root: Path, skipped: list[dict[str, str]] | None = None) -> list[Path]:
-    """All picture files under root (recursive), clutter ignored; broken links go to `skipped`."""
+def _folder_id(path: str | Path) -> tuple[int, int] | None:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
+def scan_pictures(root: Path, skipped: list[dict[str, str]] | None = None,
+                  visited: set[tuple[int, int]] | None = None) -> list[Path]:
+    """All picture files under root (recursive), clutter ignored; broken links go to `skipped`.
+
+    Links to folders are followed (users link data in), but each real folder is read once: a link
+    back to a folder already read (a cycle such as `a/loop -> ..`, or a second route to the same
+    folder) goes to `skipped` instead of reading its pictures again under another label. `visited`
+    (device, inode) pairs are shared between calls that must not read a folder twice (class folders)."""
+    visited = set() if visited is None else visited
     found: list[Path] = []
+    root_id = _folder_id(root)
+    if root_id is None or root_id in visited:
+        return found
+    visited.add(root_id)
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not _is_clutter(d))
+        kept = []
+        for d in sorted(dirnames):
+            if _is_clutter(d):
+                continue
+            folder = os.path.join(dirpath, d)
+            folder_id = _folder_id(folder)
+            if folder_id is None:
+                continue
+            if folder_id in visited:
+                if skipped is not None:
+                    skipped.append({"path": folder, "reason": f"a link to a folder already read "
+                                    f"({os.path.realpath(folder)}): a cycle or a second route; not read again"})
+                continue
+            visited.add(folder_id)
+            kept.append(d)
+        dirnames[:] = kept
         for name in sorted(filenames):
             if _is_clutter(name) or not name.lower().endswith(IMAGE_EXTENSIONS):
                 continue
@@ -118,7 +152,19 @@ def from_folder(root: str | Path, classes: list[str] | None = None) -> Samples:
     root = _existing_dir(root)
     class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not _is_clutter(d.name))
     skipped: list[dict[str, str]] = []
-    pairs = [(str(p), d.name) for d in class_dirs for p in scan_pictures(d, skipped)]
+    # The root and every class folder count as read from the start: a link inside one class to the
+    # root or to another class would otherwise file that class's pictures under this one.
+    visited = {i for i in map(_folder_id, [root, *class_dirs]) if i is not None}
+    pairs, read = [], set()
+    for d in class_dirs:
+        folder_id = _folder_id(d)
+        if folder_id in read:
+            skipped.append({"path": str(d), "reason": f"the same folder as a class already read "
+                            f"({os.path.realpath(d)}); not read again"})
+            continue
+        read.add(folder_id)
+        visited.discard(folder_id)
+        pairs += [(str(p), d.name) for p in scan_pictures(d, skipped, visited)]
     if not pairs:
         loose = scan_pictures(root)
         hint = (" (pictures lie directly in it: give --labels CSV or --label-pattern REGEX)" if loose else "")
@@ -127,9 +173,22 @@ def from_folder(root: str | Path, classes: list[str] | None = None) -> Samples:
     return _to_samples(pairs, skipped, classes)
 
 
+def _one_row_per_id(rows: list[tuple[str, str]]) -> tuple[list[tuple[str, str]], dict[str, list[str]]]:
+    """The rows with each id once (a repeated id with the same label is one picture), and the ids
+    listed with different labels → those labels (they are in no row)."""
+    labels_of: dict[str, list[str]] = {}
+    for picture_id, label in rows:
+        seen = labels_of.setdefault(picture_id, [])
+        if label not in seen:
+            seen.append(label)
+    conflicts = {i: labels for i, labels in labels_of.items() if len(labels) > 1}
+    return [(i, labels[0]) for i, labels in labels_of.items() if i not in conflicts], conflicts
+
+
 def from_csv(root: str | Path, labels_csv: str | Path, id_col: str = "id", label_col: str = "label",
-             ext: str | None = None, classes: list[str] | None = None) -> Samples:
-    """A CSV of id,label beside a folder of <id><ext> pictures; ids without a picture are skipped."""
+             ext: str | None = None, classes: list[str] | None = None, clean: bool = False) -> Samples:
+    """A CSV of id,label beside a folder of <id><ext> pictures; ids without a picture are skipped. An id
+    listed with two different labels is an error, or with `clean` left out and listed in skipped."""
     root = _existing_dir(root)
     labels_csv = Path(labels_csv)
     if not labels_csv.is_file():
@@ -142,12 +201,22 @@ def from_csv(root: str | Path, labels_csv: str | Path, id_col: str = "id", label
                 raise UserError(f"Received: {flag} {col!r}, not a column of {labels_csv}; "
                                 f"expected one of {', '.join(columns) or '(no header)'}")
         rows = [(row[id_col].strip(), row[label_col].strip()) for row in reader]
+    rows, conflicts = _one_row_per_id(rows)
+    if conflicts and not clean:
+        picture_id, labels = next(iter(conflicts.items()))
+        more = f" (and {len(conflicts) - 1} more ids)" if len(conflicts) > 1 else ""
+        raise UserError(f"Received: id {picture_id!r} listed in {labels_csv} with two labels, "
+                        f"{' and '.join(map(repr, labels))}{more}; expected one label per id (fix the CSV, or "
+                        "--clean to leave such ids out)")
     if ext is not None:
         ext = ext if ext.startswith(".") else "." + ext
         by_id = {p.name[: -len(ext)]: p for p in scan_pictures(root) if p.name.lower().endswith(ext.lower())}
     else:
         by_id = {p.stem: p for p in scan_pictures(root)}
     pairs, skipped = [], []
+    for picture_id, labels in conflicts.items():
+        skipped.append({"path": str(root / f"{picture_id}{ext or '.*'}"),
+                        "reason": f"id listed with two labels in the CSV ({' and '.join(map(repr, labels))})"})
     for picture_id, label in rows:
         path = by_id.get(picture_id)
         if path is None:
@@ -221,13 +290,14 @@ def resolve_source(source: str) -> Path:
 
 def load_samples(source: str, labels: str | None = None, id_col: str = "id", label_col: str = "label",
                  ext: str | None = None, label_pattern: str | None = None,
-                 classes: list[str] | None = None) -> Samples:
-    """The one entry point: picks the layout from the arguments given."""
+                 classes: list[str] | None = None, clean: bool = False) -> Samples:
+    """The one entry point: picks the layout from the arguments given. `clean`: leave out (and list)
+    what is ambiguous, such as an id with two labels, instead of stopping."""
     if labels and label_pattern:
         raise UserError("Received: both --labels and --label-pattern; expected at most one")
     root = resolve_source(source)
     if labels:
-        return from_csv(root, labels, id_col, label_col, ext, classes)
+        return from_csv(root, labels, id_col, label_col, ext, classes, clean)
     if label_pattern:
         return from_filenames(root, label_pattern, classes)
     return from_folder(root, classes)

@@ -9,7 +9,8 @@ $XDG_CACHE_HOME/imgcls, else ~/.cache/imgcls):
     decoded-3x32-<key>/pixels.u8    rows of (C, H, W) uint8, appended, never rewritten in place
     decoded-3x32-<key>/index.json   path → size, mtime, row (or the reason it has none)
     decoded-3x32-<key>/lock         exclusive while one process appends (the others wait, then read),
-                                    shared while a reader opens the entry (eviction skips it then)
+                                    shared while a reader opens the entry (eviction skips it then);
+                                    data/locking.py makes it die with its process
 
 A picture's row is computed again only when its size or modification time changed. index.json is
 the commit point: it is replaced atomically after the new rows are on disk, so rows a killed writer
@@ -21,14 +22,12 @@ grow with the number of pictures: the page cache holds what fits.
 from __future__ import annotations
 
 import errno
-import fcntl
 import hashlib
 import json
 import logging
 import os
 import shutil
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
@@ -36,6 +35,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from ..errors import UserError
+from .locking import entry_lock
 
 log = logging.getLogger(__name__)
 
@@ -104,36 +104,6 @@ def absolute(paths: list[str]) -> list[str]:
     return [p if p.startswith("/") else prefix + p for p in paths]
 
 
-@contextmanager
-def entry_lock(folder: Path, *, shared: bool = False, blocking: bool = True):
-    """flock on folder/lock: exclusive for a writer or an eviction, shared for a reader. Yields False
-    (and holds nothing) when not `blocking` and another process holds it. A lock file that an eviction
-    deleted while we waited is not the entry's any more: then lock the new one."""
-    mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
-    while True:
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / "lock"
-        handle = open(path, "a+")
-        try:
-            fcntl.flock(handle, mode if blocking else mode | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
-            yield False
-            return
-        try:
-            same = os.fstat(handle.fileno()).st_ino == os.stat(path).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:
-            break
-        handle.close()
-    try:
-        yield True
-    finally:
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        handle.close()
-
-
 # compute(positions) → (offset into positions, rows array, reasons) per chunk, in order; a reason is
 # None where the row was computed, else why the picture has none (it does not decode, say).
 Compute = Callable[[list[int]], Iterable[tuple[int, np.ndarray, list]]]
@@ -199,7 +169,8 @@ class RowStore:
                 self._mapped = self._map(index["rows"])
         if stale:
             waited = time.perf_counter()
-            with entry_lock(self.dir):  # other processes (tune trials, torchrun ranks) wait here
+            # Other processes (tune trials, torchrun ranks, a second command) wait here.
+            with entry_lock(self.dir, doing=f"{desc} {len(stale):,} pictures"):
                 index = self._read_index()  # another process may have computed them while we waited
                 stale = self._stale(index, keys, signatures)
                 if stale:
