@@ -1,7 +1,7 @@
 """The fault-injection sweep (issue 29): every command that writes something, hurt at seeded random
 moments, then run again; a table of command x fault → outcomes.
 
-    python bench/faults.py [--seeds 3] [--only train-cold,serve] [--faults sigkill,sigterm]
+    python bench/faults.py [--seeds 4] [--jobs 2] [--only train-cold,serve] [--faults sigkill,sigterm]
 
 Per case: the command starts in its own process session on a small generated folder (2 classes x 40
 pictures, decoding forced into forked workers and slowed to 20 ms a picture so there is a decode to
@@ -26,6 +26,7 @@ import tempfile
 import time
 import urllib.request
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -88,8 +89,10 @@ def serve_answers(port: int, picture: Path, timeout: float) -> bool:
     """The server is up and predicts one picture."""
     def ask() -> bool:
         try:
-            request = urllib.request.Request(f"http://127.0.0.1:{port}/predict", data=picture.read_bytes(),
-                                             headers={"Content-Type": "image/png"}, method="POST")
+            body = (b"--x\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.png\"\r\n"
+                    b"Content-Type: image/png\r\n\r\n" + picture.read_bytes() + b"\r\n--x--\r\n")
+            request = urllib.request.Request(f"http://127.0.0.1:{port}/predict", data=body, method="POST",
+                                             headers={"Content-Type": "multipart/form-data; boundary=x"})
             with urllib.request.urlopen(request, timeout=5) as answer:
                 return answer.status == 200
         except OSError:
@@ -111,7 +114,7 @@ class Sweep:
     def case_dir(self, name: str) -> tuple[Path, Path]:
         """A fresh folder per case with its own copy of the trained run and, for warm commands, of the cache."""
         case = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=self.work))
-        (case / "data").symlink_to(self.data)
+        shutil.copytree(self.data, case / "data")  # its own copy: picture-changed edits it, cases run in parallel
         shutil.copytree(self.run, case / "run")
         cache = case / "cache"
         if commands(case)[name]["cache"] == "warm":
@@ -168,13 +171,15 @@ class Sweep:
             # Between listing and decoding: once workers run, one picture goes and another is rewritten.
             applied = wait_for(lambda: bool(children(first.pid)) or first.poll() is not None, HANG_S) and \
                 first.poll() is None
-            victims = sorted((self.data / "blue").iterdir())[-2:]
+            victims = sorted((case / "data" / "blue").iterdir())[-2:]
             saved = {p: p.read_bytes() for p in victims}
             victims[0].unlink()
-            victims[1].write_bytes(next((self.data / "red").iterdir()).read_bytes())
+            victims[1].write_bytes(next((case / "data" / "red").iterdir()).read_bytes())
         if name == "serve" and fault not in ("sigkill", "sigterm", "sigint"):
             serve_answers(port, next((self.data / "red").iterdir()), 60)
-            first.send_signal(signal.SIGTERM)
+            for server in (first, second):  # with two at once, either may be the one that got the port
+                if server is not None and server.poll() is None:
+                    server.send_signal(signal.SIGTERM)
         outcome.first_exit = finish(first, HANG_S)
         if second is not None:
             second_exit = finish(second, HANG_S)
@@ -206,7 +211,7 @@ class Sweep:
             outcome.rerun_exit = finish(again, HANG_S)
         outcome.traceback |= has_traceback(case / "again.log")
         outcome.orphans += len(orphans_after(again.pid))
-        outcome.data_changed = folder_snapshot(self.data) != self.snapshot
+        outcome.data_changed = folder_snapshot(case / "data") != self.snapshot
         outcome.cache_inconsistent = inconsistent_cache_rows(cache)
         outcome.missing_outputs = [str(p) for p in commands(case)[name]["outputs"] if not p.exists()]
         if outcome.rerun_exit != 0:
@@ -226,10 +231,11 @@ def mount_read_only(where: Path) -> Path | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--seeds", type=int, default=4)
     parser.add_argument("--only", help="commands, comma-separated (default: all)")
     parser.add_argument("--faults", help=f"comma-separated, of {','.join(FAULTS)} (default: all)")
     parser.add_argument("--work", default=str(HERE / "out" / "faults-work"))
+    parser.add_argument("--jobs", type=int, default=2, help="cases run at once (default: 2, one per core)")
     args = parser.parse_args()
     work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)
@@ -245,17 +251,17 @@ def main() -> None:
         for name in names:
             sweep.clean_seconds[name] = sweep.clean_run(name)
             print(f"{name}: {sweep.clean_seconds[name]:.1f} s without a fault", flush=True)
-        outcomes = []
+        cases = [(name, fault, seed) for seed in range(args.seeds) for name in names for fault in faults
+                 if not (fault in DECODING_FAULTS and name not in DECODING)]
         began = time.monotonic()
-        for seed in range(args.seeds):
-            for name in names:
-                for fault in faults:
-                    if fault in DECODING_FAULTS and name not in DECODING:
-                        continue
-                    outcome = sweep.inject(name, fault, seed)
-                    outcomes.append(outcome)
-                    print(f"seed {seed} {name:12} {fault:16} first exit {outcome.first_exit}, re-run "
-                          f"{outcome.rerun_exit}: {outcome.problems()} {outcome.note}", flush=True)
+
+        def run(case: tuple[str, str, int]) -> Outcome:
+            outcome = sweep.inject(*case)
+            print(f"seed {outcome.seed} {outcome.command:12} {outcome.fault:16} first exit {outcome.first_exit}, "
+                  f"re-run {outcome.rerun_exit}: {outcome.problems()} {outcome.note}", flush=True)
+            return outcome
+        with ThreadPoolExecutor(args.jobs) as pool:
+            outcomes = list(pool.map(run, cases))
     finally:
         if ro is not None:
             subprocess.run(["umount", "-l", str(ro)], check=False)

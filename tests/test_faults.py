@@ -168,3 +168,20 @@ def test_an_id_listed_twice(tmp_path: Path, csv_folder, capsys):
     assert main([*argv, "--clean", "--min-pixels", "1", "--out", str(tmp_path / "clean")]) == 0
     listed = json.loads((tmp_path / "clean" / "data.json").read_text())["skipped"]
     assert [s["reason"] for s in listed if s["path"].endswith("1.*")] == ["id listed with two labels in the CSV ('1' and '2')"]
+
+
+def test_finetune_run_again_into_its_folder_resumes_and_other_settings_are_refused(tmp_path: Path, caplog, capsys):
+    """A finetune stopped (or finished) is resumed by the same command: finished stages are reused."""
+    data = write_class_folders(tmp_path / "data", per_class=8, classes=("red", "blue"))
+    argv = ["finetune", str(data), "--model", "efficientnet_lite0", "--img-size", "32", "--stage1-epochs", "1",
+            "--stage2-epochs", "1", "--unfreeze-last", "1", "--out", str(tmp_path / "ft")]
+    assert main(argv) == 0
+    stage2 = tmp_path / "ft" / "stage2"
+    for name in ("metrics.json", "report.html"):  # as if stopped while stage 2 wrote its last files
+        (stage2 / name).unlink()
+    caplog.set_level(logging.INFO)
+    assert main(argv) == 0
+    assert f"{tmp_path / 'ft' / 'stage1'} already finished" in caplog.text
+    assert (stage2 / "report.html").is_file()
+    assert main([*argv[:-2], "--stage2-epochs", "2", "--out", str(tmp_path / "ft")]) == 2
+    assert "holds a finetune with other settings" in capsys.readouterr().err

@@ -10,12 +10,13 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import json
 import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import TrainConfig, config_from_dict
+from .config import TrainConfig, config_from_dict, config_to_dict
 from .engine.checkpoint import FINETUNE, WEIGHTS, write_json, write_text
 from .engine.optim import DEFAULT_LR
 from .errors import UserError
@@ -56,6 +57,33 @@ def _implausible(run_dir: Path, count: int, out: Path) -> list[str]:
     return [r["path"] for r in rows]
 
 
+def _finetune_folder(base: TrainConfig, settings: dict) -> Path:
+    """OUT for a new finetune, or the same OUT again: a finetune of the same settings there (interrupted,
+    say) is resumed, its finished stage reused."""
+    marker = Path(base.out) / FINETUNE if base.out else None
+    if marker is not None and marker.is_file():
+        previous = json.loads(marker.read_text(encoding="utf-8")).get("settings")
+        if previous != settings:
+            raise UserError(f"Received: --out {base.out}, which holds a finetune with other settings; expected "
+                            "a new or empty folder, or the same command as that finetune's (to resume it)")
+        log.info("finetune: resuming the finetune in %s (same settings)", base.out)
+        return Path(base.out)
+    return new_run_dir(base.out, f"finetune-{base.model}")
+
+
+def _run_stage(config: TrainConfig) -> RunResult:
+    """Train one stage into config.out; a finished stage is reused, an interrupted one finished."""
+    folder = Path(config.out)
+    if (folder / "metrics.json").is_file() and (folder / "report.html").is_file():
+        metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+        log.info("finetune: %s already finished", folder)
+        return RunResult(folder, metrics["best_epoch"], metrics["validation"]["accuracy"],
+                         metrics["validation"]["log_loss"], metrics["train_seconds"])
+    if (folder / "config.yaml").is_file():
+        return train(resume=folder)
+    return train(config)
+
+
 def finetune(config: TrainConfig | None = None, *, stage1_epochs: int = 5, stage2_epochs: int = 3,
              unfreeze_last: int = 2, drop_implausible: int = 0, **overrides) -> FinetuneResult:
     """Run both stages into OUT/stage1 and OUT/stage2 (OUT: config.out or runs/finetune-<model>).
@@ -71,10 +99,15 @@ def finetune(config: TrainConfig | None = None, *, stage1_epochs: int = 5, stage
         raise UserError(f"Received: stage1-epochs={stage1_epochs}, stage2-epochs={stage2_epochs}, unfreeze-last="
                         f"{unfreeze_last}, drop-implausible={drop_implausible}; expected stage 1 >= 1, the rest >= 0")
     base.validate()
-    out = new_run_dir(base.out, f"finetune-{base.model}")
     stages = ["stage1", "stage2"] if stage2_epochs else ["stage1"]
+    # Through JSON, so that it compares equal to what finetune.json reads back (tuples become lists).
+    settings = json.loads(json.dumps({**config_to_dict(base), "out": None, "stage1_epochs": stage1_epochs,
+                                      "stage2_epochs": stage2_epochs, "unfreeze_last": unfreeze_last,
+                                      "drop_implausible": drop_implausible}))
+    out = _finetune_folder(base, settings)
     # Marks OUT as a finetune folder: predict, evaluate, export and serve of OUT use its final stage.
-    write_json(out / FINETUNE, {"format": "imgcls-finetune/1", "stages": stages, "final": stages[-1]})
+    write_json(out / FINETUNE, {"format": "imgcls-finetune/1", "stages": stages, "final": stages[-1],
+                                "settings": settings})
     lr = base.lr if base.lr is not None else DEFAULT_LR["sgd"]
     # Both stages cache the frozen blocks' output before the last `unfreeze_last` blocks: stage 1 runs
     # those few blocks every epoch, and stage 2 reuses the cache instead of recomputing the backbone.
@@ -82,7 +115,7 @@ def finetune(config: TrainConfig | None = None, *, stage1_epochs: int = 5, stage
                                  momentum=0.91, scheduler="plateau", epochs=stage1_epochs, lr=lr,
                                  cache_before_last=unfreeze_last, out=str(out / "stage1"))
     log.info("finetune stage 1: head only, %d epochs, SGD lr %g momentum 0.91, plateau", stage1_epochs, lr)
-    first = train(stage1)
+    first = _run_stage(stage1)
     if stage2_epochs == 0:
         return FinetuneResult(first, first, [])
     data = dataclasses.replace(base.data, split_file=str(first.run_dir / "split.csv"))
@@ -96,7 +129,7 @@ def finetune(config: TrainConfig | None = None, *, stage1_epochs: int = 5, stage
                                  freeze="backbone", unfreeze_last=unfreeze_last, lr=lr / 10,
                                  epochs=stage2_epochs, out=str(out / "stage2"))
     log.info("finetune stage 2: last %d blocks of each backbone unfrozen, lr %g", unfreeze_last, lr / 10)
-    second = train(stage2)
+    second = _run_stage(stage2)
     log.info("stage 1 val log loss %.5f → stage 2 %.5f; final model: %s", first.val_log_loss,
              second.val_log_loss, second.run_dir)
     return FinetuneResult(first, second, dropped)

@@ -28,6 +28,7 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
     The temporary file is created with mode 0666 less the user's umask, as open() would create `path`
     (0644 under umask 022): tempfile.mkstemp's 0600 would leak into every file a run writes."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)  # an --out FILE in a folder not made yet
     tmp = str(path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(8)}.tmp")
     os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
     try:
