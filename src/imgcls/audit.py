@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from .config import TrainConfig, config_to_dict
-from .data.dataset import decode_all
-from .engine.checkpoint import final_run_dir, write_json, write_text
+from .data.decode import decode_all
+from .artifact.files import final_run_dir
+from .engine.checkpoint import write_json, write_text
 from .errors import UserError
 
 log = logging.getLogger(__name__)

@@ -12,6 +12,7 @@ import threading
 from contextlib import contextmanager
 from pathlib import Path
 
+from . import stopping
 from .cli_parser import build_parser
 from .errors import UserError
 
@@ -82,7 +83,7 @@ def _cmd_audit(args: argparse.Namespace) -> None:
     data = values.get("data")
     if data is not None and any((Path(data) / name).is_file() for name in ("model.json", "finetune.json")):
         from .audit import audit_run
-        from .engine.checkpoint import final_run_dir
+        from .artifact.files import final_run_dir
         suspects, out = audit_run(data), final_run_dir(data)
     else:
         config = _train_config({k: v for k, v in values.items() if k != "out"})
@@ -212,22 +213,18 @@ def _run(args: argparse.Namespace, argv: list[str]) -> None:
                            label_col=args.label_col, ext=args.ext, label_pattern=args.label_pattern,
                            out=args.out, device=args.device, tta=args.tta, cache=_cache_settings(args),
                            backend=args.backend)
-        print(json.dumps({k: metrics[k] for k in ("accuracy", "log_loss", "count")}))
+        from .tasks import get_task
+        print(json.dumps(get_task(metrics.get("task", "single-label")).summary(metrics)))
         if metrics["skipped"]:
             print(f"{len(metrics['skipped'])} pictures skipped (see the log above)")
     elif args.command == "predict":
         if len(args.paths) < 2:
             raise UserError(f"Received: predict {' '.join(args.paths)}; expected RUN_DIR [RUN_DIR ...] IMAGES")
         run_dirs, images = args.paths[:-1], args.paths[-1]
-        if args.backend == "torch" or len(run_dirs) > 1:
-            from .predict import predict
-        else:  # onnxruntime and numpy only: no torch import (about 2 s)
-            from .inference import predict_onnx as predict
-        device = {"device": args.device} if args.backend == "torch" or len(run_dirs) > 1 else {}
+        from .predict import predict  # torch is imported only where the backend needs it
         result = predict(run_dirs if len(run_dirs) > 1 else run_dirs[0], images, args.out, proba=args.proba,
-                         template=args.template,
-                         tta=args.tta, cache=_cache_settings(args), backend=args.backend,
-                         label_format=args.label_format, **device)
+                         template=args.template, tta=args.tta, cache=_cache_settings(args), backend=args.backend,
+                         label_format=args.label_format, device=args.device)
         print(f"wrote {result['written']} rows to {result['out']} ({len(result['skipped'])} pictures skipped)")
     elif args.command == "export":
         from .export import export
@@ -236,8 +233,9 @@ def _run(args: argparse.Namespace, argv: list[str]) -> None:
               f"difference of the logits against PyTorch: {result['max_abs_diff']:.2e} (relative {result['max_rel_diff']:.2e})")
         if "int8" in result:
             q = result["int8"]
-            print(f"int8 on {q['validation_pictures']} validation pictures: accuracy {q['int8']['accuracy']:.4f} "
-                  f"(fp32 {q['fp32']['accuracy']:.4f}, {q['accuracy_delta_points']:+.2f} points), "
+            name = q["score"]
+            print(f"int8 on {q['validation_pictures']} validation pictures: {name.replace('_', '-')} {q['int8'][name]:.4f} "
+                  f"(fp32 {q['fp32'][name]:.4f}, {q[name + '_delta_points']:+.2f} points), "
                   f"{q['int8']['pictures_per_s']:.0f} pictures/s (fp32 {q['fp32']['pictures_per_s']:.0f})")
     elif args.command == "explain":
         from .explain import explain
@@ -276,37 +274,33 @@ def _run(args: argparse.Namespace, argv: list[str]) -> None:
 ENVIRONMENT_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM)
 
 
-class Stopped(KeyboardInterrupt):
-    """SIGTERM or SIGINT: raised where the program is, so that every `finally` runs (decode workers
-    stop, locks are released, a trial is marked failed) and what is on disk stays resumable."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
 @contextmanager
 def _stop_on_signals():
-    """The first SIGTERM/SIGINT stops the command through Stopped; a second one exits at once (what
-    was written is still consistent: every file is replaced atomically). The previous handlers come
-    back afterwards (main() also runs inside other programs, tests among them)."""
+    """The first SIGTERM/SIGINT stops the command through stopping.Stopped; a second one exits at once
+    (what was written is still consistent: every file is replaced atomically). The previous handlers
+    come back afterwards (main() also runs inside other programs, tests among them)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    received: list[int] = []
 
     def stop(signum, frame):
-        if received:
+        if stopping.request(signum):
             os._exit(128 + signum)
-        received.append(signum)
-        raise Stopped(signum)
+        raise stopping.Stopped(signum)
+
+    def unraisable(hook_args):  # a stop swallowed in a callback is raised again at the next check()
+        if not isinstance(hook_args.exc_value, stopping.Stopped):
+            previous_hook(hook_args)
 
     previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGTERM, signal.SIGINT)}
+    previous_hook, sys.unraisablehook = sys.unraisablehook, unraisable
     try:
         yield
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        sys.unraisablehook = previous_hook
+        stopping.reset()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,6 +6,8 @@ import argparse
 
 import yaml
 
+from .artifact import BACKENDS
+
 
 def _add_data_flags(p: argparse.ArgumentParser, *, optional: bool = False) -> None:
     """DATA and the layout flags. optional=True (train, tune, audit): DATA may come from --config, and
@@ -131,8 +133,9 @@ CACHE_DIR_HELP = "decoded cache folder (default: $IMGCLS_CACHE_DIR, $XDG_CACHE_H
 
 
 def _add_backend_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", default="torch", choices=["torch", "onnx", "int8"],
-                   help="torch (default); onnx: onnxruntime on RUN_DIR/model.onnx (exported on first use); "
+    p.add_argument("--backend", default="auto", choices=BACKENDS,
+                   help="auto (default): onnx where onnxruntime is installed and the model exports, else torch; "
+                        "onnx: onnxruntime on RUN_DIR/model.onnx (exported on first use); torch: PyTorch; "
                         "int8: RUN_DIR/model.int8.onnx from `imgcls export --quantize int8`")
 
 

@@ -4,13 +4,13 @@ training picture once (what a Kaggle user calls the CV score)."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from pathlib import Path
 
 import numpy as np
 
 from .config import TrainConfig
+from .artifact.files import FOLDS, VAL_PREDICTIONS
 from .engine.checkpoint import write_json
 from .engine.metrics import classification_metrics
 from .errors import UserError
@@ -18,7 +18,6 @@ from .runs import new_run_dir
 
 log = logging.getLogger(__name__)
 
-FOLDS = "folds.json"
 
 
 def train_folds(config: TrainConfig, folds: int) -> tuple[Path, dict]:
@@ -38,7 +37,7 @@ def train_folds(config: TrainConfig, folds: int) -> tuple[Path, dict]:
                                    out=str(out / f"fold{k}"))
         result = train(fold, report=False)
         names.append(f"fold{k}")
-        fold_paths, fold_labels, fold_probs, classes = read_predictions(result.run_dir / "val_predictions.csv")
+        fold_paths, fold_labels, fold_probs, classes = read_predictions(result.run_dir / VAL_PREDICTIONS)
         paths += fold_paths
         labels.append(fold_labels)
         probs.append(fold_probs)
@@ -49,14 +48,3 @@ def train_folds(config: TrainConfig, folds: int) -> tuple[Path, dict]:
     log.info("%d folds: out-of-fold accuracy %.4f, log loss %.4f on %d pictures → %s", folds, oof["accuracy"],
              oof["log_loss"], oof["count"], out)
     return out, summary
-
-
-def expand_runs(run_dir: str | Path) -> list[Path]:
-    """The run folders a path stands for: a `train --folds` folder's folds, an audit folder's folds,
-    else the folder itself."""
-    run_dir = Path(run_dir)
-    if (run_dir / FOLDS).is_file():
-        return [run_dir / name for name in json.loads((run_dir / FOLDS).read_text(encoding="utf-8"))["folds"]]
-    if (run_dir / "audit.json").is_file() and (run_dir / "folds").is_dir():
-        return sorted(p.parent for p in (run_dir / "folds").glob("fold*/model.json"))
-    return [run_dir]

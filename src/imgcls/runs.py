@@ -102,9 +102,9 @@ class RunFolder:
     def write_history(self, history: list[dict]) -> None:
         self._text("history.csv", _csv(HISTORY_COLUMNS, ([row[c] for c in HISTORY_COLUMNS] for row in history)))
 
-    def save_best(self, model: torch.nn.Module, meta: dict) -> None:
+    def save_best(self, model: torch.nn.Module, card) -> None:
         if self.writes:
-            save_model(self.path, model, meta)
+            save_model(self.path, model, card)
 
     def save_resume(self, state: dict) -> None:
         if self.writes:
@@ -147,13 +147,13 @@ class RunWriter(Callback):
     --resume every epoch appears exactly once.
     """
 
-    def __init__(self, folder: RunFolder, meta: dict):
+    def __init__(self, folder: RunFolder, card):
         self.folder = folder
-        self.meta = meta
+        self.card = card
 
     def on_epoch_end(self, trainer: Trainer, row: dict, improved: bool) -> None:
         if improved:
-            self.folder.save_best(trainer.weights_model, {**self.meta, "best_epoch": row["epoch"]})
+            self.folder.save_best(trainer.weights_model, self.card.with_(best_epoch=row["epoch"]))
         self.folder.save_resume(trainer.state_dict())
         self.folder.write_history(trainer.state.history)
 

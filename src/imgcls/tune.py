@@ -159,10 +159,20 @@ def tune(base: TrainConfig, trials: int, *, out: str | Path = "runs/tune", space
         return result.val_log_loss
 
     if done < trials:
+        logging.getLogger("optuna").addFilter(_without_traceback)
         study.optimize(objective, n_trials=trials - done, timeout=timeout, catch=(),
                        callbacks=[MaxTrialsCallback(trials, states=finished)])
     write_results(study, base, out)
     return study
+
+
+def _without_traceback(record: logging.LogRecord) -> bool:
+    """Optuna logs a failed trial with its traceback; for a stop, a user mistake or a full disk the
+    CLI's one line says it all (the trial is still marked failed in the study)."""
+    error = record.exc_info[1] if record.exc_info else None
+    if isinstance(error, (KeyboardInterrupt, UserError, OSError)):
+        record.exc_info, record.exc_text = None, None
+    return True
 
 
 def write_results(study, base: TrainConfig, out: Path) -> None:

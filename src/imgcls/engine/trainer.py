@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import stopping
 from .distributed import all_reduce_sum, global_count, world_size
 from .optim import Schedule
 
@@ -45,6 +46,7 @@ def predict_proba(model: nn.Module, loader: Iterable, tta: bool = False) -> tupl
     model.eval()
     probs, total_loss, correct, count = [], 0.0, 0, 0
     for images, labels in loader:
+        stopping.check()
         log_prob = model(images).float().log_softmax(1)
         if tta:
             mirrored = model(images.flip(-1)).float().log_softmax(1)
@@ -117,6 +119,7 @@ class Trainer:
         correct = torch.zeros((), dtype=torch.long)
         count = 0
         for batch, (images, labels) in enumerate(loader):
+            stopping.check()  # a SIGTERM whose exception Python swallowed stops here
             if self.max_batches is not None and batch >= self.max_batches:
                 break
             targets = labels

@@ -6,6 +6,8 @@ import html
 import json
 from pathlib import Path
 
+from ..artifact.card import read_card
+from ..artifact.files import DATA, METRICS
 from ..engine.checkpoint import write_text
 from ..engine.metrics import most_confused
 
@@ -27,13 +29,13 @@ def _table(rows: list[list], header: list[str]) -> str:
 
 def write_report(run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
-    metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
-    data = json.loads((run_dir / "data.json").read_text(encoding="utf-8"))
-    meta = json.loads((run_dir / "model.json").read_text(encoding="utf-8"))
+    metrics = json.loads((run_dir / METRICS).read_text(encoding="utf-8"))
+    data = json.loads((run_dir / DATA).read_text(encoding="utf-8"))
+    card = read_card(run_dir)
     val = metrics["validation"]
     parts = [f"<h1>imgcls run: {html.escape(run_dir.name)}</h1>",
-             f"<p>Model <b>{html.escape(meta['architecture'])}</b>, {meta['input_size']} px, "
-             f"{meta['channels']} channel(s), {len(meta['classes'])} classes. Best epoch {metrics['best_epoch']} "
+             f"<p>Model <b>{html.escape(card.architecture)}</b>, {card.preprocess.size} px, "
+             f"{card.preprocess.channels} channel(s), {card.num_classes} classes. Best epoch {metrics['best_epoch']} "
              f"of {metrics['epochs_run']}: validation accuracy <b>{val['accuracy']:.4f}</b>, "
              f"log loss <b>{val['log_loss']:.4f}</b>, expected calibration error {val.get('ece', float('nan')):.4f} "
              f"on {val['count']} pictures; "
@@ -46,12 +48,12 @@ def write_report(run_dir: str | Path) -> Path:
                      f"{calibration['after']['ece']:.4f}. Evaluate, predict, export and serve use it.</p>")
     per_class = [[name, v["precision"], v["recall"], v["support"]] for name, v in val["per_class"].items()]
     parts.append("<h2>Per class (validation)</h2>" + _table(per_class, ["class", "precision", "recall", "support"]))
-    confused = most_confused(val["confusion"], meta["classes"])
+    confused = most_confused(val["confusion"], card.classes)
     if confused:
         parts.append("<h2>Most confused (validation)</h2>" + _table([list(p) for p in confused],
                                                                      ["true", "predicted", "count"]))
     counts = [[name, data["counts"]["train"].get(name, 0), data["counts"]["val"].get(name, 0)]
-              for name in meta["classes"]]
+              for name in card.classes]
     parts.append("<h2>Data</h2>" + _table(counts, ["class", "train", "validation"]))
     for name, title in PICTURES:
         path = run_dir / name
