@@ -73,7 +73,8 @@ def _cmd_tune(args: argparse.Namespace) -> None:
         print(f"no trial completed; see {args.out}/trials.csv")
         return
     best = study.best_trial
-    print(f"{len(study.trials)} trials; best #{best.number}: val loss {best.value:.4f}, val accuracy "
+    objective = "1 - val mAP" if base.data.multi_label else "val loss"
+    print(f"{len(study.trials)} trials; best #{best.number}: {objective} {best.value:.4f}, val accuracy "
           f"{best.user_attrs.get('val_accuracy', float('nan')):.4f}, {best.params}\n"
           f"train it with: imgcls train --config {args.out}/best.yaml")
 
@@ -104,7 +105,7 @@ def _cmd_finetune(args: argparse.Namespace) -> None:
     result = finetune(config, stage1_epochs=args.stage1_epochs, stage2_epochs=args.stage2_epochs,
                       unfreeze_last=values.get("unfreeze_last", 2), drop_implausible=args.drop_implausible)
     for name, run in (("stage 1", result.stage1), ("stage 2", result.stage2)):
-        print(f"{name}: best epoch {run.best_epoch}, val accuracy {run.val_accuracy:.4f}, log loss "
+        print(f"{name}: best epoch {run.best_epoch}, val {run.score_name.replace('_', '-')} {run.val_accuracy:.4f}, log loss "
               f"{run.val_log_loss:.4f}, {run.train_seconds:.1f} s -> {run.run_dir}")
     print(f"predict with: imgcls predict {result.run_dir} IMAGES --out submission.csv [--tta]")
 
@@ -155,7 +156,8 @@ def _cmd_train(args: argparse.Namespace, argv: list[str]) -> None:
         from .folds import train_folds
         out, summary = train_folds(config, values["folds"])
         oof = summary["out_of_fold"]
-        print(f"{len(summary['folds'])} folds: out-of-fold accuracy {oof['accuracy']:.4f}, log loss "
+        name = next(iter(oof))  # the task's headline figure: accuracy, or micro-F1 for several labels
+        print(f"{len(summary['folds'])} folds: out-of-fold {name.replace('_', '-')} {oof[name]:.4f}, log loss "
               f"{oof['log_loss']:.4f} on {oof['count']} pictures -> {out}\npredict with the ensemble: imgcls predict "
               f"{out} IMAGES --out submission.csv")
         return
@@ -165,8 +167,8 @@ def _cmd_train(args: argparse.Namespace, argv: list[str]) -> None:
         result = train(config)
     if os.environ.get("RANK", "0") != "0":
         return  # under torchrun, rank 0 speaks for the run
-    print(f"best epoch {result.best_epoch}: val accuracy {result.val_accuracy:.4f}, log loss "
-          f"{result.val_log_loss:.4f}, {result.train_seconds:.1f} s -> {result.run_dir}")
+    print(f"best epoch {result.best_epoch}: val {result.score_name.replace('_', '-')} {result.val_accuracy:.4f}, "
+          f"log loss {result.val_log_loss:.4f}, {result.train_seconds:.1f} s -> {result.run_dir}")
 
 
 def _cmd_models(args: argparse.Namespace) -> None:

@@ -20,6 +20,11 @@ def _add_data_flags(p: argparse.ArgumentParser, *, optional: bool = False) -> No
     p.add_argument("--label-col", **label_col, help="label column of --labels (default: label)")
     p.add_argument("--ext", help="picture extension for --labels ids (default: any picture format)")
     p.add_argument("--label-pattern", metavar="REGEX", help="label = first group of REGEX on the file name")
+    if optional:  # what is learnt; evaluate and predict read it from the run's model card
+        p.add_argument("--multi-label", action="store_true", default=argparse.SUPPRESS,
+                       help="several labels per picture: the CSV's label cell holds them (e.g. 'car bicycle')")
+        p.add_argument("--label-sep", metavar="SEP", default=argparse.SUPPRESS,
+                       help="with --multi-label: what separates the labels in a cell (default: a space)")
 
 
 def _model_arg(text: str) -> tuple[str, object]:
@@ -116,6 +121,9 @@ def _add_train_flags(parser: argparse.ArgumentParser, *, search: bool = False) -
                                     "exponential moving average of the weights (default decay 0.999)")),
                      ("--calibrate", dict(action="store_true", help="fit a temperature on the validation "
                                           "split after training; evaluate, predict, export and serve use it")),
+                     ("--threshold", dict(type=float, metavar="P", help="with --multi-label: predict a label when its "
+                                          "probability reaches P (default: a threshold per class, best F1 on "
+                                          "validation)")),
                      ("--track", dict(type=_names, metavar="tensorboard,mlflow", help="log config, metrics and "
                                       "files to TensorBoard (RUN_DIR/tensorboard) and/or MLflow (./mlruns or "
                                       "$MLFLOW_TRACKING_URI); pip install 'imgcls[track]'")),

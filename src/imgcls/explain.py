@@ -165,7 +165,15 @@ def explain(run_dir: str | Path, pictures: str | Path, out: str | Path, *, metho
     if not kept:
         raise UserError(f"Received: {pictures} with no picture that decodes; expected pictures to explain")
     array = np.stack(decoded)
-    explained = explain_arrays(model, card, array, geometries, layers, method, target, top, batch_size)
+    many = card.task == "multi-label" and target is None
+    explained = explain_arrays(model, card, array, geometries, layers, method, target,
+                               card.num_classes if many else top, batch_size)
+    if many:  # several labels per picture: one heatmap per predicted label (at least the most probable)
+        from .tasks import get_task
+
+        thresholds = get_task(card.task).thresholds(card, card.num_classes)
+        explained = [[e for e in per_class if e.target_probability >= thresholds[e.target]] or per_class[:1]
+                     for per_class in explained]
     out.mkdir(parents=True, exist_ok=True)
     classes = card.classes
     rows, sheet, titles = [], [], []

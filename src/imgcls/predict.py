@@ -121,7 +121,8 @@ def evaluate(run_dir: str | Path, source: str, *, labels: str | None = None, id_
     card = run.card
     # Matched by the data's own labels (a run with --class-names knows them as given_classes).
     samples = load_samples(source, labels, id_col, label_col, ext, label_pattern,
-                           classes=card.given_classes or card.classes)
+                           classes=card.given_classes or card.classes, multi_label=card.task == "multi-label",
+                           label_sep=card.label_sep)
     if not len(samples):
         raise UserError(f"Received: {source} with no picture of the run's classes; expected some of "
                         f"{', '.join(card.classes)}")

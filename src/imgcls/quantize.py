@@ -39,7 +39,7 @@ def validation_pictures(run, limit: int | None = None, cache=None) -> tuple[np.n
     if not len(pictures):
         raise UserError(f"Received: RUN_DIR {run.run_dir} whose validation pictures no longer decode; expected "
                         "the pictures it was trained on")
-    labels = run.task.encode([rows[i]["label"] for i in ok], run.classes)
+    labels = run.task.encode([rows[i]["label"] for i in ok], run.classes, run.card.label_sep)
     return pictures[np.arange(len(pictures))], labels
 
 

@@ -98,6 +98,11 @@ class ModelCard:
     def num_classes(self) -> int:
         return len(self.classes)
 
+    @property
+    def label_sep(self) -> str:
+        """What separates several labels in one CSV cell, as the run was trained with."""
+        return (self.config.get("data") or {}).get("label_sep") or " "
+
     def with_(self, **changes: Any) -> "ModelCard":
         return replace(self, **changes)
 

@@ -65,6 +65,36 @@ class MultiLabel:
         """One threshold per class, each maximising that class's F1 on these (validation) pictures."""
         return [round(best_f1_threshold(targets[:, k], probs[:, k]), 6) for k in range(probs.shape[1])]
 
+    # -- training (torch, imported by the methods) ---------------------------------------------------
+    def loss_sum(self, logits, targets, weight=None, label_smoothing: float = 0.0):
+        """Binary cross-entropy with logits, the mean over classes summed over the batch; `weight` is
+        BCE's pos_weight per class (--class-weight balanced); label smoothing pulls 0/1 towards 0.5."""
+        import torch.nn.functional as F
+
+        targets = targets.float()
+        if label_smoothing:
+            targets = targets * (1 - label_smoothing) + label_smoothing / 2
+        return F.binary_cross_entropy_with_logits(logits.float(), targets, pos_weight=weight,
+                                                  reduction="none").mean(1).sum()
+
+    def correct(self, logits, targets):
+        """Per picture, the share of its labels decided right at 0.5 (1 - Hamming loss), summed."""
+        return ((logits > 0) == (targets > 0.5)).float().mean(1).sum()
+
+    def evaluate_batch(self, logits, labels, flipped=None):
+        import torch.nn.functional as F
+
+        prob = logits.float().sigmoid()
+        if flipped is not None:
+            prob = (prob + flipped.float().sigmoid()) / 2
+        loss = F.binary_cross_entropy(prob.clamp(1e-7, 1 - 1e-7), labels.float(), reduction="none").mean(1).sum()
+        return prob, loss.item(), ((prob >= 0.5) == (labels > 0)).float().mean(1).sum().item()
+
+    def loss_weight(self, labels, num_classes: int):
+        """--class-weight balanced: BCE's pos_weight, negatives / positives per class (at least 1 positive)."""
+        positives = labels.double().sum(0).clamp(min=1)
+        return ((len(labels) - positives) / positives).float()
+
     # -- labels ----------------------------------------------------------------------------------
     def encode(self, labels: list[str], classes: list[str], sep: str = " ") -> np.ndarray:
         """Label cells ("car bicycle"; "" for none) → a multi-hot (N, K) uint8 matrix."""
@@ -75,8 +105,19 @@ class MultiLabel:
                 hot[row, index[label]] = 1
         return hot
 
-    def label_text(self, label, classes: list[str]) -> str:
-        return " ".join(classes[k] for k in np.flatnonzero(label))
+    def decided_text(self, decided, classes: list[str], sep: str = " ") -> str:
+        return self.label_text(decided, classes, sep)
+
+    def p_given(self, probs: np.ndarray, label) -> float:
+        """How plausible the given label set is: exp(-mean binary cross-entropy) over the classes, the
+        geometric mean of each label's probability of being as given (1 when all agree)."""
+        p = np.clip(probs.astype(np.float64), 1e-7, 1 - 1e-7)
+        given = np.asarray(label) > 0
+        return float(np.exp(np.mean(np.where(given, np.log(p), np.log(1 - p)))))
+
+    def label_text(self, label, classes: list[str], sep: str = " ") -> str:
+        """One picture's labels as the run's files write them (split.csv, predictions): `sep`-joined."""
+        return sep.join(classes[k] for k in np.flatnonzero(label))
 
     # -- scoring ---------------------------------------------------------------------------------
     def metrics(self, targets: np.ndarray, probs: np.ndarray, classes: list[str], card=None) -> dict:

@@ -39,13 +39,55 @@ class SingleLabel:
         order = self.ranked(probs[None])[0][:top_k]
         return {"top": [{"class": classes[i], "probability": round(float(probs[i]), 6)} for i in order]}
 
+    # -- training (torch, imported by the methods: predicting with onnx never loads it) -------------
+    def loss_sum(self, logits, targets, weight=None, label_smoothing: float = 0.0):
+        """Cross-entropy summed over the batch; targets are class indices or mixed (MixUp) distributions;
+        `weight` the per-class loss weights (--class-weight balanced)."""
+        import torch.nn.functional as F
+
+        return F.cross_entropy(logits, targets, weight=weight, label_smoothing=label_smoothing, reduction="sum")
+
+    def correct(self, logits, targets):
+        """Pictures whose top class is the label (for mixed targets: the larger share)."""
+        hard = targets.argmax(1) if targets.ndim == 2 else targets
+        return (logits.argmax(1) == hard).sum()
+
+    def evaluate_batch(self, logits, labels, flipped=None):
+        """(probabilities, summed loss, correct count) of one evaluation batch; `flipped`: the mirror
+        images' logits, averaged in (TTA)."""
+        import math
+
+        import torch
+        import torch.nn.functional as F
+
+        log_prob = logits.float().log_softmax(1)
+        if flipped is not None:
+            log_prob = torch.logsumexp(torch.stack([log_prob, flipped.float().log_softmax(1)]), 0) - math.log(2)
+        prob = log_prob.exp()
+        return prob, F.nll_loss(log_prob, labels, reduction="sum").item(), (prob.argmax(1) == labels).sum().item()
+
+    def loss_weight(self, labels, num_classes: int):
+        """--class-weight balanced: N / (K * pictures of the class), scikit-learn's "balanced"."""
+        import torch
+
+        counts = torch.bincount(labels, minlength=num_classes).double().clamp(min=1)
+        return (len(labels) / (num_classes * counts)).float()
+
     # -- labels ----------------------------------------------------------------------------------
-    def encode(self, labels: list[str], classes: list[str]) -> np.ndarray:
+    def encode(self, labels: list[str], classes: list[str], sep: str = " ") -> np.ndarray:
         """Class names (as split.csv and the prediction files write them) → class indices."""
         index = {c: i for i, c in enumerate(classes)}
         return np.array([index[label] for label in labels], dtype=np.int64)
 
-    def label_text(self, label, classes: list[str]) -> str:
+    def decided_text(self, decided, classes: list[str], sep: str = " ") -> str:
+        return classes[int(decided)]
+
+    def p_given(self, probs: np.ndarray, label) -> float:
+        """The probability of the picture's given label (audit and --drop-implausible rank by it)."""
+        return float(probs[int(label)])
+
+    def label_text(self, label, classes: list[str], sep: str = " ") -> str:
+        """One picture's label as the run's files write it (split.csv, predictions)."""
         return classes[int(label)]
 
     # -- scoring ---------------------------------------------------------------------------------
