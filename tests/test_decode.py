@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgcls.data.dataset import decode_all
+from imgcls.data.decode import decode_all
 from imgcls.data.decode import DecodeError, decode_image
 
 

@@ -51,9 +51,11 @@ def test_range_test_puts_the_weights_back():
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     batches = [(torch.randn(8, 4), torch.randint(0, 3, (8,))) for _ in range(5)]
+    from imgcls.artifact.card import ModelCard, Preprocess
     from imgcls.config import TrainConfig
     from imgcls.train import Built
-    built = Built(model, model, model, batches, None, None, {"classes": ["a", "b", "c"]})
+    card = ModelCard("simple-cnn", ["a", "b", "c"], Preprocess(1, 2, (0.5,), (0.5,)))
+    built = Built(model, model, model, batches, None, None, card)
     result = range_test(TrainConfig(), built, torch.device("cpu"), steps=12)  # 5 batches an epoch: 3 epochs
     assert len(result.lrs) == 12 and result.lrs[0] == pytest.approx(1e-7)
     assert all(b / a == pytest.approx(result.lrs[1] / result.lrs[0]) for a, b in zip(result.lrs, result.lrs[1:]))

@@ -136,6 +136,24 @@ def write_tiny_datasets(root: Path) -> None:
     for i in range(1, 7):
         _noisy(rng, COLOURS[0 if i % 2 else 2], 64).save(dvc / "test1" / f"{i}.jpg")
     _noisy(rng, COLOURS[0], 64).save(root / "cat.jpg")  # what the README's curl uploads
+    write_tiny_planet(root / "planet", rng)
+
+
+def write_tiny_planet(planet: Path, rng: np.random.Generator) -> None:
+    """Planet's layout (image_name,tags with space-separated tags): a stripe of each tag's colour."""
+    tags = ("clear", "water", "road")
+    for part, count in (("train", 24), ("test", 4)):
+        (planet / part).mkdir(parents=True)
+        rows = ["image_name,tags"]
+        for i in range(count):
+            chosen = [t for k, t in enumerate(tags) if (i >> k) & 1] if part == "train" else [tags[i % 3]]
+            pixels = np.full((32, 32, 3), 128.0) + rng.normal(0, 15, (32, 32, 3))
+            for k, tag in enumerate(tags):
+                if tag in chosen:
+                    pixels[:, 10 * k:10 * k + 10] = COLOURS[k]
+            Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(planet / part / f"{part}_{i}.jpg")
+            rows.append(f"{part}_{i},{' '.join(chosen)}")
+        (planet / f"{part}.csv").write_text("\n".join(rows) + "\n")
 
 
 def write_standin_weights(torch_home: Path) -> None:
@@ -193,7 +211,7 @@ def dataset_of(argv: list[str]) -> str | None:
     """The first folder of the command's data path (the argument after RUN_DIR, or after the sub-command)."""
     positional = [a for i, a in enumerate(argv[2:], 2) if not a.startswith("-") and not argv[i - 1].startswith("--")]
     for arg in positional:
-        if arg.split("/")[0] in ("fashion-mnist", "cifar10", "dogs-vs-cats", "birds", "DATA", "digits"):
+        if arg.split("/")[0] in ("fashion-mnist", "cifar10", "dogs-vs-cats", "birds", "DATA", "digits", "planet"):
             return arg.split("/")[0]
     return None
 

@@ -11,6 +11,7 @@ from PIL import Image
 
 from imgcls.data.decode import PAD_GREY, decode_image, decode_with_geometry
 from imgcls.data.sources import load_samples
+from imgcls.artifact.card import read_card
 from imgcls.export import contract
 from imgcls.gradcam import peak
 from imgcls.predict import load_run, predict_images
@@ -64,8 +65,9 @@ def test_a_crop_run_predicts_and_exports_the_same_way(tmp_path: Path):
     result = train(source=str(tmp_path / "data"), model="simple-cnn", img_size=16, channels=3, epochs=2,
                    batch_size=8, resize="crop", out=str(tmp_path / "run"), report=False)
     meta = json.loads((result.run_dir / "model.json").read_text())
-    assert meta["resize"] == "crop" and contract(meta, "onnx")["resize"] == "crop"
-    assert "short side" in contract(meta, "onnx")["preprocess"]
+    card = read_card(result.run_dir)
+    assert meta["resize"] == "crop" and contract(card, "onnx")["resize"] == "crop"
+    assert "short side" in contract(card, "onnx")["preprocess"]
     split = [line.split(",") for line in (result.run_dir / "split.csv").read_text().splitlines()[1:]]
     val = [p for p, _, side in split if side == "val"]
     labels = np.array([["blue", "red"].index(label) for _, label, side in split if side == "val"])

@@ -14,7 +14,7 @@ from imgcls.errors import UserError
 from imgcls.finetune import finetune
 from imgcls.models.backbones import apply_freezing, load_pretrained, load_weights_file
 from imgcls.models.registry import create_model, get_spec
-from imgcls.predict import load_run, predict_arrays
+from imgcls.predict import load_run
 from imgcls.train import train
 
 from .conftest import folder_snapshot
@@ -170,8 +170,8 @@ def test_finetune_two_stages_then_predict_with_tta(tmp_path, filename_folder):
     assert rows[0] == ["id", "label"] and len(rows) == 21 and all(0 <= float(r[1]) <= 1 for r in rows[1:])
     run = load_run(result.run_dir, "cpu")
     pictures = torch.randint(0, 255, (4, 3, 32, 32), dtype=torch.uint8).numpy()
-    both = (predict_arrays(run, pictures) + predict_arrays(run, pictures[..., ::-1].copy())) / 2
-    assert predict_arrays(run, pictures, tta=True) == pytest.approx(both, abs=1e-5)
+    both = (run.probabilities(pictures) + run.probabilities(pictures[..., ::-1].copy())) / 2
+    assert run.probabilities(pictures, tta=True) == pytest.approx(both, abs=1e-5)
     assert folder_snapshot(filename_folder) == snapshot
 
 

@@ -21,8 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from .config import TrainConfig, config_to_dict
-from .data.dataset import decode_all
-from .engine.checkpoint import final_run_dir, write_json, write_text
+from .data.decode import decode_all
+from .artifact.card import read_card
+from .artifact.files import VAL_PREDICTIONS, final_run_dir
+from .engine.checkpoint import write_json, write_text
 from .errors import UserError
 
 log = logging.getLogger(__name__)
@@ -40,8 +42,12 @@ def confident_learning_flags(labels: np.ndarray, probs: np.ndarray) -> np.ndarra
     return above.any(1) & (confident != labels)
 
 
-def rank_suspects(paths: list[str], labels: np.ndarray, probs: np.ndarray, classes: list[str]) -> list[dict]:
-    """Every picture, most implausible first: path, given, predicted, p_given, score, rank, flagged."""
+def rank_suspects(paths: list[str], labels: np.ndarray, probs: np.ndarray, card) -> list[dict]:
+    """Every picture, most implausible first: path, given, predicted, p_given, score, rank, flagged (and
+    for several labels per picture, the labels that look missing or spurious)."""
+    if card.task == "multi-label":
+        return _rank_label_sets(paths, labels, probs, card)
+    classes = card.classes
     p_given = probs[np.arange(len(labels)), labels]
     flagged = confident_learning_flags(labels, probs) | (p_given < LOSS_RULE_P)
     order = np.argsort(p_given, kind="stable")
@@ -51,15 +57,36 @@ def rank_suspects(paths: list[str], labels: np.ndarray, probs: np.ndarray, class
             for rank, i in enumerate(order)]
 
 
-def read_predictions(path: Path) -> tuple[list[str], np.ndarray, np.ndarray, list[str]]:
-    """A val_predictions.csv written by train: paths, integer labels, probabilities, classes."""
+def _rank_label_sets(paths: list[str], labels: np.ndarray, probs: np.ndarray, card) -> list[dict]:
+    """Several labels per picture: a label looks missing where the picture lacks it but the out-of-fold
+    probability is at least 1 - 0.3, spurious where it has it but the probability is under 0.3 (the
+    single-label rule per label, as cleanlab's multi-label ranking scores each class one-vs-rest).
+    Pictures are ranked by how implausible their whole label set is (1 - p_given, tasks/multi_label)."""
+    from .tasks import get_task
+
+    task, classes, sep = get_task(card.task), card.classes, card.label_sep
+    given = labels > 0
+    missing, spurious = ~given & (probs >= 1 - LOSS_RULE_P), given & (probs < LOSS_RULE_P)
+    p_given = np.array([task.p_given(row, label) for row, label in zip(probs, labels)])
+    decided = task.decide(probs, card)
+    order = np.argsort(p_given, kind="stable")
+    return [{"rank": rank + 1, "path": paths[i], "given": task.label_text(labels[i], classes, sep),
+             "predicted": task.label_text(decided[i], classes, sep), "p_given": round(float(p_given[i]), 6),
+             "score": round(float(1 - p_given[i]), 6), "flagged": int(missing[i].any() or spurious[i].any()),
+             "missing": sep.join(classes[k] for k in np.flatnonzero(missing[i])),
+             "spurious": sep.join(classes[k] for k in np.flatnonzero(spurious[i]))}
+            for rank, i in enumerate(order)]
+
+
+def read_predictions(path: Path, card) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """A val_predictions.csv written by train: paths, labels (as the run's task encodes them), probabilities."""
+    from .tasks import get_task
+
     with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
-    classes = [c[2:] for c in (rows[0].keys() if rows else []) if c.startswith("p_") and c != "p_given"]
-    index = {c: i for i, c in enumerate(classes)}
-    labels = np.array([index[r["label"]] for r in rows], dtype=np.int64)
-    probs = np.array([[float(r[f"p_{c}"]) for c in classes] for r in rows], dtype=np.float64)
-    return [r["path"] for r in rows], labels, probs, classes
+    labels = get_task(card.task).encode([r["label"] for r in rows], card.classes, card.label_sep)
+    probs = np.array([[float(r[f"p_{c}"]) for c in card.classes] for r in rows], dtype=np.float64)
+    return [r["path"] for r in rows], labels, probs
 
 
 def write_suspects(out: Path, suspects: list[dict], shown: int = 32) -> None:
@@ -68,8 +95,7 @@ def write_suspects(out: Path, suspects: list[dict], shown: int = 32) -> None:
 
     out.mkdir(parents=True, exist_ok=True)
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, ["rank", "path", "given", "predicted", "p_given", "score", "flagged"],
-                            lineterminator="\n")
+    writer = csv.DictWriter(buffer, list(suspects[0]) if suspects else ["rank", "path"], lineterminator="\n")
     writer.writeheader()
     writer.writerows(suspects)
     write_text(out / "suspects.csv", buffer.getvalue())
@@ -103,11 +129,12 @@ def audit_run(run_dir: str | Path) -> list[dict]:
     from .report.html import write_report
 
     run_dir = final_run_dir(run_dir)
-    predictions = run_dir / "val_predictions.csv"
+    predictions = run_dir / VAL_PREDICTIONS
     if not predictions.is_file():
         raise UserError(f"Received: RUN_DIR {run_dir} without val_predictions.csv; expected a finished imgcls run")
-    paths, labels, probs, classes = read_predictions(predictions)
-    suspects = rank_suspects(paths, labels, probs, classes)
+    card = read_card(run_dir)
+    paths, labels, probs = read_predictions(predictions, card)
+    suspects = rank_suspects(paths, labels, probs, card)
     write_suspects(run_dir, suspects)
     write_report(run_dir)
     return suspects
@@ -140,12 +167,12 @@ def audit(base: TrainConfig, folds: int = 5, out: str | Path = "runs/audit") -> 
         log.info("audit: resuming the audit in %s (same settings): finished folds are reused", out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(marker, settings)
-    all_paths, all_labels, all_probs, classes = [], [], [], None
+    all_paths, all_labels, all_probs, card = [], [], [], None
     for k in range(folds):
         fold_dir = out / "folds" / f"fold{k}"
-        if (fold_dir / "val_predictions.csv").is_file():
+        if (fold_dir / VAL_PREDICTIONS).is_file():
             log.info("audit: fold %d of %d already finished in %s", k + 1, folds, fold_dir)
-            predictions = fold_dir / "val_predictions.csv"
+            predictions = fold_dir / VAL_PREDICTIONS
         else:
             log.info("audit: fold %d of %d", k + 1, folds)
             if (fold_dir / "config.yaml").is_file():  # interrupted: finish it, each epoch once
@@ -154,11 +181,12 @@ def audit(base: TrainConfig, folds: int = 5, out: str | Path = "runs/audit") -> 
                 config = dataclasses.replace(base, data=dataclasses.replace(base.data, folds=folds, fold=k),
                                              out=str(fold_dir))
                 result = train(config, report=False)
-            predictions = result.run_dir / "val_predictions.csv"
-        paths, labels, probs, classes = read_predictions(predictions)
+            predictions = result.run_dir / VAL_PREDICTIONS
+        card = read_card(predictions.parent)
+        paths, labels, probs = read_predictions(predictions, card)
         all_paths += paths
         all_labels.append(labels)
         all_probs.append(probs)
-    suspects = rank_suspects(all_paths, np.concatenate(all_labels), np.concatenate(all_probs), classes)
+    suspects = rank_suspects(all_paths, np.concatenate(all_labels), np.concatenate(all_probs), card)
     write_suspects(out, suspects)
     return suspects

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import DataConfig
-from .data.dataset import decode_all
+from .data.decode import decode_all
 from .data.quality import UNLABELLED, scan
 from .data.sources import Samples, list_pictures, load_samples
 from .data.store import CacheSettings

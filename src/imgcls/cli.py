@@ -12,6 +12,7 @@ import threading
 from contextlib import contextmanager
 from pathlib import Path
 
+from . import stopping
 from .cli_parser import build_parser
 from .errors import UserError
 
@@ -72,7 +73,8 @@ def _cmd_tune(args: argparse.Namespace) -> None:
         print(f"no trial completed; see {args.out}/trials.csv")
         return
     best = study.best_trial
-    print(f"{len(study.trials)} trials; best #{best.number}: val loss {best.value:.4f}, val accuracy "
+    objective = "1 - val mAP" if base.data.multi_label else "val loss"
+    print(f"{len(study.trials)} trials; best #{best.number}: {objective} {best.value:.4f}, val accuracy "
           f"{best.user_attrs.get('val_accuracy', float('nan')):.4f}, {best.params}\n"
           f"train it with: imgcls train --config {args.out}/best.yaml")
 
@@ -82,7 +84,7 @@ def _cmd_audit(args: argparse.Namespace) -> None:
     data = values.get("data")
     if data is not None and any((Path(data) / name).is_file() for name in ("model.json", "finetune.json")):
         from .audit import audit_run
-        from .engine.checkpoint import final_run_dir
+        from .artifact.files import final_run_dir
         suspects, out = audit_run(data), final_run_dir(data)
     else:
         config = _train_config({k: v for k, v in values.items() if k != "out"})
@@ -103,7 +105,7 @@ def _cmd_finetune(args: argparse.Namespace) -> None:
     result = finetune(config, stage1_epochs=args.stage1_epochs, stage2_epochs=args.stage2_epochs,
                       unfreeze_last=values.get("unfreeze_last", 2), drop_implausible=args.drop_implausible)
     for name, run in (("stage 1", result.stage1), ("stage 2", result.stage2)):
-        print(f"{name}: best epoch {run.best_epoch}, val accuracy {run.val_accuracy:.4f}, log loss "
+        print(f"{name}: best epoch {run.best_epoch}, val {run.score_name.replace('_', '-')} {run.val_accuracy:.4f}, log loss "
               f"{run.val_log_loss:.4f}, {run.train_seconds:.1f} s -> {run.run_dir}")
     print(f"predict with: imgcls predict {result.run_dir} IMAGES --out submission.csv [--tta]")
 
@@ -154,7 +156,8 @@ def _cmd_train(args: argparse.Namespace, argv: list[str]) -> None:
         from .folds import train_folds
         out, summary = train_folds(config, values["folds"])
         oof = summary["out_of_fold"]
-        print(f"{len(summary['folds'])} folds: out-of-fold accuracy {oof['accuracy']:.4f}, log loss "
+        name = next(iter(oof))  # the task's headline figure: accuracy, or micro-F1 for several labels
+        print(f"{len(summary['folds'])} folds: out-of-fold {name.replace('_', '-')} {oof[name]:.4f}, log loss "
               f"{oof['log_loss']:.4f} on {oof['count']} pictures -> {out}\npredict with the ensemble: imgcls predict "
               f"{out} IMAGES --out submission.csv")
         return
@@ -164,8 +167,8 @@ def _cmd_train(args: argparse.Namespace, argv: list[str]) -> None:
         result = train(config)
     if os.environ.get("RANK", "0") != "0":
         return  # under torchrun, rank 0 speaks for the run
-    print(f"best epoch {result.best_epoch}: val accuracy {result.val_accuracy:.4f}, log loss "
-          f"{result.val_log_loss:.4f}, {result.train_seconds:.1f} s -> {result.run_dir}")
+    print(f"best epoch {result.best_epoch}: val {result.score_name.replace('_', '-')} {result.val_accuracy:.4f}, "
+          f"log loss {result.val_log_loss:.4f}, {result.train_seconds:.1f} s -> {result.run_dir}")
 
 
 def _cmd_models(args: argparse.Namespace) -> None:
@@ -212,22 +215,18 @@ def _run(args: argparse.Namespace, argv: list[str]) -> None:
                            label_col=args.label_col, ext=args.ext, label_pattern=args.label_pattern,
                            out=args.out, device=args.device, tta=args.tta, cache=_cache_settings(args),
                            backend=args.backend)
-        print(json.dumps({k: metrics[k] for k in ("accuracy", "log_loss", "count")}))
+        from .tasks import get_task
+        print(json.dumps(get_task(metrics.get("task", "single-label")).summary(metrics)))
         if metrics["skipped"]:
             print(f"{len(metrics['skipped'])} pictures skipped (see the log above)")
     elif args.command == "predict":
         if len(args.paths) < 2:
             raise UserError(f"Received: predict {' '.join(args.paths)}; expected RUN_DIR [RUN_DIR ...] IMAGES")
         run_dirs, images = args.paths[:-1], args.paths[-1]
-        if args.backend == "torch" or len(run_dirs) > 1:
-            from .predict import predict
-        else:  # onnxruntime and numpy only: no torch import (about 2 s)
-            from .inference import predict_onnx as predict
-        device = {"device": args.device} if args.backend == "torch" or len(run_dirs) > 1 else {}
+        from .predict import predict  # torch is imported only where the backend needs it
         result = predict(run_dirs if len(run_dirs) > 1 else run_dirs[0], images, args.out, proba=args.proba,
-                         template=args.template,
-                         tta=args.tta, cache=_cache_settings(args), backend=args.backend,
-                         label_format=args.label_format, **device)
+                         template=args.template, tta=args.tta, cache=_cache_settings(args), backend=args.backend,
+                         label_format=args.label_format, device=args.device)
         print(f"wrote {result['written']} rows to {result['out']} ({len(result['skipped'])} pictures skipped)")
     elif args.command == "export":
         from .export import export
@@ -236,8 +235,9 @@ def _run(args: argparse.Namespace, argv: list[str]) -> None:
               f"difference of the logits against PyTorch: {result['max_abs_diff']:.2e} (relative {result['max_rel_diff']:.2e})")
         if "int8" in result:
             q = result["int8"]
-            print(f"int8 on {q['validation_pictures']} validation pictures: accuracy {q['int8']['accuracy']:.4f} "
-                  f"(fp32 {q['fp32']['accuracy']:.4f}, {q['accuracy_delta_points']:+.2f} points), "
+            name = q["score"]
+            print(f"int8 on {q['validation_pictures']} validation pictures: {name.replace('_', '-')} {q['int8'][name]:.4f} "
+                  f"(fp32 {q['fp32'][name]:.4f}, {q[name + '_delta_points']:+.2f} points), "
                   f"{q['int8']['pictures_per_s']:.0f} pictures/s (fp32 {q['fp32']['pictures_per_s']:.0f})")
     elif args.command == "explain":
         from .explain import explain
@@ -276,37 +276,33 @@ def _run(args: argparse.Namespace, argv: list[str]) -> None:
 ENVIRONMENT_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM)
 
 
-class Stopped(KeyboardInterrupt):
-    """SIGTERM or SIGINT: raised where the program is, so that every `finally` runs (decode workers
-    stop, locks are released, a trial is marked failed) and what is on disk stays resumable."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
 @contextmanager
 def _stop_on_signals():
-    """The first SIGTERM/SIGINT stops the command through Stopped; a second one exits at once (what
-    was written is still consistent: every file is replaced atomically). The previous handlers come
-    back afterwards (main() also runs inside other programs, tests among them)."""
+    """The first SIGTERM/SIGINT stops the command through stopping.Stopped; a second one exits at once
+    (what was written is still consistent: every file is replaced atomically). The previous handlers
+    come back afterwards (main() also runs inside other programs, tests among them)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    received: list[int] = []
 
     def stop(signum, frame):
-        if received:
+        if stopping.request(signum):
             os._exit(128 + signum)
-        received.append(signum)
-        raise Stopped(signum)
+        raise stopping.Stopped(signum)
+
+    def unraisable(hook_args):  # a stop swallowed in a callback is raised again at the next check()
+        if not isinstance(hook_args.exc_value, stopping.Stopped):
+            previous_hook(hook_args)
 
     previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGTERM, signal.SIGINT)}
+    previous_hook, sys.unraisablehook = sys.unraisablehook, unraisable
     try:
         yield
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        sys.unraisablehook = previous_hook
+        stopping.reset()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,6 +6,8 @@ import argparse
 
 import yaml
 
+from .artifact import BACKENDS
+
 
 def _add_data_flags(p: argparse.ArgumentParser, *, optional: bool = False) -> None:
     """DATA and the layout flags. optional=True (train, tune, audit): DATA may come from --config, and
@@ -18,6 +20,11 @@ def _add_data_flags(p: argparse.ArgumentParser, *, optional: bool = False) -> No
     p.add_argument("--label-col", **label_col, help="label column of --labels (default: label)")
     p.add_argument("--ext", help="picture extension for --labels ids (default: any picture format)")
     p.add_argument("--label-pattern", metavar="REGEX", help="label = first group of REGEX on the file name")
+    if optional:  # what is learnt; evaluate and predict read it from the run's model card
+        p.add_argument("--multi-label", action="store_true", default=argparse.SUPPRESS,
+                       help="several labels per picture: the CSV's label cell holds them (e.g. 'car bicycle')")
+        p.add_argument("--label-sep", metavar="SEP", default=argparse.SUPPRESS,
+                       help="with --multi-label: what separates the labels in a cell (default: a space)")
 
 
 def _model_arg(text: str) -> tuple[str, object]:
@@ -114,6 +121,9 @@ def _add_train_flags(parser: argparse.ArgumentParser, *, search: bool = False) -
                                     "exponential moving average of the weights (default decay 0.999)")),
                      ("--calibrate", dict(action="store_true", help="fit a temperature on the validation "
                                           "split after training; evaluate, predict, export and serve use it")),
+                     ("--threshold", dict(type=float, metavar="P", help="with --multi-label: predict a label when its "
+                                          "probability reaches P (default: a threshold per class, best F1 on "
+                                          "validation)")),
                      ("--track", dict(type=_names, metavar="tensorboard,mlflow", help="log config, metrics and "
                                       "files to TensorBoard (RUN_DIR/tensorboard) and/or MLflow (./mlruns or "
                                       "$MLFLOW_TRACKING_URI); pip install 'imgcls[track]'")),
@@ -131,8 +141,9 @@ CACHE_DIR_HELP = "decoded cache folder (default: $IMGCLS_CACHE_DIR, $XDG_CACHE_H
 
 
 def _add_backend_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", default="torch", choices=["torch", "onnx", "int8"],
-                   help="torch (default); onnx: onnxruntime on RUN_DIR/model.onnx (exported on first use); "
+    p.add_argument("--backend", default="auto", choices=BACKENDS,
+                   help="auto (default): onnx where onnxruntime is installed and the model exports, else torch; "
+                        "onnx: onnxruntime on RUN_DIR/model.onnx (exported on first use); torch: PyTorch; "
                         "int8: RUN_DIR/model.int8.onnx from `imgcls export --quantize int8`")
 
 

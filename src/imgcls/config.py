@@ -56,6 +56,8 @@ class DataConfig:
     label_col: str = "label"
     ext: str | None = None  # None: find <id>.* whatever the picture format
     label_pattern: str | None = None  # regex on the file name; its first group is the label
+    multi_label: bool = False  # several labels per picture: the CSV's label cell holds them (tasks/multi_label.py)
+    label_sep: str = " "  # between the labels of one cell (Planet's `agriculture clear road`); ";" or "|" too
     val: str | None = None  # a separate validation folder (same layout flags)
     val_split: float = 0.2
     split: str = "stratified"
@@ -116,6 +118,7 @@ class TrainConfig:
     sampler: str = "uniform"  # uniform, balanced: every class drawn equally often (with replacement)
     ema: float = 0.0  # decay of an exponential moving average of the weights, evaluated and saved; 0: off
     calibrate: bool = False  # fit a temperature on the validation split after training (engine/calibration.py)
+    threshold: float | None = None  # multi-label: one decision threshold for every class; None: per class, by F1
     track: list[str] = field(default_factory=list)  # tensorboard, mlflow (tracking.py)
     class_names: str | list[str] | None = None  # names for the data's labels: FILE, label,name CSV or 'a,b,c'
     out: str | None = None
@@ -127,6 +130,25 @@ class TrainConfig:
         if self.data.resize != "auto":
             return self.data.resize
         return "crop" if self.pretrained else "squash"
+
+    def task(self) -> str:
+        """The kind of answer this run learns (tasks/): single-label or multi-label."""
+        return "multi-label" if self.data.multi_label else "single-label"
+
+    def _validate_multi_label(self) -> None:
+        if not self.data.labels:
+            raise UserError("Received: --multi-label without --labels; expected a CSV whose label cell holds each "
+                            "picture's labels (class folders hold one label per picture)")
+        if not self.data.label_sep or self.data.label_sep in (",", "\n"):
+            raise UserError(f"Received: --label-sep {self.data.label_sep!r}; expected a separator inside the CSV "
+                            "cell, such as ' ', ';' or '|'")
+        if self.threshold is not None and not 0 < self.threshold < 1:
+            raise UserError(f"Received: --threshold {self.threshold}; expected a probability between 0 and 1")
+        for flag, used in (("--split balanced", self.data.split == "balanced"), ("--sampler balanced", self.sampler == "balanced"),
+                           ("--mixup", self.mixup > 0), ("--cutmix", self.cutmix > 0), ("--calibrate", self.calibrate)):
+            if used:
+                raise UserError(f"Received: {flag} with --multi-label; expected it with one label per picture "
+                                "(not yet for several)")
 
     def validate(self) -> None:
         """Check every choice where it enters, naming what was received and what is allowed."""
@@ -165,6 +187,11 @@ class TrainConfig:
             raise UserError(f"Received: fold={self.data.fold} of folds={self.data.folds}; expected 0 <= fold < folds")
         if self.data.exclude_top is not None and not self.data.exclude:
             raise UserError(f"Received: top={self.data.exclude_top} without exclude; expected --exclude CSV --top N")
+        if self.data.multi_label:
+            self._validate_multi_label()
+        elif self.threshold is not None:
+            raise UserError(f"Received: --threshold {self.threshold} without --multi-label; expected it with "
+                            "--multi-label (one class per picture is decided by the highest probability)")
         if self.data.channels not in (None, 1, 3):
             raise UserError(f"Received: channels={self.data.channels}; expected 1 or 3")
         if self.data.img_size is not None and self.data.img_size < 8:

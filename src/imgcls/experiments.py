@@ -8,6 +8,8 @@ import json
 import time
 from pathlib import Path
 
+from .artifact.card import read_card
+from .artifact.files import CARD, METRICS
 from .errors import UserError
 
 SORTS = {"accuracy": ("val_accuracy", True), "log_loss": ("val_log_loss", False), "time": ("train_seconds", False),
@@ -23,19 +25,19 @@ def list_runs(root: str | Path, sort: str = "accuracy") -> list[dict]:
     if sort not in SORTS:
         raise UserError(f"Received: --sort {sort}; expected one of {', '.join(SORTS)}")
     rows = []
-    for metrics_path in sorted(root.rglob("metrics.json")):
+    for metrics_path in sorted(root.rglob(METRICS)):
         folder = metrics_path.parent
-        if SKIP & set(folder.relative_to(root).parts) or not (folder / "model.json").is_file():
+        if SKIP & set(folder.relative_to(root).parts) or not (folder / CARD).is_file():
             continue
         try:
             metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
-            meta = json.loads((folder / "model.json").read_text(encoding="utf-8"))
+            card = read_card(folder)
             val = metrics["validation"]
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, KeyError, UserError):
             continue  # a folder being written, or not one of ours
-        source = str(meta.get("config", {}).get("data", {}).get("source", ""))
+        source = str(card.config.get("data", {}).get("source", ""))
         rows.append({"run": str(folder.relative_to(root)) if folder != root else folder.name, "path": str(folder),
-                     "model": meta.get("architecture", "?"), "data": Path(source).name or source,
+                     "model": card.architecture, "data": Path(source).name or source,
                      "best_epoch": metrics.get("best_epoch"), "epochs": metrics.get("epochs_run"),
                      "val_accuracy": val.get("accuracy"), "val_log_loss": val.get("log_loss"),
                      "train_seconds": metrics.get("train_seconds"), "finished": metrics_path.stat().st_mtime})

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from .data.decode import DecodeError, Geometry, decode_with_geometry, open_picture
+from .data.decode import DecodeError, Geometry, open_picture
 from .data.sources import list_pictures
 from .engine.checkpoint import atomic_write, write_text
 from .errors import UserError
@@ -29,14 +29,14 @@ CSV_COLUMNS = ["path", "predicted", "probability", "class", "class_probability",
 OVERLAY_SIDE = 512  # overlays are drawn at the picture's size, at most this many pixels on the longer side
 
 
-def class_index(name: str | None, meta: dict) -> int | None:
+def class_index(name: str | None, card) -> int | None:
     """--class NAME (a class name, or the data's own label) → its index; None: the predicted class."""
     if name is None:
         return None
-    for names in (meta["classes"], meta.get("given_classes") or []):
+    for names in (card.classes, card.given_classes or []):
         if name in names:
             return names.index(name)
-    raise UserError(f"Received: --class {name!r}; expected one of the run's classes: {', '.join(meta['classes'])}")
+    raise UserError(f"Received: --class {name!r}; expected one of the run's classes: {', '.join(card.classes)}")
 
 
 def colourise(heatmap: np.ndarray) -> np.ndarray:
@@ -86,13 +86,6 @@ def png_bytes(image) -> bytes:
     return buffer.getvalue()
 
 
-def normalised(pictures: torch.Tensor, meta: dict, device: torch.device) -> torch.Tensor:
-    """Decoded uint8 (N, C, H, W) pictures → the model's input, normalised as in training."""
-    mean = torch.tensor(meta["mean"], device=device).view(1, -1, 1, 1) * 255.0
-    std = torch.tensor(meta["std"], device=device).view(1, -1, 1, 1) * 255.0
-    return (pictures.to(device).float() - mean) / std
-
-
 @dataclass
 class Explained:
     """One picture's explanation of one class."""
@@ -106,18 +99,20 @@ class Explained:
     method: str  # what --method auto chose
 
 
-def explain_arrays(model: torch.nn.Module, meta: dict, pictures: np.ndarray, geometries: list[Geometry],
+def explain_arrays(model: torch.nn.Module, card, pictures: np.ndarray, geometries: list[Geometry],
                    layers: list[str], method: str = "auto", target: int | None = None, top: int = 1,
                    batch_size: int = 16) -> list[list[Explained]]:
     """Per picture (decoded (N, C, S, S) uint8), its `top` classes' explanations (or `target`'s)."""
+    from .tasks import get_task
+
     device = next(model.parameters()).device
-    size = meta["input_size"]
+    size, task = card.preprocess.size, get_task(card.task)
     results: list[list[Explained]] = []
     for start in range(0, len(pictures), batch_size):
-        images = normalised(torch.from_numpy(pictures[start:start + batch_size]), meta, device)
-        first = explain_batch(model, images, layers, method, target)
-        ranked = np.argsort(-first.probs, 1)
-        runs = [first] + [explain_batch(model, images, layers, method, ranked[:, r])
+        images = card.preprocess.normalise_torch(torch.from_numpy(pictures[start:start + batch_size]), device)
+        first = explain_batch(model, images, layers, method, target, task)
+        ranked = task.ranked(first.probs)
+        runs = [first] + [explain_batch(model, images, layers, method, ranked[:, r], task)
                           for r in range(1, top if target is None else 1)]
         for i in range(len(images)):
             rows = []
@@ -141,12 +136,12 @@ def explain(run_dir: str | Path, pictures: str | Path, out: str | Path, *, metho
 
     if top < 1:
         raise UserError(f"Received: --top {top}; expected an integer >= 1")
-    run = load_run(run_dir, device)
-    meta, model = run.meta, run.model
+    run = load_run(run_dir, device, "torch")  # Grad-CAM needs the gradients only PyTorch has
+    card, model = run.card, run.model
     model.requires_grad_(False)  # only the input's gradient path is needed
-    target = class_index(class_name, meta)
-    top = min(top, len(meta["classes"]))
-    size, channels = meta["input_size"], meta["channels"]
+    target = class_index(class_name, card)
+    top = min(top, card.num_classes)
+    size, channels = card.preprocess.size, card.preprocess.channels
     if layer is not None:
         find_layer(model, layer)  # an unknown name ends here, before any picture is read
     layers = [layer] if layer else default_layers(model, channels, size)
@@ -159,8 +154,7 @@ def explain(run_dir: str | Path, pictures: str | Path, out: str | Path, *, metho
     decoded, geometries, kept = [], [], []
     for path in paths:
         try:
-            array, geometry = decode_with_geometry(path, channels, size, meta.get("trim_borders", False),
-                                                   resize=meta.get("resize", "squash"))
+            array, geometry = card.preprocess.decode_with_geometry(path)
         except DecodeError as error:
             skipped.append({"path": path, "reason": str(error)})
             log.warning("skipped %s: %s", path, error)
@@ -171,9 +165,17 @@ def explain(run_dir: str | Path, pictures: str | Path, out: str | Path, *, metho
     if not kept:
         raise UserError(f"Received: {pictures} with no picture that decodes; expected pictures to explain")
     array = np.stack(decoded)
-    explained = explain_arrays(model, meta, array, geometries, layers, method, target, top, batch_size)
+    many = card.task == "multi-label" and target is None
+    explained = explain_arrays(model, card, array, geometries, layers, method, target,
+                               card.num_classes if many else top, batch_size)
+    if many:  # several labels per picture: one heatmap per predicted label (at least the most probable)
+        from .tasks import get_task
+
+        thresholds = get_task(card.task).thresholds(card, card.num_classes)
+        explained = [[e for e in per_class if e.target_probability >= thresholds[e.target]] or per_class[:1]
+                     for per_class in explained]
     out.mkdir(parents=True, exist_ok=True)
-    classes = meta["classes"]
+    classes = card.classes
     rows, sheet, titles = [], [], []
     for path, geometry, picture, per_class in zip(kept, geometries, array, explained):
         original = open_picture(path)

@@ -11,7 +11,7 @@ import torch
 
 from .engine.checkpoint import write_json
 from .errors import UserError
-from .predict import load_run
+from .artifact.predictor import load_predictor, onnx_file
 
 log = logging.getLogger(__name__)
 
@@ -19,22 +19,28 @@ FORMATS = ("onnx", "torchscript")
 SUFFIX = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
 
 
-def contract(meta: dict, fmt: str) -> dict:
-    """What a caller must do before and after the model: the same preprocessing imgcls applies."""
-    return {"format": fmt, "input": {"name": "input", "layout": "NCHW", "dtype": "float32",
-                                     "channels": meta["channels"], "height": meta["input_size"],
-                                     "width": meta["input_size"], "batch": "dynamic"},
-            "preprocess": {"squash": "resize to height x width (bilinear)",
-                           "crop": "resize the short side to height (bilinear), keep the centre height x width",
-                           "pad": "resize the long side to height (bilinear), pad to height x width with grey 114"}[
-                meta.get("resize", "squash")] + ", scale to [0, 1], subtract mean, divide by std"
-                          + ("; crop uniform borders first (trim_borders)" if meta.get("trim_borders") else ""),
-            "mean": meta["mean"], "std": meta["std"], "trim_borders": bool(meta.get("trim_borders")),
-            "resize": meta.get("resize", "squash"),
-            "output": {"name": "logits", "postprocess": "softmax over the last axis" if meta.get("temperature", 1.0) == 1.0
-                       else "divide by temperature, then softmax over the last axis",
-                       "temperature": meta.get("temperature", 1.0)},
-            "classes": meta["classes"], "architecture": meta["architecture"]}
+def contract(card, fmt: str) -> dict:
+    """What a caller must do before and after the model: the card's preprocessing, and the task's
+    reading of the outputs (softmax and argmax; or sigmoid and per-class thresholds)."""
+    from .tasks import get_task
+
+    return {"format": fmt, **card.preprocess.contract(), "task": card.task,
+            "output": get_task(card.task).contract(card), "classes": card.classes,
+            "architecture": card.architecture}
+
+
+def ensure_onnx(run_dir: str | Path) -> Path:
+    """RUN_DIR/model.onnx, exported now (and checked against PyTorch) unless a current one exists:
+    what the onnx and auto backends need, made by their caller (predict, evaluate, serve)."""
+    from .artifact.files import final_run_dir
+    from .artifact.predictor import is_current, onnx_file
+
+    run_dir = final_run_dir(run_dir)
+    path = onnx_file(run_dir, "onnx")
+    if not is_current(run_dir, "onnx"):
+        log.info("exporting %s to ONNX for the onnx backend (once; kept as %s)", run_dir, path)
+        export(run_dir, "onnx", path)
+    return path
 
 
 def export(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = None, opset: int = 17,
@@ -49,11 +55,11 @@ def export(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = None
         raise UserError(f"Received: --out {out}; expected a new file name, not one of the run's own files")
     if fmt not in FORMATS:
         raise UserError(f"Received: --format {fmt}; expected one of {', '.join(FORMATS)}")
-    run = load_run(run_dir, device="cpu")
-    meta = run.meta
+    run = load_predictor(run_dir, "torch", device="cpu")
+    card = run.card
     out = Path(out) if out is not None else run.run_dir / f"model{SUFFIX[fmt]}"
     out.parent.mkdir(parents=True, exist_ok=True)
-    example, sample = _pictures(meta, 2), _pictures(meta, 5)  # the check runs another batch size
+    example, sample = _pictures(card, 2), _pictures(card, 5)  # the check runs another batch size
     with torch.no_grad():
         expected = run.model(sample).numpy()
         if fmt == "onnx":
@@ -79,7 +85,7 @@ def export(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = None
     # Relative to the logits' scale (at least 1): float32 keeps about 7 digits, so a model whose logits
     # reach 1e4 cannot agree to 1e-4 in absolute terms, only in relative ones.
     relative = difference / max(1.0, float(np.abs(expected).max()))
-    write_json(Path(str(out) + ".json"), contract(meta, fmt))  # model.onnx.json: never the run's model.json
+    write_json(Path(str(out) + ".json"), contract(card, fmt))  # model.onnx.json: never the run's model.json
     log.info("exported %s → %s; largest difference of the logits on a batch of 5: %.2e (relative %.2e)",
              run.run_dir, out, difference, relative)
     if relative > 1e-3:
@@ -89,15 +95,16 @@ def export(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = None
     if quantize:
         from .quantize import quantize_int8
 
-        result["int8"] = quantize_int8(run, out, run.run_dir / "model.int8.onnx", cache)
+        result["int8"] = quantize_int8(run, out, onnx_file(run.run_dir, "int8"), cache)
     return result
 
 
-def _pictures(meta: dict, count: int) -> torch.Tensor:
-    """`count` random pictures as the model sees them: pixels in [0, 1], normalised with its mean and std."""
+def _pictures(card, count: int) -> torch.Tensor:
+    """`count` random pictures as the model sees them: pixels in [0, 1], normalised by the card."""
+    p = card.preprocess
     generator = torch.Generator().manual_seed(count)
-    pixels = torch.rand(count, meta["channels"], meta["input_size"], meta["input_size"], generator=generator)
-    mean, std = torch.tensor(meta["mean"]).view(1, -1, 1, 1), torch.tensor(meta["std"]).view(1, -1, 1, 1)
+    pixels = torch.rand(count, p.channels, p.size, p.size, generator=generator)
+    mean, std = torch.tensor(p.mean).view(1, -1, 1, 1), torch.tensor(p.std).view(1, -1, 1, 1)
     return (pixels - mean) / std
 
 

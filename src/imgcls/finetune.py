@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import TrainConfig, config_from_dict, config_to_dict
-from .engine.checkpoint import FINETUNE, WEIGHTS, write_json, write_text
+from .artifact.files import FINETUNE, METRICS, REPORT, WEIGHTS
+from .engine.checkpoint import write_json, write_text
 from .engine.optim import DEFAULT_LR
 from .errors import UserError
 from .runs import new_run_dir
@@ -74,8 +75,8 @@ def _finetune_folder(base: TrainConfig, settings: dict) -> Path:
 def _run_stage(config: TrainConfig) -> RunResult:
     """Train one stage into config.out; a finished stage is reused, an interrupted one finished."""
     folder = Path(config.out)
-    if (folder / "metrics.json").is_file() and (folder / "report.html").is_file():
-        metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+    if (folder / METRICS).is_file() and (folder / REPORT).is_file():
+        metrics = json.loads((folder / METRICS).read_text(encoding="utf-8"))
         log.info("finetune: %s already finished", folder)
         return RunResult(folder, metrics["best_epoch"], metrics["validation"]["accuracy"],
                          metrics["validation"]["log_loss"], metrics["train_seconds"])

@@ -202,7 +202,7 @@ def _heads(model: nn.Module, images: torch.Tensor) -> list[str]:
 
 
 def explain_batch(model: nn.Module, images: torch.Tensor, layers: list[str], method: str = "auto",
-                  target: int | np.ndarray | None = None) -> Explanation:
+                  target: int | np.ndarray | None = None, task=None) -> Explanation:
     """Heatmaps of `target` (a class index, one per picture, or None: the predicted class) for
     normalised `images` (N, C, H, W). The model's own parameters get no gradient."""
     if method not in METHODS:
@@ -248,7 +248,10 @@ def explain_batch(model: nn.Module, images: torch.Tensor, layers: list[str], met
         peak = cam.flatten(1).max(1).values.clamp(min=1e-12).view(-1, 1, 1)
         maps.append(cam / peak)
     heat = torch.stack(maps).mean(0)
-    return Explanation(logits.detach().softmax(1).cpu().numpy(), chosen.cpu().numpy(), heat.cpu().numpy(),
+    if task is None:
+        from .tasks import get_task
+        task = get_task("single-label")
+    return Explanation(task.probabilities_torch(logits.detach()).cpu().numpy(), chosen.cpu().numpy(), heat.cpu().numpy(),
                        sorted(set(used)))
 
 

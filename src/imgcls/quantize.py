@@ -21,27 +21,26 @@ log = logging.getLogger(__name__)
 CALIBRATION_PICTURES = 256
 
 
-def validation_batches(run, limit: int | None = None, cache=None) -> tuple[list[np.ndarray], np.ndarray]:
-    """The run's validation pictures (split.csv), normalised as in training: NCHW float32 batches and labels."""
-    from .data.dataset import decode_paths
+def validation_pictures(run, limit: int | None = None, cache=None) -> tuple[np.ndarray, np.ndarray]:
+    """The run's validation pictures (split.csv) decoded as the card says (uint8) and their labels."""
+    from .artifact.files import SPLIT
+    from .data.store import decode_rows
 
-    split = run.run_dir / "split.csv"
+    split = run.run_dir / SPLIT
     if not split.is_file():
-        raise UserError(f"Received: RUN_DIR {run.run_dir} without split.csv; expected a run folder of imgcls train "
+        raise UserError(f"Received: RUN_DIR {run.run_dir} without {SPLIT}; expected a run folder of imgcls train "
                         "(its validation pictures calibrate the int8 model)")
     with open(split, newline="", encoding="utf-8") as f:
         import csv
         rows = [r for r in csv.DictReader(f) if r["split"] == "val"][:limit]
-    index = {c: i for i, c in enumerate(run.classes)}
-    meta = run.meta
-    decoded, _ = decode_paths([r["path"] for r in rows], np.array([index[r["label"]] for r in rows]),
-                              meta["channels"], meta["input_size"], trim=meta.get("trim_borders", False), cache=cache,
-                              resize=meta.get("resize", "squash"))
-    if not len(decoded):
+    p = run.card.preprocess
+    pictures, ok, _ = decode_rows([r["path"] for r in rows], p.channels, p.size, trim=p.trim, cache=cache,
+                                  resize=p.resize)
+    if not len(pictures):
         raise UserError(f"Received: RUN_DIR {run.run_dir} whose validation pictures no longer decode; expected "
                         "the pictures it was trained on")
-    batches = [images.numpy() for images, _ in run.loader(decoded, 32)]
-    return batches, decoded.labels.numpy()
+    labels = run.task.encode([rows[i]["label"] for i in ok], run.classes, run.card.label_sep)
+    return pictures[np.arange(len(pictures))], labels
 
 
 class _Calibration:
@@ -54,16 +53,17 @@ class _Calibration:
         return next(self.items, None)
 
 
-def _score(path: Path, batches: list[np.ndarray], labels: np.ndarray) -> dict:
-    from .inference import OnnxModel
+def _score(run, path: Path, pictures: np.ndarray, labels: np.ndarray) -> dict:
+    """The task's headline figure (accuracy; micro-F1 for several labels) and pictures/s of one ONNX file."""
+    from .artifact.predictor import OnnxPredictor
 
-    model = OnnxModel(path)
-    model.logits(batches[0])  # warm-up: the first run allocates
+    model = OnnxPredictor(run.card, run.run_dir, path=path)
+    model.logits(pictures[:32])  # warm-up: the first run allocates
     start = time.perf_counter()
-    predicted = np.concatenate([model.logits(b).argmax(1) for b in batches])
+    probs = model.probabilities(pictures, batch_size=32)
     seconds = time.perf_counter() - start
-    return {"accuracy": round(float((predicted == labels).mean()), 4),
-            "pictures_per_s": round(len(labels) / max(seconds, 1e-9), 1)}
+    name, value = run.task.headline(run.task.metrics(labels, probs, run.classes, run.card))
+    return {name: round(value, 4), "pictures_per_s": round(len(labels) / max(seconds, 1e-9), 1)}
 
 
 def quantize_int8(run, fp32: Path, out: Path, cache=None) -> dict:
@@ -71,8 +71,9 @@ def quantize_int8(run, fp32: Path, out: Path, cache=None) -> dict:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    batches, labels = validation_batches(run, cache=cache)
-    calibration = validation_batches(run, CALIBRATION_PICTURES, cache)[0]
+    pictures, labels = validation_pictures(run, cache=cache)
+    normalise = run.card.preprocess.normalise
+    calibration = [normalise(pictures[i:i + 32]) for i in range(0, min(len(pictures), CALIBRATION_PICTURES), 32)]
     prepared = out.with_name(f".{out.name}.prepared.onnx")
     try:
         quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
@@ -81,13 +82,15 @@ def quantize_int8(run, fp32: Path, out: Path, cache=None) -> dict:
                         weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
     finally:
         prepared.unlink(missing_ok=True)
-    scores = {"fp32": _score(fp32, batches, labels), "int8": _score(out, batches, labels),
+    scores = {"fp32": _score(run, fp32, pictures, labels), "int8": _score(run, out, pictures, labels),
               "validation_pictures": int(len(labels)), "calibration_pictures": int(sum(len(b) for b in calibration))}
-    scores["accuracy_delta_points"] = round(100 * (scores["int8"]["accuracy"] - scores["fp32"]["accuracy"]), 2)
+    name = next(iter(scores["fp32"]))
+    scores["score"] = name
+    scores[f"{name}_delta_points"] = round(100 * (scores["int8"][name] - scores["fp32"][name]), 2)
     from .export import contract
 
-    write_json(Path(str(out) + ".json"), {**contract(run.meta, "onnx-int8"), "quantization": scores})
-    log.info("int8: validation accuracy %.4f (fp32 %.4f), %.0f pictures/s (fp32 %.0f) → %s",
-             scores["int8"]["accuracy"], scores["fp32"]["accuracy"], scores["int8"]["pictures_per_s"],
+    write_json(Path(str(out) + ".json"), {**contract(run.card, "onnx-int8"), "quantization": scores})
+    log.info("int8: validation %s %.4f (fp32 %.4f), %.0f pictures/s (fp32 %.0f) → %s", name,
+             scores["int8"][name], scores["fp32"][name], scores["int8"]["pictures_per_s"],
              scores["fp32"]["pictures_per_s"], out)
     return scores

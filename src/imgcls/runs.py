@@ -57,10 +57,16 @@ def _csv(header: list[str], rows) -> str:
     return buffer.getvalue()
 
 
-def prediction_rows(paths: list[str], labels: np.ndarray, probs: np.ndarray, classes: list[str]):
-    """path, label, predicted, p_given and one probability per class (what `audit RUN_DIR` reads)."""
-    for p, label, row in zip(paths, labels, probs):
-        yield [p, classes[label], classes[int(row.argmax())], f"{row[label]:.6f}", *[f"{v:.6f}" for v in row]]
+def prediction_rows(paths: list[str], labels: np.ndarray, probs: np.ndarray, card, sep: str = " "):
+    """path, label, predicted, p_given and one probability per class (what `audit RUN_DIR` reads), each
+    as the run's task reads its outputs (tasks/)."""
+    from .tasks import get_task
+
+    task = get_task(card.task)
+    predicted = task.decide(probs, card)
+    for p, label, row, decided in zip(paths, labels, probs, predicted):
+        yield [p, task.label_text(label, card.classes, sep), task.decided_text(decided, card.classes, sep),
+               f"{task.p_given(row, label):.6f}", *[f"{v:.6f}" for v in row]]
 
 
 class RunFolder:
@@ -102,9 +108,9 @@ class RunFolder:
     def write_history(self, history: list[dict]) -> None:
         self._text("history.csv", _csv(HISTORY_COLUMNS, ([row[c] for c in HISTORY_COLUMNS] for row in history)))
 
-    def save_best(self, model: torch.nn.Module, meta: dict) -> None:
+    def save_best(self, model: torch.nn.Module, card) -> None:
         if self.writes:
-            save_model(self.path, model, meta)
+            save_model(self.path, model, card)
 
     def save_resume(self, state: dict) -> None:
         if self.writes:
@@ -114,9 +120,9 @@ class RunFolder:
         self._json("metrics.json", metrics)
 
     def write_predictions(self, name: str, paths: list[str], labels: np.ndarray, probs: np.ndarray,
-                          classes: list[str]) -> None:
-        self._text(name, _csv(["path", "label", "predicted", "p_given", *[f"p_{c}" for c in classes]],
-                              prediction_rows(paths, labels, probs, classes)))
+                          card, sep: str = " ") -> None:
+        self._text(name, _csv(["path", "label", "predicted", "p_given", *[f"p_{c}" for c in card.classes]],
+                              prediction_rows(paths, labels, probs, card, sep)))
 
     def save_figure(self, figure, name: str) -> None:
         from .report.plots import save_figure
@@ -147,13 +153,13 @@ class RunWriter(Callback):
     --resume every epoch appears exactly once.
     """
 
-    def __init__(self, folder: RunFolder, meta: dict):
+    def __init__(self, folder: RunFolder, card):
         self.folder = folder
-        self.meta = meta
+        self.card = card
 
     def on_epoch_end(self, trainer: Trainer, row: dict, improved: bool) -> None:
         if improved:
-            self.folder.save_best(trainer.weights_model, {**self.meta, "best_epoch": row["epoch"]})
+            self.folder.save_best(trainer.weights_model, self.card.with_(best_epoch=row["epoch"]))
         self.folder.save_resume(trainer.state_dict())
         self.folder.write_history(trainer.state.history)
 
@@ -197,6 +203,8 @@ class ProgressLog(Callback):
 def pick_examples(labels: np.ndarray, count: int, seed: int = 0) -> np.ndarray:
     """Up to `count` indices spread over the classes (round-robin), for the picture grids."""
     rng = np.random.default_rng(seed)
+    if labels.ndim == 2:  # several labels per picture: spread over the label sets
+        labels = np.unique(labels, axis=0, return_inverse=True)[1].reshape(-1)
     per_class = [list(rng.permutation(np.flatnonzero(labels == c))) for c in np.unique(labels)]
     chosen: list[int] = []
     while len(chosen) < min(count, len(labels)):

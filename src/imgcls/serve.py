@@ -8,7 +8,7 @@ that is not a picture, 400 for a form without `file`, 503 with Retry-After when 
 pictures are already waiting.
 
     POST /predict?top_k=5        multipart field `file`: one picture
-    POST /predict?explain=1      ... and where the model looked: Grad-CAM over the picture (torch backend)
+    POST /predict?explain=1      ... and where the model looked: Grad-CAM over the picture (PyTorch, any backend)
     POST /predict/batch?top_k=5  multipart fields `files`: several pictures (at most `max_files`)
 """
 import asyncio
@@ -18,7 +18,6 @@ import logging
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +27,8 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartParser
 
 from .batcher import MicroBatcher, Saturated
-from .data.decode import DecodeError, TooManyPixels, decode_image, decode_with_geometry, open_picture
-from .predict import load_run, predict_arrays
+from .data.decode import DecodeError, TooManyPixels, open_picture
+from .predict import load_run
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +45,13 @@ class Rejected(Exception):
 
 
 def create_app(run_dir: str | Path, *, max_bytes: int = MAX_BYTES, top_k: int = 5, device: str = "auto",
-               backend: str = "torch", max_batch: int = 16, max_wait_ms: float = 5.0, max_pending: int = 64,
+               backend: str = "auto", max_batch: int = 16, max_wait_ms: float = 5.0, max_pending: int = 64,
                max_pixels: int = MAX_PIXELS, max_files: int = MAX_FILES) -> FastAPI:
     """A FastAPI app around one loaded run (fastapi is imported only by `imgcls serve`).
     max_batch=1 turns micro-batching off (one request per model call)."""
     run = load_run(run_dir, device, backend)
-    meta = run.meta
-    batcher = MicroBatcher(lambda pictures: predict_arrays(run, pictures), max_batch=max_batch,
+    card, task = run.card, run.task
+    batcher = MicroBatcher(run.probabilities, max_batch=max_batch,
                            max_wait_ms=max_wait_ms, max_pending=max_pending)
     decode_pool = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="imgcls-decode")
     app = FastAPI(title="imgcls", docs_url=None, redoc_url=None)
@@ -66,12 +65,12 @@ def create_app(run_dir: str | Path, *, max_bytes: int = MAX_BYTES, top_k: int = 
 
     @app.get("/", response_class=HTMLResponse)
     def page() -> str:
-        return (PAGE.replace("{{architecture}}", meta["architecture"]).replace("{{classes}}", str(len(meta["classes"])))
+        return (PAGE.replace("{{architecture}}", card.architecture).replace("{{classes}}", str(card.num_classes))
                 .replace("{{max_mb}}", f"{max_bytes / 2**20:.0f}"))
 
     @app.get("/health")
     async def health() -> dict:  # async: answered on the event loop, never behind the model
-        return {"status": "ok", "classes": len(meta["classes"]), "architecture": meta["architecture"],
+        return {"status": "ok", "classes": card.num_classes, "architecture": card.architecture, "task": card.task,
                 "backend": run.backend, "pending": batcher.pending}
 
     async def form_of(request: Request):
@@ -95,15 +94,13 @@ def create_app(run_dir: str | Path, *, max_bytes: int = MAX_BYTES, top_k: int = 
             raise Rejected(400, f"expected a multipart form with the picture in field 'file' (or at most "
                                 f"{max_files} pictures in fields 'files')") from None
 
-    async def decoded(upload: UploadFile, decode=decode_image):
+    async def decoded(upload: UploadFile, decode=card.preprocess.decode):
         data = await upload.read()
         if len(data) > max_bytes:
             raise Rejected(413, f"picture of {len(data)} bytes; the limit is {max_bytes} bytes")
         try:
             # A pool of one thread per core: more concurrent decodes would only fight the model for the CPU.
-            return await asyncio.get_running_loop().run_in_executor(
-                decode_pool, partial(decode, resize=meta.get("resize", "squash")), io.BytesIO(data), meta["channels"],
-                meta["input_size"], meta.get("trim_borders", False), max_pixels)
+            return await asyncio.get_running_loop().run_in_executor(decode_pool, decode, io.BytesIO(data), max_pixels)
         except TooManyPixels as error:
             raise Rejected(413, f"{upload.filename}: {error}") from None
         except DecodeError as error:
@@ -115,9 +112,9 @@ def create_app(run_dir: str | Path, *, max_bytes: int = MAX_BYTES, top_k: int = 
         except Saturated as error:
             raise Rejected(503, f"busy: {error}; retry in a second", {"Retry-After": "1"}) from None
 
-    def top(probs: np.ndarray, k: int) -> list[dict]:
-        order = np.argsort(-probs)[:max(1, k)]
-        return [{"class": meta["classes"][i], "probability": round(float(probs[i]), 6)} for i in order]
+    def answer(probs: np.ndarray, k: int) -> dict:
+        """The task's answer: the top classes (and, for several labels, those above their thresholds)."""
+        return task.answer(probs, card.classes, card, max(1, k))
 
     explain_lock = threading.Lock()  # Grad-CAM hooks its model: one explanation at a time
     explainer: dict = {}  # a copy of the model, built on first use: hooks must not touch the batcher's
@@ -129,33 +126,34 @@ def create_app(run_dir: str | Path, *, max_bytes: int = MAX_BYTES, top_k: int = 
         from .gradcam import default_layers
 
         with explain_lock:
-            if not explainer:
-                model = copy.deepcopy(run.model).requires_grad_(False)
-                explainer.update(model=model, layers=default_layers(model, meta["channels"], meta["input_size"]))
+            if not explainer:  # Grad-CAM needs PyTorch's gradients, whichever backend answers the rest
+                model = (copy.deepcopy(run.model) if run.backend == "torch"
+                         else load_run(run.run_dir, device, "torch").model).requires_grad_(False)
+                explainer.update(model=model, layers=default_layers(model, card.preprocess.channels,
+                                                                    card.preprocess.size))
             layers = explainer["layers"]
-            [[e]] = explain_arrays(explainer["model"], meta, picture[None], [geometry], layers)
+            [[e]] = explain_arrays(explainer["model"], card, picture[None], [geometry], layers)
         overlay = overlay_on_picture(open_picture(io.BytesIO(data), max_pixels=max_pixels), e.heatmap, geometry,
                                      mark=e.peak)
-        return {"class": meta["classes"][e.target], "method": e.method, "layers": layers,
+        return {"class": card.classes[e.target], "method": e.method, "layers": layers,
                 "peak": [round(e.peak[0], 1), round(e.peak[1], 1)],
                 "overlay": "data:image/png;base64," + base64.b64encode(png_bytes(overlay)).decode("ascii")}
 
     @app.post("/predict")
     async def predict(request: Request, top_k: int = top_k, explain: bool = False):
-        if explain and run.backend != "torch":
-            raise Rejected(400, f"explain=1 needs gradients: serve with --backend torch (this is {run.backend})")
         with batcher.arriving():
             form = await form_of(request)
             upload = form.get("file")
             if not isinstance(upload, UploadFile):
                 raise Rejected(400, "expected a multipart form with the picture in field 'file'")
-            picture, geometry = await decoded(upload, decode_with_geometry) if explain else (await decoded(upload), None)
+            picture, geometry = (await decoded(upload, card.preprocess.decode_with_geometry) if explain
+                                 else (await decoded(upload), None))
         probs = (await classify(picture[None]))[0]
-        answer = {"filename": upload.filename, "top": top(probs, top_k)}
+        result = {"filename": upload.filename, **answer(probs, top_k)}
         if explain:
             await upload.seek(0)
-            answer["explain"] = await asyncio.to_thread(heatmap, picture, geometry, await upload.read())
-        return answer
+            result["explain"] = await asyncio.to_thread(heatmap, picture, geometry, await upload.read())
+        return result
 
     @app.post("/predict/batch")
     async def predict_batch(request: Request, top_k: int = top_k):
@@ -167,7 +165,7 @@ def create_app(run_dir: str | Path, *, max_bytes: int = MAX_BYTES, top_k: int = 
                                     f"got {len(uploads)}")
             pictures = np.stack([await decoded(u) for u in uploads])
         probs = await classify(pictures)
-        return {"results": [{"filename": u.filename, "top": top(p, top_k)} for u, p in zip(uploads, probs)]}
+        return {"results": [{"filename": u.filename, **answer(p, top_k)} for u, p in zip(uploads, probs)]}
 
     return app
 

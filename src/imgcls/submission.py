@@ -35,16 +35,21 @@ def _read_template(path: str | Path) -> tuple[list[str], list[str]]:
 LABEL_FORMATS = ("name", "index")
 
 
-def write_submission(probs: np.ndarray, kept: list[str], skipped: list[dict], classes: list[str], images: str | Path,
+def write_submission(probs: np.ndarray, kept: list[str], skipped: list[dict], card, images: str | Path,
                      out: str | Path, *, proba: str | None = None, template: str | Path | None = None,
                      label_format: str = "name") -> dict:
-    """Write `id,label` per picture (id = file name without extension, numeric ids in numeric order).
+    """Write `id,label` per picture (id = file name without extension, numeric ids in numeric order),
+    the label as the run's task decides it (card: the run's model card): one class, or for a
+    multi-label run `id,tags` with the labels above their thresholds, space-separated (Planet's format).
 
     proba=CLASS writes P(CLASS) as the label (Kaggle Dogs vs. Cats); template=CSV follows its ids and
     column names, filling a picture that could not be read with the uniform probability (or the first class).
     label_format="index" writes the class's position (0..K-1) instead of its name: what Fashion-MNIST's
     submission wants from a run whose classes got names (--class-names).
     """
+    from .tasks import get_task
+
+    classes, task = card.classes, get_task(card.task)
     if label_format not in LABEL_FORMATS:
         raise UserError(f"Received: --label-format {label_format}; expected one of {', '.join(LABEL_FORMATS)}")
     ids = [Path(p).stem for p in kept]
@@ -55,10 +60,15 @@ def write_submission(probs: np.ndarray, kept: list[str], skipped: list[dict], cl
         missing_value = f"{1 / len(classes):.6f}"
     else:
         shown = [str(i) for i in range(len(classes))] if label_format == "index" else classes
-        values = [shown[i] for i in probs.argmax(1)]
-        missing_value = shown[0]
+        decided = task.decide(probs, card)
+        if decided.ndim == 2:  # several labels per picture
+            values = [" ".join(shown[k] for k in np.flatnonzero(row)) for row in decided]
+            missing_value = ""
+        else:
+            values = [shown[i] for i in decided]
+            missing_value = shown[0]
     by_id = dict(zip(ids, values))
-    header = ["id", "label"]
+    header = ["id", "tags" if card.task == "multi-label" and proba is None else "label"]
     order = sorted(by_id, key=id_sort_key)
     if template is not None:
         header, order = _read_template(template)

@@ -19,7 +19,10 @@ from .data.decode import inference_batch_size
 from .data.loader import BatchLoader
 from .data.prepare import PreparedData, load_training_samples, prepare_data
 from .data.store import CacheSettings
-from .engine.checkpoint import RESUME, load_resume, load_weights
+from .artifact.card import ModelCard, Preprocess, read_card, write_card
+from .artifact.files import RESUME, TRAIN_PREDICTIONS, VAL_PREDICTIONS
+from .tasks import get_task
+from .engine.checkpoint import load_resume, load_weights
 from .engine.device import resolve_device, seed_everything
 from .engine.distributed import convert_sync_batchnorm, init_distributed, shutdown
 from .engine.feature_cache import CachedTail, FeatureLoader, frozen_features, weights_digest
@@ -44,6 +47,7 @@ class RunResult:
     val_accuracy: float
     val_log_loss: float
     train_seconds: float
+    score_name: str = "accuracy"  # what val_accuracy holds: the task's headline figure (micro_f1 for several labels)
 
 
 @dataclass
@@ -56,7 +60,7 @@ class Built:
     train_loader: object
     val_loader: object
     cached_train: FeatureLoader | None  # the training features, when the frozen-feature cache is used
-    meta: dict
+    card: ModelCard
 
 
 def train(config: TrainConfig | None = None, *, resume: str | Path | None = None,
@@ -105,7 +109,7 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
     if not ranks.main:
         shutdown()
         return RunResult(folder.path, trainer.state.best_epoch, float("nan"), float("nan"), seconds)
-    result = _write_run(folder, built, trainer, data, seconds, report, config.calibrate)
+    result = _write_run(folder, built, trainer, data, seconds, report, config)
     for tracker in trackers:
         tracker.finish(json.loads((folder / "metrics.json").read_text(encoding="utf-8")))
     shutdown()
@@ -127,15 +131,15 @@ def _resolve(config: TrainConfig | None, resume: str | Path | None, overrides: d
     return config, load_resume(run_dir) if (run_dir / RESUME).is_file() else None
 
 
-def _model_meta(config: TrainConfig, data: PreparedData) -> dict:
+def model_card(config: TrainConfig, data: PreparedData) -> ModelCard:
+    """The run's model card: the architecture, its classes and task, and the one preprocessing that
+    training's loaders and every later command use."""
     spec = get_spec(config.model)
-    classes, channels, size = data.classes, data.channels, data.size
-    return {"format": "imgcls-model/1", "imgcls_version": __version__, "architecture": config.model,
-            "trim_borders": config.data.clean, "resize": config.resize_mode(),
-            "model_args": dict(config.model_args), "num_classes": len(classes), "classes": classes,
-            **({"given_classes": data.given_classes} if data.given_classes else {}),
-            "input_size": size, "channels": channels, "mean": channel_stats(spec.mean, channels),
-            "std": channel_stats(spec.std, channels), "config": config_to_dict(config)}
+    preprocess = Preprocess(data.channels, data.size, tuple(channel_stats(spec.mean, data.channels)),
+                            tuple(channel_stats(spec.std, data.channels)), config.resize_mode(), config.data.clean)
+    return ModelCard(architecture=config.model, classes=list(data.classes), preprocess=preprocess,
+                     model_args=dict(config.model_args), task=config.task(), given_classes=data.given_classes or None,
+                     imgcls_version=__version__, config=config_to_dict(config))
 
 
 def _write_samples(folder: RunFolder, config: TrainConfig, data: PreparedData) -> None:
@@ -147,20 +151,23 @@ def _write_samples(folder: RunFolder, config: TrainConfig, data: PreparedData) -
     if config.augment != "none":
         with torch.random.fork_rng():  # the run's random draws do not depend on whether it draws this
             shown = BatchAugment(config.augment, data.size, data.channels)(shown)
-    folder.save_figure(plot_grid(shown.numpy(), [data.classes[int(data.train.labels[i])] for i in idx]), "samples.png")
+    task = get_task(config.task())
+    titles = [task.label_text(data.train.labels[i].numpy(), data.classes, config.data.label_sep) for i in idx]
+    folder.save_figure(plot_grid(shown.numpy(), titles), "samples.png")
 
 
 def build_model(config: TrainConfig, data: PreparedData, device: torch.device, generator: torch.Generator,
            ranks) -> Built:
     """The model (weights, freezing, layout, DDP) and its loaders, over cached features where possible."""
-    meta = _model_meta(config, data)
+    card = model_card(config, data)
+    p = card.preprocess
     model = _build_model(config, len(data.classes), data.channels, data.size).to(device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    cached = _feature_cache(config, model, data, meta, device, generator, ranks.active)
+    cached = _feature_cache(config, model, data, card, device, generator, ranks.active)
     if cached is not None:
         train_loader, val_loader, tail = cached
-        return Built(model, tail, tail, train_loader, val_loader, train_loader, meta)
+        return Built(model, tail, tail, train_loader, val_loader, train_loader, card)
     if ranks.active and config.sync_bn:
         log.info("--sync-bn: %d BatchNorm layers use the global batch's statistics", convert_sync_batchnorm(model))
     train_model = torch.compile(model) if config.compile else model
@@ -168,23 +175,22 @@ def build_model(config: TrainConfig, data: PreparedData, device: torch.device, g
         from torch.nn.parallel import DistributedDataParallel
         train_model = DistributedDataParallel(train_model, device_ids=[device] if device.type == "cuda" else None)
     augment = BatchAugment(config.augment, data.size, data.channels) if config.augment != "none" else None
-    train_loader = BatchLoader(data.train, config.batch_size, meta["mean"], meta["std"], shuffle=True,
+    train_loader = BatchLoader(data.train, config.batch_size, p.mean, p.std, shuffle=True,
                                device=device, generator=generator, drop_last=True, augment=augment,
                                shard=(ranks.rank, ranks.world), channels_last=config.channels_last,
                                order=config.order, balanced=config.sampler == "balanced")
-    val_loader = BatchLoader(data.val, inference_batch_size(data.channels, data.size), meta["mean"], meta["std"],
+    val_loader = BatchLoader(data.val, inference_batch_size(data.channels, data.size), p.mean, p.std,
                              shuffle=False, device=device, channels_last=config.channels_last)
-    return Built(model, train_model, model, train_loader, val_loader, None, meta)
+    return Built(model, train_model, model, train_loader, val_loader, None, card)
 
 
 def _class_weight(config: TrainConfig, built: Built) -> torch.Tensor | None:
-    """--class-weight balanced: loss weight N / (K * pictures of the class), scikit-learn's "balanced"."""
+    """--class-weight balanced: the task's loss weights (per class N / (K * its pictures), scikit-learn's
+    "balanced"; for several labels, BCE's pos_weight: negatives / positives)."""
     if config.class_weight == "none":
         return None
-    labels = built.train_loader.labels.cpu()
-    counts = torch.bincount(labels, minlength=len(built.meta["classes"])).double().clamp(min=1)
-    weight = len(labels) / (len(counts) * counts)
-    log.info("--class-weight balanced: %s", ", ".join(f"{c} {w:.2f}" for c, w in zip(built.meta["classes"], weight)))
+    weight = get_task(built.card.task).loss_weight(built.train_loader.labels.cpu(), built.card.num_classes)
+    log.info("--class-weight balanced: %s", ", ".join(f"{c} {w:.2f}" for c, w in zip(built.card.classes, weight)))
     return weight.float().to(built.train_loader.labels.device)
 
 
@@ -210,8 +216,9 @@ def make_trainer(config: TrainConfig, built: Built, optimizer: torch.optim.Optim
     return Trainer(built.model, optimizer, schedule, early_stop=config.early_stop, max_batches=config.train_batches,
                    generator=generator, label_smoothing=config.label_smoothing,
                    class_weight=_class_weight(config, built), ema_decay=config.ema if ema else 0.0,
-                   batch_transform=batch_mixer(config.mixup, config.cutmix, len(built.meta["classes"])),
+                   batch_transform=batch_mixer(config.mixup, config.cutmix, built.card.num_classes),
                    callbacks=callbacks, train_model=built.train_model, eval_model=built.eval_model,
+                   task=get_task(built.card.task),
                    autocast=_autocast_dtype(config.precision, device))
 
 
@@ -222,7 +229,7 @@ def _fit(config: TrainConfig, built: Built, folder: RunFolder, generator: torch.
     optimizer = build_optimizer(built.model, config.optimizer, config.lr, config.momentum, config.weight_decay,
                                 config.backbone_lr_mult, config.norm_weight_decay)
     schedule = Schedule(optimizer, config.scheduler, config.epochs, steps)
-    writers = [RunWriter(folder, built.meta), ProgressLog(steps), *callbacks] if callbacks is not None else []
+    writers = [RunWriter(folder, built.card), ProgressLog(steps), *callbacks] if callbacks is not None else []
     trainer = make_trainer(config, built, optimizer, schedule, device, callbacks=writers, generator=generator)
     if state is not None:
         trainer.load_state_dict(state)
@@ -255,7 +262,7 @@ def _build_model(config: TrainConfig, num_classes: int, channels: int, size: int
     return model
 
 
-def _feature_cache(config: TrainConfig, model: torch.nn.Module, data: PreparedData, meta: dict,
+def _feature_cache(config: TrainConfig, model: torch.nn.Module, data: PreparedData, card: ModelCard,
                    device: torch.device, generator: torch.Generator, distributed: bool):
     """(train loader, val loader, model tail) over cached frozen-block outputs, or None when not applicable."""
     split = model.split_frozen(config.cache_before_last) if hasattr(model, "split_frozen") else None
@@ -269,13 +276,14 @@ def _feature_cache(config: TrainConfig, model: torch.nn.Module, data: PreparedDa
                  "blocks' input every epoch")
         return None
     prefix, rest, modules = split
+    p = card.preprocess
     # Keyed by what the frozen blocks compute, so later runs with the same frozen weights (audit folds,
     # finetune's stage 2, a second finetune) reuse it.
     key = {"model": config.model, "model_args": json.loads(json.dumps(config.model_args, sort_keys=True)),
-           "weights": weights_digest(modules), "channels": meta["channels"], "size": meta["input_size"],
-           "trim": config.data.clean, **({"resize": meta["resize"]} if meta["resize"] != "squash" else {})}
+           "weights": weights_digest(modules), "channels": p.channels, "size": p.size,
+           "trim": p.trim, **({"resize": p.resize} if p.resize != "squash" else {})}
     cache = CacheSettings(config.cache, config.cache_dir, config.cache_max_gb)
-    features = {name: frozen_features(key, model, prefix, part, mean=meta["mean"], std=meta["std"], device=device,
+    features = {name: frozen_features(key, model, prefix, part, mean=p.mean, std=p.std, device=device,
                                       cache=cache) for name, part in (("train", data.train), ("val", data.val))}
     train_loader = FeatureLoader(features["train"], config.batch_size, shuffle=True, device=device,
                                  generator=generator, drop_last=True, balanced=config.sampler == "balanced")
@@ -284,34 +292,43 @@ def _feature_cache(config: TrainConfig, model: torch.nn.Module, data: PreparedDa
 
 
 def _write_run(folder: RunFolder, built: Built, trainer: Trainer, data: PreparedData, seconds: float,
-               report: bool, calibrate: bool = False) -> RunResult:
+               report: bool, config: TrainConfig) -> RunResult:
     """Reload the best epoch's weights, score it on validation, and write metrics, predictions, and
     (with `report`) the plots and report.html."""
     load_weights(folder.path, built.model)
-    classes = data.classes
-    probs, _, _ = predict_proba(built.eval_model, built.val_loader)
+    classes, task, sep = data.classes, get_task(built.card.task), config.data.label_sep
+    probs = trainer.best_val_probs  # the best epoch's own validation pass: not predicted a second time
+    if probs is None or len(probs) != len(data.val):  # resumed after the best epoch
+        probs, _, _ = predict_proba(built.eval_model, built.val_loader, task=task)
+    labels = data.val.labels.numpy()
+    card = read_card(folder.path) if folder.writes else built.card
+    if card.task == "multi-label":  # each class's threshold, chosen on validation (or --threshold for all)
+        card = card.with_(thresholds=[config.threshold] * len(classes) if config.threshold is not None
+                          else task.choose_thresholds(labels, probs))
+        if folder.writes:
+            write_card(folder.path, card)
     if built.cached_train is not None:
         # From cached features this costs seconds: every training picture's probability under the
         # best model (what finetune's --drop-implausible ranks by).
         ordered = FeatureLoader(built.cached_train.features, 512, shuffle=False, device=built.cached_train.device)
-        train_probs, _, _ = predict_proba(built.eval_model, ordered)
-        folder.write_predictions("train_predictions.csv", data.train.paths, data.train.labels.numpy(), train_probs,
-                                 classes)
-    labels = data.val.labels.numpy()
+        train_probs, _, _ = predict_proba(built.eval_model, ordered, task=task)
+        folder.write_predictions(TRAIN_PREDICTIONS, data.train.paths, data.train.labels.numpy(), train_probs, card, sep)
     state = trainer.state
     metrics = {"best_epoch": state.best_epoch, "epochs_run": state.epoch, "stopped_early": state.stopped_early,
-               "train_seconds": round(seconds, 3), "validation": classification_metrics(labels, probs, classes)}
-    if calibrate:
+               "train_seconds": round(seconds, 3), "task": card.task,
+               "validation": task.metrics(labels, probs, classes, card)}
+    if config.calibrate:
         metrics["calibration"] = _calibrate(folder, labels, probs, classes)
     folder.write_metrics(metrics)
-    folder.write_predictions("val_predictions.csv", data.val.paths, labels, probs, classes)
+    folder.write_predictions(VAL_PREDICTIONS, data.val.paths, labels, probs, card, sep)
     if report:
-        _write_plots(folder, built, state, metrics, data.val, labels, probs, classes)
+        _write_plots(folder, built, state, metrics, data.val, labels, probs, card)
         folder.write_report()
     val = metrics["validation"]
-    log.info("best epoch %d: val accuracy %.4f, log loss %.4f → %s", state.best_epoch, val["accuracy"],
+    name, value = task.headline(val)
+    log.info("best epoch %d: val %s %.4f, log loss %.4f → %s", state.best_epoch, name.replace("_", "-"), value,
              val["log_loss"], folder.path)
-    return RunResult(folder.path, state.best_epoch, val["accuracy"], val["log_loss"], seconds)
+    return RunResult(folder.path, state.best_epoch, value, val["log_loss"], seconds, name)
 
 
 def _calibrate(folder: RunFolder, labels: np.ndarray, probs: np.ndarray, classes: list[str]) -> dict:
@@ -319,13 +336,12 @@ def _calibrate(folder: RunFolder, labels: np.ndarray, probs: np.ndarray, classes
     every later command uses it); the validation figures before and after. Fitted and scored on the
     same pictures: an independent split says more (bench/)."""
     from .engine.calibration import fit_temperature, scaled
-    from .engine.checkpoint import META, read_meta, write_json
 
     temperature = fit_temperature(probs, labels)
     after = classification_metrics(labels, scaled(probs, temperature), classes)
     before = classification_metrics(labels, probs, classes)
     if folder.writes:
-        write_json(folder / META, {**read_meta(folder.path), "temperature": round(temperature, 6)})
+        write_card(folder.path, read_card(folder.path).with_(temperature=round(temperature, 6)))
     log.info("--calibrate: temperature %.3f; validation log loss %.4f → %.4f, ECE %.4f → %.4f", temperature,
              before["log_loss"], after["log_loss"], before["ece"], after["ece"])
     return {"temperature": round(temperature, 6), "fitted_on": "validation",
@@ -333,11 +349,15 @@ def _calibrate(folder: RunFolder, labels: np.ndarray, probs: np.ndarray, classes
 
 
 def _write_plots(folder: RunFolder, built: Built, state, metrics: dict, val: DecodedImages, labels: np.ndarray,
-                 probs: np.ndarray, classes: list[str]) -> None:
-    """curves.png, confusion.png and the interpretation pictures (report/interpretation.py)."""
+                 probs: np.ndarray, card: ModelCard) -> None:
+    """curves.png, then confusion.png and the interpretation pictures (report/interpretation.py), or for
+    several labels per picture each class's precision-recall curve with its threshold (pr_curves.png)."""
     from .report.interpretation import write_interpretation
-    from .report.plots import plot_confusion, plot_curves
+    from .report.plots import plot_confusion, plot_curves, plot_pr_curves
 
     folder.save_figure(plot_curves(state.history, state.best_epoch), "curves.png")
-    folder.save_figure(plot_confusion(np.asarray(metrics["validation"]["confusion"]), classes), "confusion.png")
-    write_interpretation(folder, built.model, built.meta, metrics, val, labels, probs, classes)
+    if card.task == "multi-label":
+        folder.save_figure(plot_pr_curves(labels, probs, card.classes, card.thresholds), "pr_curves.png")
+        return
+    folder.save_figure(plot_confusion(np.asarray(metrics["validation"]["confusion"]), card.classes), "confusion.png")
+    write_interpretation(folder, built.model, built.card, metrics, val, labels, probs, card.classes)

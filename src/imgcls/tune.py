@@ -10,6 +10,7 @@ import csv
 import dataclasses
 import inspect
 import io
+import json
 import logging
 import time
 import warnings
@@ -21,6 +22,7 @@ import yaml
 from .config import TrainConfig, config_from_dict, config_to_dict, load_yaml
 from .engine.checkpoint import write_text
 from .engine.trainer import Callback, Trainer
+from .artifact.files import METRICS
 from .errors import UserError
 from .models.registry import get_spec
 
@@ -39,9 +41,12 @@ DEFAULT_SPACE: dict[str, dict[str, Any]] = {
 SAMPLERS = ("tpe", "random")
 
 
-def default_space(model: str) -> dict[str, dict[str, Any]]:
-    """The default space, less the model width when the model has no `width` argument."""
+def default_space(model: str, multi_label: bool = False) -> dict[str, dict[str, Any]]:
+    """The default space, less the model width when the model has no `width` argument, and less MixUp
+    for several labels per picture (it mixes single labels)."""
     space = dict(DEFAULT_SPACE)
+    if multi_label:
+        space.pop("mixup")
     if "width" not in inspect.signature(get_spec(model).builder).parameters:
         space.pop("model_args.width")
     return space
@@ -136,7 +141,7 @@ def tune(base: TrainConfig, trials: int, *, out: str | Path = "runs/tune", space
     base.validate()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    space = space or default_space(base.model)
+    space = space or default_space(base.model, base.data.multi_label)
     url = storage or f"sqlite:///{(out / 'study.db').resolve()}"
     rdb = open_storage(url)
     study = optuna.create_study(study_name=study_name, storage=rdb, direction="minimize",
@@ -154,15 +159,29 @@ def tune(base: TrainConfig, trials: int, *, out: str | Path = "runs/tune", space
         config = apply_params(base, suggest(trial, space))
         config.out = str(out / "trials" / f"{trial.number:03d}")
         result = train(config, callbacks=[ReportToOptuna(trial)], report=False)  # no plots per trial
-        trial.set_user_attr("val_accuracy", result.val_accuracy)
+        trial.set_user_attr("val_accuracy", result.val_accuracy)  # the task's headline (micro-F1 for several labels)
         trial.set_user_attr("run_dir", str(result.run_dir))
+        if base.data.multi_label:  # several labels per picture: the objective is validation mAP (as 1 - mAP)
+            validation = json.loads((result.run_dir / METRICS).read_text(encoding="utf-8"))["validation"]
+            trial.set_user_attr("val_mAP", validation["mAP"])
+            return 1 - validation["mAP"]
         return result.val_log_loss
 
     if done < trials:
+        logging.getLogger("optuna").addFilter(_without_traceback)
         study.optimize(objective, n_trials=trials - done, timeout=timeout, catch=(),
                        callbacks=[MaxTrialsCallback(trials, states=finished)])
     write_results(study, base, out)
     return study
+
+
+def _without_traceback(record: logging.LogRecord) -> bool:
+    """Optuna logs a failed trial with its traceback; for a stop, a user mistake or a full disk the
+    CLI's one line says it all (the trial is still marked failed in the study)."""
+    error = record.exc_info[1] if record.exc_info else None
+    if isinstance(error, (KeyboardInterrupt, UserError, OSError)):
+        record.exc_info, record.exc_text = None, None
+    return True
 
 
 def write_results(study, base: TrainConfig, out: Path) -> None:

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from .decode import decode_all
 from .sources import Samples
-from .store import CacheSettings, DecodedStore
+from .store import CacheSettings, decode_rows
 
 log = logging.getLogger(__name__)
 
@@ -75,23 +73,11 @@ class DecodedImages:
 def decode_paths(paths: list[str], labels: np.ndarray, channels: int, size: int, desc: str = "decoding",
                  trim: bool = False, cache: CacheSettings | None = None,
                  resize: str = "squash") -> tuple[DecodedImages, list[dict[str, str]]]:
-    """Decode `paths` at (channels, size): through the persistent decoded cache (only new or changed
-    pictures are decoded; every process and rank maps the same file), or with cache.enabled=False in
-    this process's memory. Returns the pictures that decoded and the skipped ones with their reasons."""
-    cache = cache or CacheSettings()
-    labels = np.asarray(labels)
-    if cache.enabled:
-        store = DecodedStore(cache.root, channels, size, trim, resize, max_gb=cache.max_gb)
-        rows, skipped = store.lookup(paths, desc)
-        ok = np.flatnonzero(rows >= 0)
-        return DecodedImages(torch.from_numpy(store.array()), torch.from_numpy(labels[ok]),
-                             [paths[i] for i in ok], torch.from_numpy(rows[ok]), mapped=True), skipped
-    start = time.perf_counter()
-    array, index, skipped = decode_all(paths, channels, size, desc, trim=trim, resize=resize)
-    log.info("decoded %d pictures in %.1f s into this process's memory (--no-cache)", len(paths),
-             time.perf_counter() - start)
-    return DecodedImages(torch.from_numpy(array), torch.from_numpy(labels[index]),
-                         [paths[i] for i in index]), skipped
+    """decode_rows (data/store.py) as a DecodedImages with the labels of the pictures that decoded."""
+    decoded, ok, skipped = decode_rows(paths, channels, size, desc, trim, cache, resize)
+    mapped = cache is None or cache.enabled
+    return DecodedImages(torch.from_numpy(decoded.array), torch.from_numpy(np.asarray(labels)[ok]),
+                         [paths[i] for i in ok], torch.from_numpy(decoded.rows) if mapped else None, mapped), skipped
 
 
 def decode_samples(samples: Samples, channels: int, size: int, desc: str = "decoding", trim: bool = False,

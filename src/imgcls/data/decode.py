@@ -21,6 +21,8 @@ from typing import BinaryIO, Iterator
 import numpy as np
 from PIL import Image, ImageOps
 
+from .. import stopping
+
 
 class DecodeError(Exception):
     """The file is not a picture we can read; the message is the reason recorded in data.json."""
@@ -276,6 +278,7 @@ def decode_chunks(paths: list[str], channels: int, size: int, desc: str = "decod
         with tqdm(total=len(paths), desc=desc, unit="img", mininterval=2.0, disable=None, leave=False) as bar:
             pending = deque((c, pool.submit(job, c)) for c in islice(todo, 2 * workers))
             while pending:
+                stopping.check()  # a stop Python swallowed (in a callback) is acted on here
                 chunk_paths, future = pending.popleft()
                 try:
                     start, array, reasons = future.result()

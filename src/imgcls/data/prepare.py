@@ -18,6 +18,7 @@ from ..runs import RunFolder, read_split
 from .class_names import parse_class_names
 from .dataset import DecodedImages, decode_samples
 from .decode import probe_pictures
+from ..tasks import get_task
 from .sources import Samples, load_samples
 from .splits import kfold_indices, split_indices
 from .store import CacheSettings
@@ -49,14 +50,16 @@ class PreparedData:
             "excluded_count": len(self.excluded), "excluded": self.excluded,
             "cleaned": {"trim_borders": config.data.clean, "dropped_count": len(self.dropped),
                         "dropped": [{"path": p, "reason": r} for p, r in self.dropped.items()]}})
-        folder.write_split([(p, classes[int(l)], side) for side, part in (("train", self.train), ("val", self.val))
+        task = get_task(config.task())
+        folder.write_split([(p, task.label_text(l.numpy(), classes, config.data.label_sep), side)
+                            for side, part in (("train", self.train), ("val", self.val))
                             for p, l in zip(part.paths, part.labels)])
 
 
 def _data_kwargs(config: TrainConfig, source: str) -> dict:
     d = config.data
     return dict(source=source, labels=d.labels, id_col=d.id_col, label_col=d.label_col, ext=d.ext,
-                label_pattern=d.label_pattern, clean=d.clean)
+                label_pattern=d.label_pattern, clean=d.clean, multi_label=d.multi_label, label_sep=d.label_sep)
 
 
 def load_training_samples(config: TrainConfig) -> tuple[Samples, list[str]]:
@@ -167,12 +170,13 @@ def _exclude(config: TrainConfig, samples: Samples) -> tuple[Samples, list[str]]
 
 def _require_two_classes(samples: Samples, source: str, step: str) -> None:
     """After a step that leaves pictures out: pictures of at least two classes must remain."""
-    present = np.flatnonzero(np.bincount(samples.labels, minlength=len(samples.classes)))
+    present = [name for name, n in samples.counts().items() if n]
     if len(present) < 2:
         raise UserError(f"Received: {source} where {step} leaves {len(samples)} pictures of "
                         f"{len(present)} class(es); expected pictures of at least two classes")
 
 
 def _counts(decoded: DecodedImages, classes: list[str]) -> dict[str, int]:
-    per_class = np.bincount(decoded.labels.numpy(), minlength=len(classes))
+    labels = decoded.labels.numpy()
+    per_class = labels.sum(0) if labels.ndim == 2 else np.bincount(labels, minlength=len(classes))
     return {name: int(n) for name, n in zip(classes, per_class)}

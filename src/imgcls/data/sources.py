@@ -24,7 +24,8 @@ BUILTIN = ("digits",)
 
 @dataclass
 class Samples:
-    """Pictures with integer labels; `classes[label]` is the class name. `skipped` lists {path, reason}."""
+    """Pictures with integer labels; `classes[label]` is the class name. `skipped` lists {path, reason}.
+    Several labels per picture (--multi-label): `labels` is a multi-hot (N, K) uint8 matrix instead."""
 
     paths: list[str]
     labels: np.ndarray
@@ -51,8 +52,13 @@ class Samples:
         kept.skipped = self.skipped
         return kept
 
+    @property
+    def multi_label(self) -> bool:
+        return self.labels.ndim == 2
+
     def counts(self) -> dict[str, int]:
-        per_class = np.bincount(self.labels, minlength=len(self.classes))
+        """Pictures per class (for several labels per picture: pictures carrying each label)."""
+        per_class = (self.labels.sum(0) if self.multi_label else np.bincount(self.labels, minlength=len(self.classes)))
         return {name: int(n) for name, n in zip(self.classes, per_class)}
 
 
@@ -186,9 +192,12 @@ def _one_row_per_id(rows: list[tuple[str, str]]) -> tuple[list[tuple[str, str]],
 
 
 def from_csv(root: str | Path, labels_csv: str | Path, id_col: str = "id", label_col: str = "label",
-             ext: str | None = None, classes: list[str] | None = None, clean: bool = False) -> Samples:
+             ext: str | None = None, classes: list[str] | None = None, clean: bool = False,
+             multi_label: bool = False, label_sep: str = " ") -> Samples:
     """A CSV of id,label beside a folder of <id><ext> pictures; ids without a picture are skipped. An id
-    listed with two different labels is an error, or with `clean` left out and listed in skipped."""
+    listed with two different labels is an error, or with `clean` left out and listed in skipped.
+    multi_label: the label cell holds several labels separated by `label_sep` (Planet's
+    `image_name,tags`), or none (a picture of no class); the classes are the sorted vocabulary."""
     root = _existing_dir(root)
     labels_csv = Path(labels_csv)
     if not labels_csv.is_file():
@@ -200,7 +209,10 @@ def from_csv(root: str | Path, labels_csv: str | Path, id_col: str = "id", label
             if col not in columns:
                 raise UserError(f"Received: {flag} {col!r}, not a column of {labels_csv}; "
                                 f"expected one of {', '.join(columns) or '(no header)'}")
-        rows = [(row[id_col].strip(), row[label_col].strip()) for row in reader]
+        rows = [(row[id_col].strip(), (row[label_col] or "").strip()) for row in reader]
+    if multi_label:  # one spelling per label set, so that "b a" and "a b" are the same labels
+        rows = [(i, label_sep.join(sorted({t.strip() for t in cell.split(label_sep) if t.strip()})))
+                for i, cell in rows]
     rows, conflicts = _one_row_per_id(rows)
     if conflicts and not clean:
         picture_id, labels = next(iter(conflicts.items()))
@@ -226,7 +238,40 @@ def from_csv(root: str | Path, labels_csv: str | Path, id_col: str = "id", label
     if not pairs:
         raise UserError(f"Received: {len(rows)} ids in {labels_csv}, none with a picture in {root}; "
                         f"expected files named <id>{ext or '.<ext>'} (set --ext if they differ)")
+    if multi_label:
+        return _to_multi_label_samples(pairs, skipped, classes, label_sep, labels_csv)
     return _to_samples(pairs, skipped, classes)
+
+
+def _to_multi_label_samples(pairs: list[tuple[str, str]], skipped: list[dict[str, str]], classes: list[str] | None,
+                            sep: str, where: Path) -> Samples:
+    """(path, "a b") pairs → a multi-hot matrix over the sorted vocabulary (or the run's `classes`: a
+    label outside them is left out of that picture and listed)."""
+    cells = [[t for t in cell.split(sep) if t] for _, cell in pairs]
+    if classes is None:
+        seen: dict[str, int] = {}
+        for labels in cells:
+            for label in labels:
+                seen[label] = seen.get(label, 0) + 1
+        if len(seen) < 2:
+            raise UserError(f"Received: {where} whose label cells hold {len(seen)} distinct label(s) "
+                            f"({', '.join(seen) or 'none'}); expected at least two (with --label-sep "
+                            f"{sep!r}: is that the separator the cells use?)")
+        once = sorted(label for label, n in seen.items() if n == 1)
+        if once:
+            raise UserError(f"Received: label {once[0]!r} on one picture only in {where}"
+                            f"{f' (and {len(once) - 1} more)' if len(once) > 1 else ''}; expected each label on "
+                            "at least two pictures (one to train on, one to validate), or fix a typo")
+        classes = _class_order(set(seen))
+    index = {name: k for k, name in enumerate(classes)}
+    hot = np.zeros((len(pairs), len(classes)), dtype=np.uint8)
+    for row, ((path, _), labels) in enumerate(zip(pairs, cells)):
+        for label in labels:
+            if label in index:
+                hot[row, index[label]] = 1
+            else:
+                skipped.append({"path": path, "reason": f"label {label!r} is not one of the run's classes (left out)"})
+    return Samples([p for p, _ in pairs], hot, list(classes), skipped)
 
 
 def from_filenames(root: str | Path, pattern: str, classes: list[str] | None = None) -> Samples:
@@ -290,14 +335,18 @@ def resolve_source(source: str) -> Path:
 
 def load_samples(source: str, labels: str | None = None, id_col: str = "id", label_col: str = "label",
                  ext: str | None = None, label_pattern: str | None = None,
-                 classes: list[str] | None = None, clean: bool = False) -> Samples:
+                 classes: list[str] | None = None, clean: bool = False, multi_label: bool = False,
+                 label_sep: str = " ") -> Samples:
     """The one entry point: picks the layout from the arguments given. `clean`: leave out (and list)
     what is ambiguous, such as an id with two labels, instead of stopping."""
     if labels and label_pattern:
         raise UserError("Received: both --labels and --label-pattern; expected at most one")
     root = resolve_source(source)
     if labels:
-        return from_csv(root, labels, id_col, label_col, ext, classes, clean)
+        return from_csv(root, labels, id_col, label_col, ext, classes, clean, multi_label, label_sep)
+    if multi_label:
+        raise UserError("Received: --multi-label without --labels; expected a CSV whose label cell holds each "
+                        "picture's labels (class folders and file names hold one label per picture)")
     if label_pattern:
         return from_filenames(root, label_pattern, classes)
     return from_folder(root, classes)

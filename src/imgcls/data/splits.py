@@ -16,6 +16,8 @@ def split_indices(labels: np.ndarray, val_fraction: float, kind: str = "stratifi
     """
     rng = np.random.default_rng(seed)
     n = len(labels)
+    if labels.ndim == 2 and kind == "stratified":
+        return _iterative_split(labels, val_fraction, seed)
     if kind == "random":
         order = rng.permutation(n)
         n_val = _count(n, val_fraction)
@@ -35,9 +37,27 @@ def split_indices(labels: np.ndarray, val_fraction: float, kind: str = "stratifi
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
 
 
+def _iterative_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Several labels per picture: iterative stratification (Sechidis et al. 2011), which keeps every
+    label's share, rare labels first, close to `val_fraction` on the validation side."""
+    from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
+
+    splitter = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=val_fraction, random_state=seed)
+    train, val = next(splitter.split(np.zeros(len(labels)), labels))
+    return np.sort(train), np.sort(val)
+
+
 def kfold_indices(labels: np.ndarray, folds: int, fold: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(train, val) for fold `fold` of a seeded stratified K-fold: every picture is validated exactly once."""
+    """(train, val) for fold `fold` of a seeded stratified K-fold: every picture is validated exactly once.
+    Several labels per picture: iterative stratification's K-fold."""
     from sklearn.model_selection import StratifiedKFold
+
+    if labels.ndim == 2:
+        from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+
+        splitter = MultilabelStratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+        train, val = list(splitter.split(np.zeros(len(labels)), labels))[fold]
+        return np.sort(train), np.sort(val)
 
     smallest = np.bincount(labels).min()
     if smallest < folds:

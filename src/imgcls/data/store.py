@@ -282,6 +282,42 @@ class DecodedStore(RowStore):
         return self.lookup_rows(paths, decode, "decoding")
 
 
+@dataclass
+class PictureRows:
+    """Decoded pictures as rows of one array (the cache's memory map, or an in-memory array): slicing
+    reads only the rows asked for, so a set larger than memory is predicted batch by batch."""
+
+    array: np.ndarray
+    rows: np.ndarray  # the row of each picture, in order
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, positions) -> np.ndarray:
+        return self.array[self.rows[positions]]
+
+
+def decode_rows(paths: list[str], channels: int, size: int, desc: str = "decoding", trim: bool = False,
+                cache: CacheSettings | None = None, resize: str = "squash") -> tuple[PictureRows, np.ndarray, list[dict]]:
+    """Decode `paths` at (channels, size), with numpy alone: through the persistent decoded cache (only
+    new or changed pictures are decoded; every process and rank maps the same file), or with
+    cache.enabled=False in this process's memory. Returns the pictures that decoded, their indices into
+    `paths`, and the skipped ones with their reasons."""
+    from .decode import decode_all
+
+    cache = cache or CacheSettings()
+    if cache.enabled:
+        store = DecodedStore(cache.root, channels, size, trim, resize, max_gb=cache.max_gb)
+        rows, skipped = store.lookup(paths, desc)
+        ok = np.flatnonzero(rows >= 0)
+        return PictureRows(store.array(), rows[ok]), ok, skipped
+    start = time.perf_counter()
+    array, ok, skipped = decode_all(paths, channels, size, desc, trim=trim, resize=resize)
+    log.info("decoded %d pictures in %.1f s into this process's memory (--no-cache)", len(paths),
+             time.perf_counter() - start)
+    return PictureRows(array, np.arange(len(ok))), ok, skipped
+
+
 # -- the cache folder as a whole ----------------------------------------------------------------
 
 KINDS = ("decoded-", "features-", "checked-")  # the entry folders' name prefixes

@@ -6,7 +6,6 @@ beside its target and moved over it with os.replace, which is atomic on POSIX an
 from __future__ import annotations
 
 import json
-import logging
 import os
 import secrets
 from pathlib import Path
@@ -14,12 +13,10 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import UserError
 
+from ..artifact.files import CARD, RESUME, WEIGHTS
+
 if TYPE_CHECKING:  # torch loads only where a function needs it (the onnx backend never does)
     import torch.nn as nn
-
-WEIGHTS = "model.safetensors"
-META = "model.json"
-RESUME = "resume.pt"
 
 
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
@@ -48,39 +45,16 @@ def write_json(path: str | Path, data: Any) -> None:
     write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
-def save_model(run_dir: str | Path, model: "nn.Module", meta: dict) -> None:
-    """model.safetensors + model.json: enough to rebuild the model and predict with no other file."""
+def save_model(run_dir: str | Path, model: "nn.Module", card) -> None:
+    """model.safetensors + model.json (the model card, artifact/card.py): enough to rebuild the model
+    and predict with no other file."""
     from safetensors.torch import save
 
     run_dir = Path(run_dir)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     # save() to bytes, not save_file(): the latter replaces the file with one of mode 0600.
     atomic_write(run_dir / WEIGHTS, lambda tmp: Path(tmp).write_bytes(save(state)))
-    write_json(run_dir / META, meta)
-
-
-FINETUNE = "finetune.json"  # in a finetune folder: its stages and which one is final
-
-
-def final_run_dir(run_dir: str | Path) -> Path:
-    """The run folder a command should use: `run_dir` itself, or for a finetune folder (the one its
-    --out named) its final stage, so that `predict OUT ...` does what a user means."""
-    run_dir = Path(run_dir)
-    if (run_dir / META).is_file() or not (run_dir / FINETUNE).is_file():
-        return run_dir
-    final = run_dir / json.loads((run_dir / FINETUNE).read_text(encoding="utf-8"))["final"]
-    if not (final / META).is_file():
-        raise UserError(f"Received: RUN_DIR {run_dir}, a finetune folder whose final stage {final.name} has not "
-                        f"finished; expected {final / META} (resume it with imgcls train --resume {final})")
-    logging.getLogger(__name__).info("%s is a finetune folder: using its final stage, %s", run_dir, final)
-    return final
-
-
-def read_meta(run_dir: str | Path) -> dict:
-    path = Path(run_dir) / META
-    if not path.is_file():
-        raise UserError(f"Received: RUN_DIR {run_dir} without {META}; expected a folder written by imgcls train")
-    return json.loads(path.read_text(encoding="utf-8"))
+    write_json(run_dir / CARD, card.to_json())
 
 
 def load_weights(run_dir: str | Path, model: "nn.Module") -> None:

@@ -13,8 +13,9 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
+from .. import stopping
+from ..tasks import get_task
 from .distributed import all_reduce_sum, global_count, world_size
 from .optim import Schedule
 
@@ -39,19 +40,18 @@ class Callback:
 
 
 @torch.no_grad()
-def predict_proba(model: nn.Module, loader: Iterable, tta: bool = False) -> tuple[np.ndarray, float, float]:
-    """Softmax probabilities for every batch of `loader`, with the mean loss and accuracy on its labels.
-    tta=True averages them with those of the horizontally flipped pictures."""
+def predict_proba(model: nn.Module, loader: Iterable, tta: bool = False, task=None) -> tuple[np.ndarray, float, float]:
+    """The task's probabilities for every batch of `loader` (softmax by default), with the mean loss and
+    accuracy on its labels. tta=True averages them with those of the horizontally flipped pictures."""
+    task = task or get_task("single-label")
     model.eval()
     probs, total_loss, correct, count = [], 0.0, 0, 0
     for images, labels in loader:
-        log_prob = model(images).float().log_softmax(1)
-        if tta:
-            mirrored = model(images.flip(-1)).float().log_softmax(1)
-            log_prob = torch.logsumexp(torch.stack([log_prob, mirrored]), 0) - math.log(2)
-        prob = log_prob.exp()
-        total_loss += F.nll_loss(log_prob, labels, reduction="sum").item()
-        correct += (prob.argmax(1) == labels).sum().item()
+        stopping.check()
+        flipped = model(images.flip(-1)) if tta else None
+        prob, loss, right = task.evaluate_batch(model(images), labels, flipped)
+        total_loss += loss
+        correct += right
         count += len(labels)
         probs.append(prob.cpu())
     matrix = torch.cat(probs).numpy() if probs else np.zeros((0, 0), dtype=np.float32)
@@ -75,14 +75,16 @@ def warmed_up_ema(decay: float) -> Callable:
 
 
 class Trainer:
-    """Cross-entropy training with best-epoch selection by validation loss and optional early stopping."""
+    """The task's loss (cross-entropy, or binary cross-entropy for several labels) with best-epoch
+    selection by validation loss and optional early stopping."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, schedule: Schedule, *,
                  callbacks: Iterable[Callback] = (), early_stop: int = 0, max_batches: int | None = None,
                  generator: torch.Generator | None = None, label_smoothing: float = 0.0,
                  batch_transform: Callable | None = None, train_model: nn.Module | None = None,
                  eval_model: nn.Module | None = None, autocast: torch.dtype | None = None,
-                 class_weight: torch.Tensor | None = None, ema_decay: float = 0.0):
+                 class_weight: torch.Tensor | None = None, ema_decay: float = 0.0, task=None):
+        self.task = task or get_task("single-label")
         self.model = model
         self.optimizer = optimizer
         self.schedule = schedule
@@ -106,6 +108,7 @@ class Trainer:
             self.eval_model = self.ema.module
         self.state = TrainState()
         self.epochs = 0
+        self.best_val_probs: np.ndarray | None = None  # the best epoch's validation probabilities (this process)
 
     def _emit(self, event: str, *args) -> None:
         for callback in self.callbacks:
@@ -117,6 +120,7 @@ class Trainer:
         correct = torch.zeros((), dtype=torch.long)
         count = 0
         for batch, (images, labels) in enumerate(loader):
+            stopping.check()  # a SIGTERM whose exception Python swallowed stops here
             if self.max_batches is not None and batch >= self.max_batches:
                 break
             targets = labels
@@ -125,13 +129,11 @@ class Trainer:
             # The device comes from the labels: `images` may be a tuple (a fusion model's cached features).
             with torch.autocast(labels.device.type, self.autocast or torch.float32, enabled=self.autocast is not None):
                 logits = self.train_model(images)
-                summed = F.cross_entropy(logits, targets, weight=self.class_weight,
-                                         label_smoothing=self.label_smoothing, reduction="sum")
+                summed = self.task.loss_sum(logits, targets, self.class_weight, self.label_smoothing)
                 # Under torchrun each rank holds a slice of the global batch, slices may differ by a picture,
                 # and DDP averages gradients over ranks: sum / (global count / ranks) makes that average the
                 # global batch's mean loss, as in one process.
                 loss = summed * (world_size() / global_count(len(labels), labels.device))
-            hard = targets.argmax(1) if targets.ndim == 2 else targets  # mixed targets: the larger share
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -140,7 +142,7 @@ class Trainer:
             self.schedule.after_batch()
             # Sums stay tensors: no device sync per batch on a GPU.
             total_loss = total_loss.to(loss.device) + summed.detach()
-            correct = correct.to(labels.device) + (logits.detach().argmax(1) == hard).sum()
+            correct = correct.to(labels.device) + self.task.correct(logits.detach(), targets)
             count += len(labels)
             self._emit("on_batch_end", batch, loss.detach())
         # Under torchrun every rank saw its own slice: sum over ranks (a no-op in one process).
@@ -156,7 +158,7 @@ class Trainer:
         while self.state.epoch < epochs and not self.state.stopped_early:
             start = time.perf_counter()
             train_loss, train_acc = self.train_one_epoch(train_loader)
-            _, val_loss, val_acc = predict_proba(self.eval_model, val_loader)
+            val_probs, val_loss, val_acc = predict_proba(self.eval_model, val_loader, task=self.task)
             lr = self.optimizer.param_groups[0]["lr"]
             self.schedule.after_epoch(val_loss)
             state = self.state
@@ -164,6 +166,7 @@ class Trainer:
             improved = val_loss < state.best_loss
             if improved:
                 state.best_loss, state.best_epoch, state.bad_epochs = val_loss, state.epoch, 0
+                self.best_val_probs = val_probs
             else:
                 state.bad_epochs += 1
                 state.stopped_early = bool(self.early_stop) and state.bad_epochs >= self.early_stop

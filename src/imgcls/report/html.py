@@ -6,10 +6,13 @@ import html
 import json
 from pathlib import Path
 
+from ..artifact.card import read_card
+from ..artifact.files import DATA, METRICS
 from ..engine.checkpoint import write_text
 from ..engine.metrics import most_confused
 
 PICTURES = [("curves.png", "Learning curves"), ("confusion.png", "Confusion matrix (validation)"),
+            ("pr_curves.png", "Precision-recall per label, with its threshold (validation)"),
             ("per_class.png", "Precision and recall per class (validation)"),
             ("reliability.png", "Reliability: is a 90 % prediction right 90 % of the time?"),
             ("top_losses.png", "Top losses: predicted / true, with where the model looked (Grad-CAM)"),
@@ -27,31 +30,15 @@ def _table(rows: list[list], header: list[str]) -> str:
 
 def write_report(run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
-    metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
-    data = json.loads((run_dir / "data.json").read_text(encoding="utf-8"))
-    meta = json.loads((run_dir / "model.json").read_text(encoding="utf-8"))
-    val = metrics["validation"]
-    parts = [f"<h1>imgcls run: {html.escape(run_dir.name)}</h1>",
-             f"<p>Model <b>{html.escape(meta['architecture'])}</b>, {meta['input_size']} px, "
-             f"{meta['channels']} channel(s), {len(meta['classes'])} classes. Best epoch {metrics['best_epoch']} "
-             f"of {metrics['epochs_run']}: validation accuracy <b>{val['accuracy']:.4f}</b>, "
-             f"log loss <b>{val['log_loss']:.4f}</b>, expected calibration error {val.get('ece', float('nan')):.4f} "
-             f"on {val['count']} pictures; "
-             f"training took {metrics['train_seconds']:.1f} s.</p>"]
-    calibration = metrics.get("calibration")
-    if calibration:
-        parts.append(f"<p>Calibrated (--calibrate): temperature <b>{calibration['temperature']:.3f}</b>, fitted on the "
-                     f"validation pictures; their log loss {calibration['before']['log_loss']:.4f} → "
-                     f"{calibration['after']['log_loss']:.4f}, ECE {calibration['before']['ece']:.4f} → "
-                     f"{calibration['after']['ece']:.4f}. Evaluate, predict, export and serve use it.</p>")
-    per_class = [[name, v["precision"], v["recall"], v["support"]] for name, v in val["per_class"].items()]
-    parts.append("<h2>Per class (validation)</h2>" + _table(per_class, ["class", "precision", "recall", "support"]))
-    confused = most_confused(val["confusion"], meta["classes"])
-    if confused:
-        parts.append("<h2>Most confused (validation)</h2>" + _table([list(p) for p in confused],
-                                                                     ["true", "predicted", "count"]))
+    metrics = json.loads((run_dir / METRICS).read_text(encoding="utf-8"))
+    data = json.loads((run_dir / DATA).read_text(encoding="utf-8"))
+    card = read_card(run_dir)
+    if card.task == "multi-label":
+        parts = _multi_label_summary(run_dir, card, metrics)
+    else:
+        parts = _single_label_summary(run_dir, card, metrics)
     counts = [[name, data["counts"]["train"].get(name, 0), data["counts"]["val"].get(name, 0)]
-              for name in meta["classes"]]
+              for name in card.classes]
     parts.append("<h2>Data</h2>" + _table(counts, ["class", "train", "validation"]))
     for name, title in PICTURES:
         path = run_dir / name
@@ -69,3 +56,45 @@ def write_report(run_dir: str | Path) -> Path:
     out = run_dir / "report.html"
     write_text(out, page)
     return out
+
+
+def _multi_label_summary(run_dir: Path, card, metrics: dict) -> list[str]:
+    """Several labels per picture: mAP, F1 at the thresholds, and per class its AP, threshold, P and R."""
+    val = metrics["validation"]
+    parts = [f"<h1>imgcls run: {html.escape(run_dir.name)}</h1>",
+             f"<p>Model <b>{html.escape(card.architecture)}</b>, {card.preprocess.size} px, "
+             f"{card.preprocess.channels} channel(s), {card.num_classes} labels (several per picture). Best epoch "
+             f"{metrics['best_epoch']} of {metrics['epochs_run']}: validation mAP <b>{val['mAP']:.4f}</b>, micro-F1 "
+             f"<b>{val['micro_f1']:.4f}</b>, macro-F1 {val['macro_f1']:.4f}, exact match {val['exact_match']:.4f}, "
+             f"Hamming loss {val['hamming_loss']:.4f} on {val['count']} pictures; training took "
+             f"{metrics['train_seconds']:.1f} s. Each label's threshold was chosen on these validation pictures "
+             "(best F1), so these figures are optimistic: evaluate on pictures no choice was made on.</p>"]
+    rows = [[name, v["ap"], threshold, v["precision"], v["recall"], v["f1"], v["support"]]
+            for (name, v), threshold in zip(val["per_class"].items(), val["thresholds"])]
+    parts.append("<h2>Per label (validation)</h2>"
+                 + _table(rows, ["label", "AP", "threshold", "precision", "recall", "F1", "support"]))
+    return parts
+
+
+def _single_label_summary(run_dir: Path, card, metrics: dict) -> list[str]:
+    val = metrics["validation"]
+    parts = [f"<h1>imgcls run: {html.escape(run_dir.name)}</h1>",
+             f"<p>Model <b>{html.escape(card.architecture)}</b>, {card.preprocess.size} px, "
+             f"{card.preprocess.channels} channel(s), {card.num_classes} classes. Best epoch {metrics['best_epoch']} "
+             f"of {metrics['epochs_run']}: validation accuracy <b>{val['accuracy']:.4f}</b>, "
+             f"log loss <b>{val['log_loss']:.4f}</b>, expected calibration error {val.get('ece', float('nan')):.4f} "
+             f"on {val['count']} pictures; "
+             f"training took {metrics['train_seconds']:.1f} s.</p>"]
+    calibration = metrics.get("calibration")
+    if calibration:
+        parts.append(f"<p>Calibrated (--calibrate): temperature <b>{calibration['temperature']:.3f}</b>, fitted on the "
+                     f"validation pictures; their log loss {calibration['before']['log_loss']:.4f} → "
+                     f"{calibration['after']['log_loss']:.4f}, ECE {calibration['before']['ece']:.4f} → "
+                     f"{calibration['after']['ece']:.4f}. Evaluate, predict, export and serve use it.</p>")
+    per_class = [[name, v["precision"], v["recall"], v["support"]] for name, v in val["per_class"].items()]
+    parts.append("<h2>Per class (validation)</h2>" + _table(per_class, ["class", "precision", "recall", "support"]))
+    confused = most_confused(val["confusion"], card.classes)
+    if confused:
+        parts.append("<h2>Most confused (validation)</h2>" + _table([list(p) for p in confused],
+                                                                     ["true", "predicted", "count"]))
+    return parts

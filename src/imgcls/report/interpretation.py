@@ -29,17 +29,17 @@ def wrong_first(labels: np.ndarray, predicted: np.ndarray, count: int = 32) -> n
     return np.concatenate([wrong, right]).astype(np.int64)
 
 
-def _top_losses(folder: RunFolder, model: torch.nn.Module, meta: dict, val, labels: np.ndarray,
+def _top_losses(folder: RunFolder, model: torch.nn.Module, card, val, labels: np.ndarray,
                 probs: np.ndarray, classes: list[str]) -> None:
     """top_losses.png: the highest-loss validation pictures with the predicted class's Grad-CAM."""
-    from ..explain import normalised, overlay_on_input
+    from ..explain import overlay_on_input
     from ..gradcam import default_layers, explain_batch
 
     loss = -np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-15, 1))
     idx = np.argsort(-loss)[:TOP_LOSSES]
     shown = val.pictures(idx)  # only these few are read from the cache
-    images = normalised(shown, meta, next(model.parameters()).device)
-    layers = default_layers(model, meta["channels"], meta["input_size"])
+    images = card.preprocess.normalise_torch(shown, next(model.parameters()).device)
+    layers = default_layers(model, card.preprocess.channels, card.preprocess.size)
     heat = explain_batch(model, images, layers).heatmaps
     overlays = np.stack([overlay_on_input(p, h) for p, h in zip(shown.numpy(), heat)])
     predicted = probs.argmax(1)
@@ -62,7 +62,7 @@ def _confused(folder: RunFolder, val, matrix: np.ndarray, labels: np.ndarray, pr
                                      ncols=EXAMPLES_PER_PAIR), "confused.png")
 
 
-def write_interpretation(folder: RunFolder, model: torch.nn.Module, meta: dict, metrics: dict, val,
+def write_interpretation(folder: RunFolder, model: torch.nn.Module, card, metrics: dict, val,
                          labels: np.ndarray, probs: np.ndarray, classes: list[str]) -> None:
     """val_predictions.png, top_losses.png, confused.png, per_class.png and reliability.png."""
     predicted = probs.argmax(1)
@@ -75,6 +75,6 @@ def write_interpretation(folder: RunFolder, model: torch.nn.Module, meta: dict, 
     folder.save_figure(plot_reliability(*reliability(labels, probs)), "reliability.png")
     _confused(folder, val, np.asarray(validation["confusion"]), labels, predicted, classes)
     try:
-        _top_losses(folder, model, meta, val, labels, probs, classes)
+        _top_losses(folder, model, card, val, labels, probs, classes)
     except Exception as error:  # noqa: BLE001 - a picture for the report must never fail a finished run
         log.warning("top_losses.png not drawn: %s", error)

@@ -161,6 +161,39 @@ def plot_precision_recall(per_class: dict[str, dict]) -> Figure:
     return fig
 
 
+def plot_pr_curves(targets: np.ndarray, probs: np.ndarray, classes: list[str], thresholds: list[float],
+                   most: int = 12) -> Figure:
+    """Several labels per picture: each class's precision-recall curve on validation (the `most`
+    frequent classes), with the point its decision threshold gives marked."""
+    from sklearn.metrics import precision_recall_curve
+
+    order = np.argsort(-targets.sum(0), kind="stable")[:most]
+    order = [k for k in order if targets[:, k].any()]
+    cols = min(4, max(1, len(order)))
+    rows = max(1, -(-len(order) // cols))
+    with _style():
+        fig = Figure(figsize=(3.2 * cols, 3 * rows))
+        axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
+        for ax, k in zip(axes, order):
+            precision, recall, cuts = precision_recall_curve(targets[:, k], probs[:, k])
+            ax.plot(recall, precision)
+            chosen = probs[:, k] >= thresholds[k]
+            hits = (chosen & (targets[:, k] > 0)).sum()
+            ax.plot([hits / max(targets[:, k].sum(), 1)], [hits / max(chosen.sum(), 1)], "o", color="red",
+                    label=f"threshold {thresholds[k]:.2f}")
+            ax.set_xlim(0, 1.02)
+            ax.set_ylim(0, 1.02)
+            ax.set_title(f"{classes[k]} ({int(targets[:, k].sum())})", fontsize=9)
+            ax.set_xlabel("recall", fontsize=8)
+            ax.set_ylabel("precision", fontsize=8)
+            ax.legend(fontsize=7, loc="lower left")
+            ax.grid(alpha=0.3)
+        for ax in axes[len(order):]:
+            ax.axis("off")
+        fig.tight_layout()
+    return fig
+
+
 def plot_reliability(bins: list[dict], ece: float) -> Figure:
     """Accuracy against confidence per bin, beside the diagonal of perfect calibration."""
     with _style():

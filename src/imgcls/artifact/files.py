@@ -1,0 +1,51 @@
+"""Every file name of a run folder, and which folder a command means. Nothing else spells them."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from ..errors import UserError
+
+WEIGHTS = "model.safetensors"
+CARD = "model.json"  # the model card (card.py)
+RESUME = "resume.pt"
+CONFIG = "config.yaml"
+METRICS = "metrics.json"
+DATA = "data.json"
+SPLIT = "split.csv"
+HISTORY = "history.csv"
+VAL_PREDICTIONS = "val_predictions.csv"
+TRAIN_PREDICTIONS = "train_predictions.csv"
+REPORT = "report.html"
+FINETUNE = "finetune.json"  # in a finetune folder: its stages and which one is final
+FOLDS = "folds.json"  # in a `train --folds` folder: its folds and the out-of-fold scores
+AUDIT = "audit.json"  # in an `imgcls audit` folder: its settings
+ONNX = {"onnx": "model.onnx", "int8": "model.int8.onnx"}  # by backend
+
+log = logging.getLogger(__name__)
+
+
+def final_run_dir(run_dir: str | Path) -> Path:
+    """The run folder a command should use: `run_dir` itself, or for a finetune folder (the one its
+    --out named) its final stage, so that `predict OUT ...` does what a user means."""
+    run_dir = Path(run_dir)
+    if (run_dir / CARD).is_file() or not (run_dir / FINETUNE).is_file():
+        return run_dir
+    final = run_dir / json.loads((run_dir / FINETUNE).read_text(encoding="utf-8"))["final"]
+    if not (final / CARD).is_file():
+        raise UserError(f"Received: RUN_DIR {run_dir}, a finetune folder whose final stage {final.name} has not "
+                        f"finished; expected {final / CARD} (resume it with imgcls train --resume {final})")
+    log.info("%s is a finetune folder: using its final stage, %s", run_dir, final)
+    return final
+
+
+def expand_runs(run_dir: str | Path) -> list[Path]:
+    """The run folders a path stands for: a `train --folds` folder's folds, an audit folder's folds,
+    else the folder itself."""
+    run_dir = Path(run_dir)
+    if (run_dir / FOLDS).is_file():
+        return [run_dir / name for name in json.loads((run_dir / FOLDS).read_text(encoding="utf-8"))["folds"]]
+    if (run_dir / AUDIT).is_file() and (run_dir / "folds").is_dir():
+        return sorted(p.parent for p in (run_dir / "folds").glob(f"fold*/{CARD}"))
+    return [run_dir]
