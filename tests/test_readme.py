@@ -66,6 +66,8 @@ NOT_RUN = {
     "python bench/imbalance.py": "trainings on a real CIFAR-10 subset (tens of minutes); figures in bench/RESULTS.md",
     "python bench/lr_find.py": "range tests and trainings on real Fashion-MNIST; figures in bench/RESULTS.md",
     "python bench/gpu.py 'cifar10|sweep|resnet50'": "needs a CUDA GPU (CI has none); figures in bench/RESULTS.md",
+    "python bench/multilabel.py": "trainings on mosaics of the real CIFAR-10 pictures (about 20 minutes); figures in "
+                                  "bench/RESULTS.md",
     "python bench/faults.py": "the fault sweep over every command (about an hour; tests/test_faults.py runs its fast "
                               "cases); figures in bench/RESULTS.md",
 }
