@@ -12,10 +12,9 @@ COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (40, 60, 220)}
 
 @pytest.fixture(autouse=True, scope="session")
 def _imgcls_home(tmp_path_factory):
-    # Keep the built-in digits cache inside the test run, never in the user's home.
+    # Keep the cache (decoded pictures, and the built-in digits beside them) inside the test run, never in
+    # the user's home; subprocesses the tests start inherit it.
     import os
-    os.environ["IMGCLS_HOME"] = str(tmp_path_factory.mktemp("imgcls_home"))
-    # and the decoded cache too (subprocesses the tests start inherit both)
     os.environ["IMGCLS_CACHE_DIR"] = str(tmp_path_factory.mktemp("imgcls_cache"))
 
 

@@ -122,7 +122,7 @@ def test_explain_command_writes_overlays_sheet_and_csv(colour_run, tmp_path, cap
     out = tmp_path / "out"
     assert main(["explain", str(colour_run / "run"), str(pictures), "--out", str(out), "--top", "2",
                  "--method", "gradcam++"]) == 0
-    assert "explained 2 pictures (gradcam++ on 0)"  # 5x5 at 20 px: the 10x10 block in capsys.readouterr().out
+    assert "explained 2 pictures (gradcam++ on 0)" in capsys.readouterr().out  # 20 px: the 10x10 block, "0"
     with open(out / "explain.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [r["rank"] for r in rows] == ["1", "2", "1", "2"]

@@ -296,10 +296,6 @@ def from_filenames(root: str | Path, pattern: str, classes: list[str] | None = N
     return _to_samples(pairs, skipped, classes)
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("IMGCLS_HOME", Path.home() / ".cache" / "imgcls"))
-
-
 def builtin(name: str) -> Path:
     """Write a built-in dataset once as class folders of PNGs under the cache, and return its folder."""
     if name != "digits":
@@ -307,7 +303,9 @@ def builtin(name: str) -> Path:
     from PIL import Image
     from sklearn.datasets import load_digits
 
-    root = cache_dir() / "digits"
+    from .store import cache_root
+
+    root = cache_root() / "digits"  # beside the decoded cache: one folder, one variable ($IMGCLS_CACHE_DIR)
     if (root / ".complete").exists():
         return root
     digits = load_digits()
