@@ -129,6 +129,11 @@ def test_train_writes_thresholds_and_every_command_reads_them(tagged_run, tmp_pa
     assert contract["output"]["thresholds"] == pytest.approx(card["thresholds"])
     quantized = json.loads((run / "model.int8.onnx.json").read_text())["quantization"]
     assert quantized["score"] == "micro_f1" and quantized["int8"]["micro_f1"] > 0.8
+    # imgcls runs: the run listed with its micro-F1 in the acc/F1 column
+    from imgcls.experiments import format_runs, list_runs
+    rows = list_runs(run.parent)
+    assert [r["val_accuracy"] for r in rows if r["path"] == str(run)] == [metrics["micro_f1"]]
+    assert "acc/F1" in format_runs(rows)
 
 
 def test_serve_explain_and_audit_answer_with_labels(tagged_run, tmp_path: Path):
