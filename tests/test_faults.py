@@ -185,3 +185,21 @@ def test_finetune_run_again_into_its_folder_resumes_and_other_settings_are_refus
     assert (stage2 / "report.html").is_file()
     assert main([*argv[:-2], "--stage2-epochs", "2", "--out", str(tmp_path / "ft")]) == 2
     assert "holds a finetune with other settings" in capsys.readouterr().err
+
+
+def test_an_export_stopped_by_a_full_disk_leaves_no_half_model(tmp_path: Path):
+    """--backend auto exports on first use; a write that fails midway (here RLIMIT_FSIZE, as a full
+    disk) must not leave a truncated model.onnx that the next command takes for a current export."""
+    import shutil
+    run = tmp_path / "run"
+    shutil.copytree(Path(__file__).parent / "data" / "legacy_v1" / "simple-cnn-run", run)
+    pictures = write_class_folders(tmp_path / "pictures", per_class=2, classes=("red", "blue"))
+    argv = ["predict", str(run), str(pictures / "red"), "--out", str(tmp_path / "out.csv")]
+    first = start(argv, environment(tmp_path / "cache"), tmp_path / "first.log", limit_file_bytes=2048)
+    assert finish(first, 120) == 0, last_lines(tmp_path / "first.log", 10)  # auto falls back to torch
+    assert "does not export to ONNX" in (tmp_path / "first.log").read_text()
+    assert not has_traceback(tmp_path / "first.log")
+    assert sorted(p.name for p in run.iterdir()) == ["model.json", "model.safetensors"]  # no half a model
+    again = start(argv, environment(tmp_path / "cache"), tmp_path / "again.log")
+    assert finish(again, 120) == 0, last_lines(tmp_path / "again.log", 10)
+    assert (run / "model.onnx").is_file()

@@ -129,6 +129,11 @@ def test_train_writes_thresholds_and_every_command_reads_them(tagged_run, tmp_pa
     assert contract["output"]["thresholds"] == pytest.approx(card["thresholds"])
     quantized = json.loads((run / "model.int8.onnx.json").read_text())["quantization"]
     assert quantized["score"] == "micro_f1" and quantized["int8"]["micro_f1"] > 0.8
+    # imgcls runs: the run listed with its micro-F1 in the acc/F1 column
+    from imgcls.experiments import format_runs, list_runs
+    rows = list_runs(run.parent)
+    assert [r["val_accuracy"] for r in rows if r["path"] == str(run)] == [metrics["micro_f1"]]
+    assert "acc/F1" in format_runs(rows)
 
 
 def test_serve_explain_and_audit_answer_with_labels(tagged_run, tmp_path: Path):
@@ -177,3 +182,30 @@ def test_what_several_labels_do_not_take_yet_is_refused_in_one_line(flag, tmp_pa
 def test_several_labels_need_a_csv(tmp_path: Path, class_folder: Path, capsys):
     assert main(["train", str(class_folder), "--multi-label"]) == 2
     assert "--multi-label without --labels" in capsys.readouterr().err
+
+
+def test_training_options_and_resume_with_several_labels(tmp_path: Path):
+    """pos_weight (--class-weight balanced), label smoothing, EMA, one --threshold for all, and a run
+    killed before its end finished by --resume, each epoch once."""
+    pictures, labels = write_tagged(tmp_path, 36)
+    run = tmp_path / "run"
+    argv = ["-q", "train", str(pictures), "--labels", str(labels), *TRAIN, "--epochs", "3", "--class-weight", "balanced",
+            "--label-smoothing", "0.1", "--ema", "--threshold", "0.4", "--out", str(run)]
+    assert main(argv) == 0
+    card = json.loads((run / "model.json").read_text())
+    assert card["thresholds"] == [0.4, 0.4, 0.4]
+    history = (run / "history.csv").read_text().splitlines()
+    # as if killed after epoch 2: history and resume state of epoch 2 only, no final files
+    import torch
+    state = torch.load(run / "resume.pt", weights_only=True)
+    assert state["train_state"]["epoch"] == 3
+    (run / "history.csv").write_text("\n".join(history[:3]) + "\n")
+    for name in ("metrics.json", "val_predictions.csv", "report.html"):
+        (run / name).unlink()
+    state["train_state"]["epoch"] = 2
+    state["train_state"]["history"] = state["train_state"]["history"][:2]
+    torch.save(state, run / "resume.pt")
+    assert main(["-q", "train", "--resume", str(run)]) == 0
+    assert len((run / "history.csv").read_text().splitlines()) == 4  # header and epochs 1-3, each once
+    assert json.loads((run / "metrics.json").read_text())["task"] == "multi-label"
+    assert json.loads((run / "model.json").read_text())["thresholds"] == [0.4, 0.4, 0.4]

@@ -11,6 +11,7 @@ from pathlib import Path
 from .artifact.card import read_card
 from .artifact.files import CARD, METRICS
 from .errors import UserError
+from .tasks import get_task
 
 SORTS = {"accuracy": ("val_accuracy", True), "log_loss": ("val_log_loss", False), "time": ("train_seconds", False),
          "date": ("finished", True), "name": ("run", False)}
@@ -39,14 +40,15 @@ def list_runs(root: str | Path, sort: str = "accuracy") -> list[dict]:
         rows.append({"run": str(folder.relative_to(root)) if folder != root else folder.name, "path": str(folder),
                      "model": card.architecture, "data": Path(source).name or source,
                      "best_epoch": metrics.get("best_epoch"), "epochs": metrics.get("epochs_run"),
-                     "val_accuracy": val.get("accuracy"), "val_log_loss": val.get("log_loss"),
+                     # the task's headline: accuracy, or micro-F1 for several labels per picture
+                     "val_accuracy": get_task(card.task).headline(val)[1], "val_log_loss": val.get("log_loss"),
                      "train_seconds": metrics.get("train_seconds"), "finished": metrics_path.stat().st_mtime})
     key, descending = SORTS[sort]
     return sorted(rows, key=lambda r: (r[key] is None, r[key] if r[key] is not None else 0), reverse=descending)
 
 
 def format_runs(rows: list[dict]) -> str:
-    header = f"{'run':32} {'model':20} {'data':16} {'best':>9} {'val acc':>8} {'log loss':>9} {'time':>8}  finished"
+    header = f"{'run':32} {'model':20} {'data':16} {'best':>9} {'acc/F1':>8} {'log loss':>9} {'time':>8}  finished"
     lines = [header]
     for r in rows:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["finished"]))

@@ -3,6 +3,7 @@ preprocessing contract (input size, channels, mean/std, class names) written bes
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from pathlib import Path
 
@@ -60,6 +61,33 @@ def export(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = None
     out = Path(out) if out is not None else run.run_dir / f"model{SUFFIX[fmt]}"
     out.parent.mkdir(parents=True, exist_ok=True)
     example, sample = _pictures(card, 2), _pictures(card, 5)  # the check runs another batch size
+    # Written beside `out` and moved over it only once checked: a full disk or a kill mid-export never
+    # leaves a truncated model.onnx that looks current to the onnx backend.
+    final, out = out, out.with_name(f".{out.name}.{os.getpid()}.tmp{out.suffix}")
+    try:
+        difference, relative = _write_checked(run, fmt, out, example, sample, opset)
+        if relative > 1e-3:
+            raise UserError(f"Received: an exported model whose logits differ by {difference:.2e} from PyTorch's; "
+                            "expected at most 1e-3 of their scale (please report this model)")
+        os.replace(out, final)
+    finally:
+        out.unlink(missing_ok=True)
+    out = final
+    write_json(Path(str(out) + ".json"), contract(card, fmt))  # model.onnx.json: never the run's model.json
+    log.info("exported %s → %s; largest difference of the logits on a batch of 5: %.2e (relative %.2e)",
+             run.run_dir, out, difference, relative)
+    result = {"path": str(out), "max_abs_diff": difference, "max_rel_diff": relative}
+    if quantize:
+        from .quantize import quantize_int8
+
+        result["int8"] = quantize_int8(run, out, onnx_file(run.run_dir, "int8"), cache)
+    return result
+
+
+def _write_checked(run, fmt: str, out: Path, example: torch.Tensor, sample: torch.Tensor,
+                   opset: int) -> tuple[float, float]:
+    """Write the model to `out` in `fmt`; the largest difference of its logits from PyTorch's on
+    `sample`, absolute and relative to their scale."""
     with torch.no_grad():
         expected = run.model(sample).numpy()
         if fmt == "onnx":
@@ -84,19 +112,7 @@ def export(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = None
     difference = float(np.abs(got - expected).max())
     # Relative to the logits' scale (at least 1): float32 keeps about 7 digits, so a model whose logits
     # reach 1e4 cannot agree to 1e-4 in absolute terms, only in relative ones.
-    relative = difference / max(1.0, float(np.abs(expected).max()))
-    write_json(Path(str(out) + ".json"), contract(card, fmt))  # model.onnx.json: never the run's model.json
-    log.info("exported %s → %s; largest difference of the logits on a batch of 5: %.2e (relative %.2e)",
-             run.run_dir, out, difference, relative)
-    if relative > 1e-3:
-        raise UserError(f"Received: an exported model whose logits differ by {difference:.2e} from PyTorch's; "
-                        "expected at most 1e-3 of their scale (please report this model)")
-    result = {"path": str(out), "max_abs_diff": difference, "max_rel_diff": relative}
-    if quantize:
-        from .quantize import quantize_int8
-
-        result["int8"] = quantize_int8(run, out, onnx_file(run.run_dir, "int8"), cache)
-    return result
+    return difference, difference / max(1.0, float(np.abs(expected).max()))
 
 
 def _pictures(card, count: int) -> torch.Tensor:

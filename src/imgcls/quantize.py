@@ -8,6 +8,7 @@ documentation warns about.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -75,15 +76,21 @@ def quantize_int8(run, fp32: Path, out: Path, cache=None) -> dict:
     normalise = run.card.preprocess.normalise
     calibration = [normalise(pictures[i:i + 32]) for i in range(0, min(len(pictures), CALIBRATION_PICTURES), 32)]
     prepared = out.with_name(f".{out.name}.prepared.onnx")
+    # Quantised beside `out`, moved over it once scored: a kill or a full disk never leaves a truncated
+    # model.int8.onnx that looks current to the int8 backend.
+    written = out.with_name(f".{out.name}.{os.getpid()}.tmp.onnx")
     try:
         quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
-        quantize_static(str(prepared), str(out), _Calibration(calibration), quant_format=QuantFormat.QDQ,
+        quantize_static(str(prepared), str(written), _Calibration(calibration), quant_format=QuantFormat.QDQ,
                         per_channel=True, reduce_range=True, activation_type=QuantType.QUInt8,
                         weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
+        scores = {"fp32": _score(run, fp32, pictures, labels), "int8": _score(run, written, pictures, labels),
+                  "validation_pictures": int(len(labels)),
+                  "calibration_pictures": int(sum(len(b) for b in calibration))}
+        os.replace(written, out)
     finally:
         prepared.unlink(missing_ok=True)
-    scores = {"fp32": _score(run, fp32, pictures, labels), "int8": _score(run, out, pictures, labels),
-              "validation_pictures": int(len(labels)), "calibration_pictures": int(sum(len(b) for b in calibration))}
+        written.unlink(missing_ok=True)
     name = next(iter(scores["fp32"]))
     scores["score"] = name
     scores[f"{name}_delta_points"] = round(100 * (scores["int8"][name] - scores["fp32"][name]), 2)

@@ -168,7 +168,7 @@ def tune(base: TrainConfig, trials: int, *, out: str | Path = "runs/tune", space
         return result.val_log_loss
 
     if done < trials:
-        logging.getLogger("optuna").addFilter(_without_traceback)
+        logging.getLogger("optuna.study._optimize").addFilter(_without_traceback)  # where Optuna logs a failed trial
         study.optimize(objective, n_trials=trials - done, timeout=timeout, catch=(),
                        callbacks=[MaxTrialsCallback(trials, states=finished)])
     write_results(study, base, out)

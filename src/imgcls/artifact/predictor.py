@@ -117,7 +117,12 @@ class OnnxPredictor(Predictor):
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads or (os.cpu_count() or 1)
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = onnxruntime.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        try:
+            self.session = onnxruntime.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        except Exception as error:  # onnxruntime's own types: a damaged or foreign file
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise UserError(f"Received: {self.path} that onnxruntime cannot load ({reason}); expected an ONNX "
+                            f"file written by imgcls export (write it again: imgcls export {run_dir})") from None
 
     def logits(self, pictures: np.ndarray) -> np.ndarray:
         return self.session.run(["logits"], {"input": self.card.preprocess.normalise(pictures)})[0]

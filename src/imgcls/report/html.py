@@ -58,17 +58,22 @@ def write_report(run_dir: str | Path) -> Path:
     return out
 
 
+def _heading(run_dir: Path, card, metrics: dict, what: str) -> str:
+    """The page's title and the start of its first sentence: the model, its input, its classes, the epoch."""
+    return (f"<h1>imgcls run: {html.escape(run_dir.name)}</h1><p>Model <b>{html.escape(card.architecture)}</b>, "
+            f"{card.preprocess.size} px, {card.preprocess.channels} channel(s), {card.num_classes} {what}. Best epoch "
+            f"{metrics['best_epoch']} of {metrics['epochs_run']}: ")
+
+
 def _multi_label_summary(run_dir: Path, card, metrics: dict) -> list[str]:
     """Several labels per picture: mAP, F1 at the thresholds, and per class its AP, threshold, P and R."""
     val = metrics["validation"]
-    parts = [f"<h1>imgcls run: {html.escape(run_dir.name)}</h1>",
-             f"<p>Model <b>{html.escape(card.architecture)}</b>, {card.preprocess.size} px, "
-             f"{card.preprocess.channels} channel(s), {card.num_classes} labels (several per picture). Best epoch "
-             f"{metrics['best_epoch']} of {metrics['epochs_run']}: validation mAP <b>{val['mAP']:.4f}</b>, micro-F1 "
-             f"<b>{val['micro_f1']:.4f}</b>, macro-F1 {val['macro_f1']:.4f}, exact match {val['exact_match']:.4f}, "
-             f"Hamming loss {val['hamming_loss']:.4f} on {val['count']} pictures; training took "
-             f"{metrics['train_seconds']:.1f} s. Each label's threshold was chosen on these validation pictures "
-             "(best F1), so these figures are optimistic: evaluate on pictures no choice was made on.</p>"]
+    parts = [_heading(run_dir, card, metrics, "labels (several per picture)")
+             + f"validation mAP <b>{val['mAP']:.4f}</b>, micro-F1 <b>{val['micro_f1']:.4f}</b>, macro-F1 "
+             f"{val['macro_f1']:.4f}, exact match {val['exact_match']:.4f}, Hamming loss {val['hamming_loss']:.4f} on "
+             f"{val['count']} pictures; training took {metrics['train_seconds']:.1f} s. Each label's threshold was "
+             "chosen on these validation pictures (best F1), so these figures are optimistic: evaluate on pictures "
+             "no choice was made on.</p>"]
     rows = [[name, v["ap"], threshold, v["precision"], v["recall"], v["f1"], v["support"]]
             for (name, v), threshold in zip(val["per_class"].items(), val["thresholds"])]
     parts.append("<h2>Per label (validation)</h2>"
@@ -78,13 +83,10 @@ def _multi_label_summary(run_dir: Path, card, metrics: dict) -> list[str]:
 
 def _single_label_summary(run_dir: Path, card, metrics: dict) -> list[str]:
     val = metrics["validation"]
-    parts = [f"<h1>imgcls run: {html.escape(run_dir.name)}</h1>",
-             f"<p>Model <b>{html.escape(card.architecture)}</b>, {card.preprocess.size} px, "
-             f"{card.preprocess.channels} channel(s), {card.num_classes} classes. Best epoch {metrics['best_epoch']} "
-             f"of {metrics['epochs_run']}: validation accuracy <b>{val['accuracy']:.4f}</b>, "
-             f"log loss <b>{val['log_loss']:.4f}</b>, expected calibration error {val.get('ece', float('nan')):.4f} "
-             f"on {val['count']} pictures; "
-             f"training took {metrics['train_seconds']:.1f} s.</p>"]
+    parts = [_heading(run_dir, card, metrics, "classes")
+             + f"validation accuracy <b>{val['accuracy']:.4f}</b>, log loss <b>{val['log_loss']:.4f}</b>, expected "
+             f"calibration error {val.get('ece', float('nan')):.4f} on {val['count']} pictures; training took "
+             f"{metrics['train_seconds']:.1f} s.</p>"]
     calibration = metrics.get("calibration")
     if calibration:
         parts.append(f"<p>Calibrated (--calibrate): temperature <b>{calibration['temperature']:.3f}</b>, fitted on the "
