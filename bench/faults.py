@@ -36,7 +36,7 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 from tests.conftest import folder_snapshot, write_class_folders  # noqa: E402
 from tests.fault_injection import (Outcome, children, environment, finish, has_traceback,  # noqa: E402
-                                   inconsistent_cache_rows, kill_session, last_lines, orphans_after, start, wait_for)
+                                   inconsistent_cache_rows, last_lines, orphans_after, start, wait_for)
 
 HANG_S = 180.0
 SLOW_DECODE_S = 0.02
