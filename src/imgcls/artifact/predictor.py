@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import stopping
+from ..data.decode import inference_batch_size
 from ..errors import UserError
 from ..tasks import get_task
 from . import BACKENDS
@@ -24,13 +25,6 @@ from .card import ModelCard, read_card
 from .files import ONNX, WEIGHTS, final_run_dir
 
 log = logging.getLogger(__name__)
-
-
-def inference_batch_size(channels: int, size: int) -> int:
-    """Pictures per forward pass without gradients: about 4M input values, 8 to 256. On the CPU, larger
-    batches of large pictures run slower (EfficientNet-Lite0 at 224 px: 38 pictures/s at 16-32,
-    30 at 64, 19 at 256), as their activations no longer fit in cache."""
-    return max(8, min(256, 2**22 // (channels * size * size)))
 
 
 class Predictor:

@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..tasks.single_label import log_softmax as _log_softmax
+
 LOG_T_RANGE = (-3.0, 3.0)  # T between 0.05 and 20
-
-
-def _log_softmax(scores: np.ndarray) -> np.ndarray:
-    shifted = scores - scores.max(1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(1, keepdims=True))
 
 
 def scaled(probs: np.ndarray, temperature: float) -> np.ndarray:
