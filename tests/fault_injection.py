@@ -114,10 +114,6 @@ def decoding_started(cache_dir: Path, pid: int) -> bool:
     return cache_dir.is_dir() and any(cache_dir.glob("decoded-*/pixels.u8")) and bool(children(pid))
 
 
-def snapshot(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
 def inconsistent_cache_rows(cache_dir: Path) -> list[str]:
     """Pictures whose committed row differs from a fresh decode (of an unchanged picture)."""
     from imgcls.data.decode import DecodeError, decode_image
