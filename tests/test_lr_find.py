@@ -3,6 +3,8 @@ recording its choice (weights put back before training starts)."""
 from __future__ import annotations
 
 import csv
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +55,7 @@ def test_range_test_puts_the_weights_back():
     batches = [(torch.randn(8, 4), torch.randint(0, 3, (8,))) for _ in range(5)]
     from imgcls.artifact.card import ModelCard, Preprocess
     from imgcls.config import TrainConfig
-    from imgcls.train import Built
+    from imgcls.build import Built
     card = ModelCard("simple-cnn", ["a", "b", "c"], Preprocess(1, 2, (0.5,), (0.5,)))
     built = Built(model, model, model, batches, None, None, card)
     result = range_test(TrainConfig(), built, torch.device("cpu"), steps=12)  # 5 batches an epoch: 3 epochs
@@ -80,3 +82,9 @@ def test_lr_must_be_a_number_or_auto(capsys):
     with pytest.raises(SystemExit):
         main(["train", "digits", "--lr", "fast"])
     assert "expected a number or auto" in capsys.readouterr().err
+
+
+def test_lr_find_builds_without_importing_train():
+    """lr-find and train share the build module; neither reaches into the other."""
+    script = "import sys, imgcls.lr_find, imgcls.build\nassert 'imgcls.train' not in sys.modules\n"
+    subprocess.run([sys.executable, "-c", script], check=True)

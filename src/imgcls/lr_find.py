@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from .build import Built, build_model, make_trainer
 from .config import TrainConfig, config_from_dict
 from .engine.checkpoint import write_text
 from .engine.optim import build_optimizer
@@ -107,13 +108,11 @@ class _LossRecorder(Callback):
             raise _Enough
 
 
-def range_test(config: TrainConfig, built, device: torch.device, steps: int = STEPS, start_lr: float = START_LR,
+def range_test(config: TrainConfig, built: Built, device: torch.device, steps: int = STEPS, start_lr: float = START_LR,
                end_lr: float = END_LR) -> RangeTest:
     """Run the test through the training engine (train's loss weights, mixing and precision, on `built`'s
     training loader, epoch after epoch until `steps` batches) and put the weights, buffers and
     BatchNorm statistics back as they were."""
-    from .train import make_trainer
-
     saved = copy.deepcopy(built.model.state_dict())
     optimizer = build_optimizer(built.model, config.optimizer, start_lr, config.momentum, config.weight_decay,
                                 config.backbone_lr_mult, config.norm_weight_decay)
@@ -159,7 +158,6 @@ def lr_find(config: TrainConfig | None = None, *, out: str | Path | None = None,
     from .engine.distributed import Dist
     from .models.registry import get_spec
     from .runs import RunFolder
-    from .train import build_model
 
     config = config_from_dict(overrides, config)
     config.validate()
