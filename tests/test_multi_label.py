@@ -170,13 +170,75 @@ def test_audit_finds_a_missing_label_and_folds_ensemble(tmp_path: Path):
     assert list(csv.DictReader(open(tmp_path / "ens.csv")))[0].keys() == {"id", "tags"}
 
 
-@pytest.mark.parametrize("flag", [["--mixup", "0.2"], ["--sampler", "balanced"], ["--calibrate"],
-                                  ["--split", "balanced"]])
-def test_what_several_labels_do_not_take_yet_is_refused_in_one_line(flag, tmp_path: Path, capsys):
+def test_a_balanced_split_is_refused_in_one_line(tmp_path: Path, capsys):
     pictures, labels = write_tagged(tmp_path, 12)
-    assert main(["train", str(pictures), "--labels", str(labels), *TRAIN, *flag]) == 2
+    assert main(["train", str(pictures), "--labels", str(labels), *TRAIN, "--split", "balanced"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith(f"imgcls: error: Received: {flag[0]}") and "\n" not in err
+    assert err.startswith("imgcls: error: Received: --split balanced with --multi-label") and "\n" not in err
+
+
+def test_mixing_label_vectors_follows_the_pixels():
+    """MixUp: the targets mixed in the pixels' proportion; CutMix: in the share of the box's area."""
+    import torch
+    from imgcls.data.augment import MultiHotMixer
+    torch.manual_seed(0)
+    images = torch.stack([torch.zeros(1, 8, 8), torch.ones(1, 8, 8)])
+    labels = torch.tensor([[1, 0, 1], [0, 1, 0]])
+    for mixer in (MultiHotMixer(0.4, 0), MultiHotMixer(0, 1.0)):
+        for _ in range(5):
+            mixed, targets = mixer(images, labels)
+            share = float(mixed[0].mean())  # picture 0 is zeros: its mean is the other picture's share
+            assert targets[0].tolist() == pytest.approx([1 - share, share, 1 - share], abs=1e-6)
+            assert float(mixed[1].mean()) == pytest.approx(1 - share) or mixer.alphas[0][0] == "cutmix"
+
+
+def test_balanced_sampling_weights_by_the_rarest_label():
+    import torch
+    from imgcls.data.loader import balanced_weights
+    hot = torch.tensor([[1, 0], [1, 0], [1, 0], [1, 1], [0, 0]])  # label 0 on 4 pictures, 1 on 1, none on 1
+    assert balanced_weights(hot).tolist() == pytest.approx([0.25, 0.25, 0.25, 1.0, 1.0])
+    assert balanced_weights(torch.tensor([0, 0, 1])).tolist() == pytest.approx([0.5, 0.5, 1.0])
+
+
+def test_mixing_sampling_and_per_label_calibration_train_and_predict(tmp_path: Path, capsys):
+    """--mixup/--cutmix mix the label vectors, --sampler balanced draws by the rarest label, and
+    --calibrate fits one temperature per label whose thresholds move with it: predict decides as before."""
+    pictures, labels = write_tagged(tmp_path, 48)
+    run = tmp_path / "run"
+    assert main(["-q", "train", str(pictures), "--labels", str(labels), *TRAIN, "--epochs", "10", "--lr", "0.01",
+                 "--mixup", "0.2", "--cutmix", "1.0", "--sampler", "balanced", "--calibrate", "--out", str(run)]) == 0
+    card = json.loads((run / "model.json").read_text())
+    metrics = json.loads((run / "metrics.json").read_text())
+    temperatures = card["temperature"]
+    assert len(temperatures) == 3 and metrics["calibration"]["temperature"] == temperatures
+    assert metrics["calibration"]["after"]["log_loss"] <= metrics["calibration"]["before"]["log_loss"] + 1e-9
+    page = (run / "report.html").read_text()
+    assert "one temperature per label" in page and "worst_pictures.png" in page
+    # The thresholds moved with the temperatures: the calibrated run decides the validation pictures as
+    # its uncalibrated probabilities (val_predictions.csv) did.
+    assert main(["-q", "predict", str(run), str(pictures), "--out", str(tmp_path / "tags.csv"), "--backend", "torch"]) == 0
+    decided = {r["id"]: r["tags"] for r in csv.DictReader(open(tmp_path / "tags.csv"))}
+    validated = list(csv.DictReader(open(run / "val_predictions.csv")))
+    assert [decided[Path(r["path"]).stem] for r in validated] == [r["predicted"] for r in validated]
+    # --proba alone: a probability column per label, calibrated alike under onnx and torch
+    for backend in ("onnx", "torch"):
+        assert main(["-q", "predict", str(run), str(pictures), "--proba", "--backend", backend,
+                     "--out", str(tmp_path / f"{backend}.csv")]) == 0
+    onnx_rows, torch_rows = (list(csv.DictReader(open(tmp_path / f"{b}.csv"))) for b in ("onnx", "torch"))
+    assert list(onnx_rows[0]) == ["id", *TAGS] and len(onnx_rows) == 48
+    assert np.allclose([[float(r[t]) for t in TAGS] for r in onnx_rows],
+                       [[float(r[t]) for t in TAGS] for r in torch_rows], atol=1e-4)
+    contract = json.loads((run / "model.onnx.json").read_text())["output"]
+    assert contract["temperature"] == temperatures and "temperature" in contract["postprocess"]
+
+
+def test_label_separator_from_the_command_line(tmp_path: Path):
+    pictures, labels = write_tagged(tmp_path, 24, sep="|")
+    run = tmp_path / "run"
+    assert main(["-q", "train", str(pictures), "--labels", str(labels), *TRAIN, "--label-sep", "|", "--epochs", "1",
+                 "--out", str(run)]) == 0
+    assert json.loads((run / "model.json").read_text())["config"]["data"]["label_sep"] == "|"
+    assert {r["label"] for r in csv.DictReader(open(run / "split.csv"))} >= {"clear|road|water"}
 
 
 def test_several_labels_need_a_csv(tmp_path: Path, class_folder: Path, capsys):

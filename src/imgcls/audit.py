@@ -9,10 +9,8 @@ walkthrough's rule (P(given) < 0.3, i.e. a loss above 1.204).
 """
 from __future__ import annotations
 
-import base64
 import csv
 import dataclasses
-import html
 import io
 import json
 import logging
@@ -106,22 +104,21 @@ def write_suspects(out: Path, suspects: list[dict], shown: int = 32) -> None:
     flagged = sum(s["flagged"] for s in suspects)
     write_json(out / "suspects.json", {"pictures": len(suspects), "flagged": flagged,
                                        "rule": f"confident learning or P(given) < {LOSS_RULE_P}"})
-    write_text(out / "audit.html", _page(out, suspects, flagged))
+    _page(out, suspects, flagged)
     log.info("%d of %d pictures flagged as suspect labels → %s", flagged, len(suspects), out / "suspects.csv")
 
 
-def _page(out: Path, suspects: list[dict], flagged: int, rows: int = 100) -> str:
+def _page(out: Path, suspects: list[dict], flagged: int, rows: int = 100) -> Path:
     """audit.html: the count, the contact sheet and the top rows, in one self-contained page."""
-    image = base64.b64encode((out / "suspects.png").read_bytes()).decode("ascii")
-    table = "".join(f"<tr><td>{s['rank']}</td><td>{html.escape(s['path'])}</td><td>{html.escape(s['given'])}</td>"
-                    f"<td>{html.escape(s['predicted'])}</td><td>{s['p_given']:.3f}</td><td>{s['flagged']}</td></tr>"
-                    for s in suspects[:rows])
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>imgcls audit</title></head>"
-            f"<body style='font-family:sans-serif;max-width:1100px;margin:2em auto'><h1>imgcls audit</h1>"
-            f"<p>{flagged} of {len(suspects)} pictures flagged (confident learning, or P(given) &lt; {LOSS_RULE_P}).</p>"
-            f"<h2>Top suspects: given→predicted (P(given))</h2><img style='max-width:100%' src='data:image/png;base64,{image}'>"
-            f"<h2>Top {rows}</h2><table><tr><th>rank</th><th>path</th><th>given</th><th>predicted</th>"
-            f"<th>P(given)</th><th>flagged</th></tr>{table}</table></body></html>\n")
+    from .report.page import Section, write_page
+
+    table = [[s["rank"], s["path"], s["given"], s["predicted"], f"{s['p_given']:.3f}", s["flagged"]]
+             for s in suspects[:rows]]
+    return write_page(out / "audit.html", "imgcls audit", [
+        Section(paragraphs=[f"{flagged} of {len(suspects)} pictures flagged (confident learning, or P(given) < "
+                            f"{LOSS_RULE_P})."]),
+        Section("Top suspects: given→predicted (P(given))", png=(out / "suspects.png").read_bytes(), alt="suspects.png"),
+        Section(f"Top {rows}", header=["rank", "path", "given", "predicted", "P(given)", "flagged"], rows=table)])
 
 
 def audit_run(run_dir: str | Path) -> list[dict]:

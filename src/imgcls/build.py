@@ -97,7 +97,8 @@ def make_trainer(config: TrainConfig, built: Built, optimizer: torch.optim.Optim
     return Trainer(built.model, optimizer, schedule, early_stop=config.early_stop, max_batches=config.train_batches,
                    generator=generator, label_smoothing=config.label_smoothing,
                    class_weight=_class_weight(config, built), ema_decay=config.ema if ema else 0.0,
-                   batch_transform=batch_mixer(config.mixup, config.cutmix, built.card.num_classes),
+                   batch_transform=batch_mixer(config.mixup, config.cutmix, built.card.num_classes,
+                                                 built.card.task == "multi-label"),
                    callbacks=callbacks, train_model=built.train_model, eval_model=built.eval_model,
                    task=get_task(built.card.task),
                    autocast=_autocast_dtype(config.precision, device))

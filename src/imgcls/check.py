@@ -1,9 +1,7 @@
 """`imgcls check` as a library call: scan a data source and write quality.csv, .json and .html."""
 from __future__ import annotations
 
-import base64
 import csv
-import html
 import io
 import logging
 from pathlib import Path
@@ -17,6 +15,7 @@ from .data.sources import Samples, list_pictures, load_samples
 from .data.store import CacheSettings
 from .engine.checkpoint import write_json, write_text
 from .errors import UserError
+from .report.page import write_page
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +46,7 @@ def check(data: DataConfig, *, min_pixels: int = 3600, out: str | Path = "runs/c
     writer.writerows(sorted(rows, key=lambda r: (r["issue"], -r["score"], r["path"])))
     write_text(out / "quality.csv", buffer.getvalue())
     write_json(out / "quality.json", summary)
-    write_text(out / "quality.html", _html(rows, summary))
+    write_page(out / "quality.html", "imgcls check", _sections(rows, summary))
     log.info("%d of %d pictures have issues: %s → %s", summary["pictures_with_issues"], summary["pictures"],
              summary["issues"], out)
     return rows, summary
@@ -66,22 +65,20 @@ def _load_any(source: str, data: DataConfig, test_set: bool = False) -> Samples:
         return Samples(paths, np.zeros(len(paths), dtype=np.int64), [UNLABELLED], skipped)
 
 
-def _html(rows: list[dict], summary: dict, per_issue: int = 16) -> str:
-    """One page: the counts, then a contact sheet of the worst pictures per issue."""
+def _sections(rows: list[dict], summary: dict, per_issue: int = 16) -> list:
+    """quality.html: the counts, then a contact sheet of the worst pictures per issue."""
+    from .report.page import Section
     from .report.plots import figure_png, plot_grid
 
-    parts = [f"<h1>imgcls check</h1><p>{summary['pictures']} pictures, {summary['pictures_with_issues']} with "
-             f"issues. Class imbalance (largest/smallest): {summary['class_imbalance']}.</p><ul>"]
-    parts += [f"<li>{html.escape(k)}: {v}</li>" for k, v in summary["issues"].items()] + ["</ul>"]
+    sections = [Section(paragraphs=[f"{summary['pictures']} pictures, {summary['pictures_with_issues']} with issues. "
+                                    f"Class imbalance (largest/smallest): {summary['class_imbalance']}."],
+                        items=[f"{k}: {v}" for k, v in summary["issues"].items()])]
     for issue in summary["issues"]:
         worst = sorted((r for r in rows if r["issue"] == issue), key=lambda r: -r["score"])[:per_issue]
-        parts.append(f"<h2>{html.escape(issue)}</h2>")
+        png = None
         if issue != "unreadable":
             array, index, _ = decode_all([r["path"] for r in worst], 3, 96, "contact sheet")
             if len(index):
                 png = figure_png(plot_grid(array, [Path(worst[i]["path"]).name[:24] for i in index]))
-                parts.append(f"<img src='data:image/png;base64,{base64.b64encode(png).decode()}'>")
-        parts.append("<table>" + "".join(f"<tr><td>{html.escape(r['path'])}</td><td>{html.escape(r['detail'])}</td></tr>"
-                                         for r in worst) + "</table>")
-    style = "body{font-family:sans-serif;max-width:1100px;margin:2em auto}img{max-width:100%}td{padding:0 8px}"
-    return f"<!doctype html><html><head><meta charset='utf-8'><style>{style}</style></head><body>{''.join(parts)}</body></html>\n"
+        sections.append(Section(issue, png=png, header=["file", "detail"], rows=[[r["path"], r["detail"]] for r in worst]))
+    return sections

@@ -221,7 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", metavar="RUN_DIR [RUN_DIR ...] IMAGES",
                    help="one run folder, or several (their probabilities averaged), then a picture or a folder")
     p.add_argument("--out", metavar="FILE.csv", required=True)
-    p.add_argument("--proba", metavar="CLASS", help="write P(CLASS) instead of the class name")
+    p.add_argument("--proba", metavar="CLASS", nargs="?", const=True,
+                   help="write P(CLASS) instead of the class name; alone: a column of probabilities per class")
     p.add_argument("--template", metavar="SAMPLE.csv", help="follow this CSV's ids and column names")
     p.add_argument("--label-format", default="name", choices=["name", "index"],
                    help="name (default) or index: the class's position 0..K-1 (a run with --class-names whose "

@@ -144,11 +144,10 @@ class TrainConfig:
                             "cell, such as ' ', ';' or '|'")
         if self.threshold is not None and not 0 < self.threshold < 1:
             raise UserError(f"Received: --threshold {self.threshold}; expected a probability between 0 and 1")
-        for flag, used in (("--split balanced", self.data.split == "balanced"), ("--sampler balanced", self.sampler == "balanced"),
-                           ("--mixup", self.mixup > 0), ("--cutmix", self.cutmix > 0), ("--calibrate", self.calibrate)):
-            if used:
-                raise UserError(f"Received: {flag} with --multi-label; expected it with one label per picture "
-                                "(not yet for several)")
+        if self.data.split == "balanced":
+            raise UserError("Received: --split balanced with --multi-label; expected stratified (iterative "
+                            "stratification keeps every label's share) or random: a picture with several labels "
+                            "cannot be cut down to equal counts per class")
 
     def validate(self) -> None:
         """Check every choice where it enters, naming what was received and what is allowed."""

@@ -88,13 +88,13 @@ def ensemble_probabilities(run_dirs: list[str | Path], paths: list[str], *, batc
     return probs, kept, list(failed.values()), first
 
 
-def predict(run_dir: str | Path | list, images: str | Path, out: str | Path, *, proba: str | None = None,
+def predict(run_dir: str | Path | list, images: str | Path, out: str | Path, *, proba: str | bool | None = None,
             template: str | Path | None = None, batch_size: int | None = None, device: str = "auto",
             tta: bool = False, cache: CacheSettings | None = None, backend: str = "auto",
             label_format: str = "name") -> dict:
     """Write `id,label` per picture (submission.write_submission: numeric ids in numeric order,
-    proba=CLASS for P(CLASS), template=CSV for its ids and columns, label_format="index" for class
-    positions). tta=True averages each picture's probabilities with its mirror image's. Several run
+    proba=CLASS for P(CLASS), proba=True for a column per class, template=CSV for its ids and columns,
+    label_format="index" for class positions). tta=True averages each picture's probabilities with its mirror image's. Several run
     folders (or a --folds folder): their mean probabilities."""
     run_dirs = [r for one in (run_dir if isinstance(run_dir, (list, tuple)) else [run_dir]) for r in expand_runs(one)]
     if len(run_dirs) > 1:

@@ -16,8 +16,8 @@ from .errors import UserError
 log = logging.getLogger(__name__)
 
 
-def check_proba(proba: str | None, classes: list[str]) -> None:
-    if proba is not None and proba not in classes:
+def check_proba(proba: str | bool | None, classes: list[str]) -> None:
+    if isinstance(proba, str) and proba not in classes:
         raise UserError(f"Received: --proba {proba!r}; expected one of the run's classes: {', '.join(classes)}")
 
 
@@ -36,14 +36,15 @@ LABEL_FORMATS = ("name", "index")
 
 
 def write_submission(probs: np.ndarray, kept: list[str], skipped: list[dict], card, images: str | Path,
-                     out: str | Path, *, proba: str | None = None, template: str | Path | None = None,
+                     out: str | Path, *, proba: str | bool | None = None, template: str | Path | None = None,
                      label_format: str = "name") -> dict:
     """Write `id,label` per picture (id = file name without extension, numeric ids in numeric order),
     the label as the run's task decides it (card: the run's model card): one class, or for a
     multi-label run `id,tags` with the labels above their thresholds, space-separated (Planet's format).
 
-    proba=CLASS writes P(CLASS) as the label (Kaggle Dogs vs. Cats); template=CSV follows its ids and
-    column names, filling a picture that could not be read with the uniform probability (or the first class).
+    proba=CLASS writes P(CLASS) as the label (Kaggle Dogs vs. Cats), proba=True a column of probabilities
+    per class; template=CSV follows its ids and column names, filling a picture that could not be read
+    with the uniform probability (or the first class; no label).
     label_format="index" writes the class's position (0..K-1) instead of its name: what Fashion-MNIST's
     submission wants from a run whose classes got names (--class-names).
     """
@@ -55,34 +56,40 @@ def write_submission(probs: np.ndarray, kept: list[str], skipped: list[dict], ca
     ids = [Path(p).stem for p in kept]
     if len(set(ids)) < len(ids):
         raise UserError(f"Received: IMAGES {images} where several pictures share a file name; expected unique ids")
-    if proba is not None:
-        values = [f"{v:.6f}" for v in probs[:, classes.index(proba)]]
-        missing_value = f"{1 / len(classes):.6f}"
+    uniform = f"{1 / len(classes) if task.name == 'single-label' else 0.5:.6f}"  # nothing known about the picture
+    if proba is True:
+        values = [[f"{v:.6f}" for v in row] for row in probs]
+        missing_value = [uniform] * len(classes)
+    elif proba is not None:
+        values = [[f"{v:.6f}"] for v in probs[:, classes.index(proba)]]
+        missing_value = [uniform]
     else:
         shown = [str(i) for i in range(len(classes))] if label_format == "index" else classes
         decided = task.decide(probs, card)
         if decided.ndim == 2:  # several labels per picture
-            values = [" ".join(shown[k] for k in np.flatnonzero(row)) for row in decided]
-            missing_value = ""
+            values = [[" ".join(shown[k] for k in np.flatnonzero(row))] for row in decided]
+            missing_value = [""]
         else:
-            values = [shown[i] for i in decided]
-            missing_value = shown[0]
+            values = [[shown[i]] for i in decided]
+            missing_value = [shown[0]]
     by_id = dict(zip(ids, values))
-    header = ["id", "tags" if card.task == "multi-label" and proba is None else "label"]
+    header = ["id", *classes] if proba is True else ["id", "tags" if card.task == "multi-label" and proba is None
+                                                      else "label"]
     order = sorted(by_id, key=id_sort_key)
     if template is not None:
-        header, order = _read_template(template)
+        template_header, order = _read_template(template)
+        header = [template_header[0], *classes] if proba is True else template_header
         absent = [i for i in order if i not in by_id]
         if len(absent) == len(order):
             raise UserError(f"Received: --template {template} whose ids match no picture in {images}; "
                             "expected ids equal to the pictures' file names without extension")
         if absent:
             log.warning("%d template ids have no readable picture; written as %s (first: %s)",
-                        len(absent), missing_value, absent[0])
+                        len(absent), " ".join(missing_value) or "no label", absent[0])
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
-    writer.writerows([i, by_id.get(i, missing_value)] for i in order)
+    writer.writerows([i, *by_id.get(i, missing_value)] for i in order)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     write_text(out, buffer.getvalue())
     for item in skipped:

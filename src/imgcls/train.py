@@ -22,7 +22,6 @@ from .engine.checkpoint import load_resume, load_weights
 from .engine.device import resolve_device, seed_everything
 from .engine.distributed import init_distributed, shutdown
 from .engine.feature_cache import FeatureLoader
-from .engine.metrics import classification_metrics
 from .engine.optim import Schedule, build_optimizer
 from .engine.trainer import Callback, Trainer, predict_proba
 from .errors import UserError
@@ -189,7 +188,8 @@ def _write_run(folder: RunFolder, built: Built, trainer: Trainer, data: Prepared
                "train_seconds": round(seconds, 3), "task": card.task,
                "validation": task.metrics(labels, probs, classes, card)}
     if config.calibrate:
-        metrics["calibration"] = _calibrate(folder, labels, probs, classes)
+        # The files below hold the raw probabilities, so they keep the uncalibrated card's decisions.
+        _, metrics["calibration"] = _calibrate(folder, card, labels, probs)
     folder.write_metrics(metrics)
     folder.write_predictions(VAL_PREDICTIONS, data.val.paths, labels, probs, card, sep)
     if report:
@@ -202,33 +202,37 @@ def _write_run(folder: RunFolder, built: Built, trainer: Trainer, data: Prepared
     return RunResult(folder.path, state.best_epoch, value, val["log_loss"], seconds, name)
 
 
-def _calibrate(folder: RunFolder, labels: np.ndarray, probs: np.ndarray, classes: list[str]) -> dict:
-    """--calibrate: the temperature that minimises the validation log loss, kept in model.json (so
-    every later command uses it); the validation figures before and after. Fitted and scored on the
+def _calibrate(folder: RunFolder, card: ModelCard, labels: np.ndarray, probs: np.ndarray) -> tuple[ModelCard, dict]:
+    """--calibrate: the task's temperature(s) minimising the validation log loss, kept in model.json (so
+    every later command uses them); the validation figures before and after. Fitted and scored on the
     same pictures: an independent split says more (bench/)."""
-    from .engine.calibration import fit_temperature, scaled
-
-    temperature = fit_temperature(probs, labels)
-    after = classification_metrics(labels, scaled(probs, temperature), classes)
-    before = classification_metrics(labels, probs, classes)
+    task = get_task(card.task)
+    calibrated = task.calibrate(card, labels, probs)
+    before = task.metrics(labels, probs, card.classes, card)
+    after = task.metrics(labels, task.calibrated(probs, calibrated), card.classes, calibrated)
     if folder.writes:
-        write_card(folder.path, read_card(folder.path).with_(temperature=round(temperature, 6)))
-    log.info("--calibrate: temperature %.3f; validation log loss %.4f → %.4f, ECE %.4f → %.4f", temperature,
-             before["log_loss"], after["log_loss"], before["ece"], after["ece"])
-    return {"temperature": round(temperature, 6), "fitted_on": "validation",
-            "before": {k: before[k] for k in ("log_loss", "ece")}, "after": {k: after[k] for k in ("log_loss", "ece")}}
+        write_card(folder.path, calibrated)
+    scores = [k for k in ("log_loss", "ece") if k in before]
+    temperature = calibrated.temperature
+    log.info("--calibrate: temperature %s; validation %s", f"{temperature:.3f}" if isinstance(temperature, float)
+             else f"per class {min(temperature):.3f}..{max(temperature):.3f}",
+             ", ".join(f"{k.replace('_', ' ')} {before[k]:.4f} → {after[k]:.4f}" for k in scores))
+    return calibrated, {"temperature": temperature, "fitted_on": "validation",
+                        "before": {k: before[k] for k in scores}, "after": {k: after[k] for k in scores}}
 
 
 def _write_plots(folder: RunFolder, built: Built, state, metrics: dict, val: DecodedImages, labels: np.ndarray,
                  probs: np.ndarray, card: ModelCard) -> None:
     """curves.png, then confusion.png and the interpretation pictures (report/interpretation.py), or for
-    several labels per picture each class's precision-recall curve with its threshold (pr_curves.png)."""
-    from .report.interpretation import write_interpretation
+    several labels per picture each class's precision-recall curve with its threshold (pr_curves.png) and
+    the highest-loss pictures (worst_pictures.png)."""
+    from .report.interpretation import write_interpretation, write_multi_label_interpretation
     from .report.plots import plot_confusion, plot_curves, plot_pr_curves
 
     folder.save_figure(plot_curves(state.history, state.best_epoch), "curves.png")
     if card.task == "multi-label":
         folder.save_figure(plot_pr_curves(labels, probs, card.classes, card.thresholds), "pr_curves.png")
+        write_multi_label_interpretation(folder, card, val, labels, probs)
         return
     folder.save_figure(plot_confusion(np.asarray(metrics["validation"]["confusion"]), card.classes), "confusion.png")
     write_interpretation(folder, built.model, built.card, metrics, val, labels, probs, card.classes)

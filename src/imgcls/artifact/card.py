@@ -87,7 +87,7 @@ class ModelCard:
     preprocess: Preprocess
     model_args: dict = field(default_factory=dict)
     task: str = "single-label"  # tasks/: single-label or multi-label
-    temperature: float = 1.0  # train --calibrate (one for single-label)
+    temperature: float | list[float] = 1.0  # train --calibrate: one for single-label, one per class for multi-label
     thresholds: list[float] | None = None  # multi-label: one decision threshold per class
     given_classes: list[str] | None = None  # the data's own labels when --class-names renamed them
     best_epoch: int | None = None
@@ -132,12 +132,16 @@ class ModelCard:
                                     tuple(data["std"]), data.get("resize", "squash"), bool(data.get("trim_borders")))
             return cls(architecture=data["architecture"], classes=list(data["classes"]), preprocess=preprocess,
                        model_args=dict(data.get("model_args") or {}), task=data.get("task", "single-label"),
-                       temperature=float(data.get("temperature", 1.0)), thresholds=data.get("thresholds"),
+                       temperature=_temperature(data.get("temperature", 1.0)), thresholds=data.get("thresholds"),
                        given_classes=data.get("given_classes"), best_epoch=data.get("best_epoch"),
                        imgcls_version=data.get("imgcls_version"), config=data.get("config") or {})
         except (KeyError, TypeError, ValueError) as error:
             raise UserError(f"Received: {where} without a valid {error}; expected a model card written by "
                             "imgcls train") from None
+
+
+def _temperature(value) -> float | list[float]:
+    return [float(t) for t in value] if isinstance(value, list) else float(value)
 
 
 def read_card(run_dir: str | Path) -> ModelCard:

@@ -80,10 +80,40 @@ class BatchAugment:
         return x
 
 
-def batch_mixer(mixup: float, cutmix: float, num_classes: int):
-    """MixUp and/or CutMix from torchvision (one of the two per batch when both are on), or None."""
+class MultiHotMixer:
+    """MixUp and CutMix for several labels per picture: torchvision's v2 mixers take one class index per
+    picture, so here the multi-hot label vectors are mixed in the same proportion as the pixels (each
+    batch mixed with itself rolled by one, as torchvision does; one of the two per batch when both are on)."""
+
+    def __init__(self, mixup: float, cutmix: float):
+        self.alphas = [(kind, alpha) for kind, alpha in (("mixup", mixup), ("cutmix", cutmix)) if alpha > 0]
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        kind, alpha = self.alphas[int(torch.randint(len(self.alphas), ()))]
+        lam = float(torch.distributions.Beta(alpha, alpha).sample())
+        other = images.roll(1, 0)
+        if kind == "mixup":
+            images = images.mul(lam).add_(other, alpha=1 - lam)
+        else:  # a box of area 1 - lam from the other picture; lam becomes the share left
+            h, w = images.shape[-2:]
+            cy, cx = int(torch.randint(h, ())), int(torch.randint(w, ()))
+            half_h, half_w = int(h * (1 - lam) ** 0.5 / 2), int(w * (1 - lam) ** 0.5 / 2)
+            top, bottom = max(cy - half_h, 0), min(cy + half_h, h)
+            left, right = max(cx - half_w, 0), min(cx + half_w, w)
+            images = images.clone()
+            images[..., top:bottom, left:right] = other[..., top:bottom, left:right]
+            lam = 1 - (bottom - top) * (right - left) / (h * w)
+        targets = labels.float()
+        return images, targets.mul(lam).add_(targets.roll(1, 0), alpha=1 - lam)
+
+
+def batch_mixer(mixup: float, cutmix: float, num_classes: int, multi_label: bool = False):
+    """MixUp and/or CutMix from torchvision (one of the two per batch when both are on), or None; for
+    several labels per picture, MultiHotMixer."""
     if mixup <= 0 and cutmix <= 0:
         return None
+    if multi_label:
+        return MultiHotMixer(mixup, cutmix)
     from torchvision.transforms import v2  # lazily, as above
 
     mixers = []

@@ -32,9 +32,16 @@ def quasi_random(file_rows: np.ndarray, block_rows: int, window_blocks: int, gen
 
 
 def balanced_weights(labels: torch.Tensor) -> torch.Tensor:
-    """Sampling weight 1 / (pictures of its class) per picture: every class drawn equally often."""
-    counts = torch.bincount(labels.cpu())
-    return 1.0 / counts[labels.cpu()].double()
+    """Sampling weight 1 / (pictures of its class) per picture: every class drawn equally often. For several
+    labels per picture (a multi-hot matrix), 1 / (pictures of its rarest label), as LVIS's repeat-factor
+    sampling ranks pictures by their rarest category; a picture with no label counts as the class "none"."""
+    labels = labels.cpu()
+    if labels.ndim == 1:
+        return 1.0 / torch.bincount(labels)[labels].double()
+    hot = labels > 0
+    counts = hot.sum(0).double()
+    rarest = torch.where(hot, counts, torch.inf).amin(1)
+    return 1.0 / torch.where(hot.any(1), rarest, (~hot.any(1)).sum().double())
 
 
 class BatchOrder:

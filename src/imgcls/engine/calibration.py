@@ -1,6 +1,7 @@
 """Temperature scaling (Guo et al. 2017): one number T fitted on the validation split so that
 softmax(logits / T) has the lowest log loss. Accuracy is unchanged (the order of the logits is);
-the probabilities stop being over- (T > 1) or under-confident (T < 1). Pure numpy."""
+the probabilities stop being over- (T > 1) or under-confident (T < 1). For several labels per picture,
+one T per class on its sigmoid (each class's binary log loss). Pure numpy."""
 from __future__ import annotations
 
 import numpy as np
@@ -23,20 +24,58 @@ def nll(probs: np.ndarray, labels: np.ndarray, temperature: float) -> float:
     return float(-_log_softmax(log_p / temperature)[np.arange(len(labels)), labels].mean())
 
 
-def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
-    """The T minimising the log loss of `labels` under scaled(probs, T): golden-section search on log T
-    (the loss is convex in 1/T, so one minimum)."""
-    low, high = LOG_T_RANGE
+def _golden_minimum(loss, low: float, high: float) -> float:
+    """The x in [low, high] minimising a unimodal `loss(x)`: golden-section search, 60 steps (the bracket
+    shrinks to 1e-12 of its width)."""
     ratio = (np.sqrt(5) - 1) / 2
     a, b = high - ratio * (high - low), low + ratio * (high - low)
-    fa, fb = nll(probs, labels, np.exp(a)), nll(probs, labels, np.exp(b))
-    for _ in range(60):  # the bracket shrinks to 1e-12 of its width
+    fa, fb = loss(a), loss(b)
+    for _ in range(60):
         if fa < fb:
             high, b, fb = b, a, fa
             a = high - ratio * (high - low)
-            fa = nll(probs, labels, np.exp(a))
+            fa = loss(a)
         else:
             low, a, fa = a, b, fb
             b = low + ratio * (high - low)
-            fb = nll(probs, labels, np.exp(b))
-    return float(np.exp((low + high) / 2))
+            fb = loss(b)
+    return (low + high) / 2
+
+
+def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
+    """The T minimising the log loss of `labels` under scaled(probs, T), searched on log T (the loss is
+    convex in 1/T, so one minimum)."""
+    return float(np.exp(_golden_minimum(lambda log_t: nll(probs, labels, np.exp(log_t)), *LOG_T_RANGE)))
+
+
+def _logit(probs: np.ndarray) -> np.ndarray:
+    p = np.clip(probs.astype(np.float64), 1e-12, 1 - 1e-12)
+    return np.log(p) - np.log1p(-p)
+
+
+def scaled_binary(probs: np.ndarray, temperatures) -> np.ndarray:
+    """sigmoid(logit(p) / T), T per class (the last axis): several labels per picture."""
+    t = np.asarray(temperatures, dtype=np.float64)
+    if np.all(t == 1.0):
+        return probs
+    return (0.5 * (1 + np.tanh(0.5 * _logit(probs) / t))).astype(np.float32)
+
+
+def binary_nll(probs: np.ndarray, targets: np.ndarray, temperature: float) -> float:
+    """Mean binary cross-entropy of 0/1 `targets` under sigmoid(logit(p) / T), for one class."""
+    z = _logit(probs) / temperature
+    return float(np.mean(np.logaddexp(0, z) - targets * z))
+
+
+def fit_binary_temperatures(probs: np.ndarray, targets: np.ndarray) -> list[float]:
+    """One temperature per class (column), each minimising that class's binary log loss; 1.0 for a class
+    that never occurs or always does on these pictures (nothing to fit it on)."""
+    temperatures = []
+    for k in range(probs.shape[1]):
+        y = targets[:, k].astype(np.float64)
+        if y.min() == y.max():
+            temperatures.append(1.0)
+            continue
+        log_t = _golden_minimum(lambda v: binary_nll(probs[:, k], y, np.exp(v)), *LOG_T_RANGE)
+        temperatures.append(float(np.exp(log_t)))
+    return temperatures

@@ -78,3 +78,21 @@ def write_interpretation(folder: RunFolder, model: torch.nn.Module, card, metric
         _top_losses(folder, model, card, val, labels, probs, classes)
     except Exception as error:  # noqa: BLE001 - a picture for the report must never fail a finished run
         log.warning("top_losses.png not drawn: %s", error)
+
+
+def write_multi_label_interpretation(folder: RunFolder, card, val, targets: np.ndarray, probs: np.ndarray,
+                                     count: int = 16) -> None:
+    """worst_pictures.png: the validation pictures with the highest loss (mean binary cross-entropy over
+    the labels), titled with the labels the model missed (-) and added (+) at its thresholds."""
+    from ..tasks import get_task
+
+    task = get_task(card.task)
+    loss = np.array([-np.log(task.p_given(p, t)) for p, t in zip(probs, targets)])
+    idx = np.argsort(-loss, kind="stable")[:count]
+    decided = task.decide(probs[idx], card)
+    given = targets[idx] > 0
+    titles = ["\n".join(filter(None, [" ".join(f"-{card.classes[k]}" for k in np.flatnonzero(g & ~d)),
+                                      " ".join(f"+{card.classes[k]}" for k in np.flatnonzero(d & ~g))])) or "right"
+              for g, d in zip(given, decided)]
+    colors = ["black" if t == "right" else "red" for t in titles]
+    folder.save_figure(plot_grid(val.pictures(idx).numpy(), titles, colors), "worst_pictures.png")

@@ -31,6 +31,15 @@ def best_f1_threshold(targets: np.ndarray, probs: np.ndarray) -> float:
     return float((sorted_probs[best] + below) / 2)
 
 
+def _together(errors: np.ndarray, classes: list[str], top: int = 10) -> list[list]:
+    """The label pairs most often wrong on the same picture ((N, K) booleans: missed, or added), as
+    [label, label, pictures], most first."""
+    counts = errors.astype(np.int64).T @ errors.astype(np.int64)
+    a, b = np.triu_indices(len(classes), 1)
+    order = np.argsort(-counts[a, b], kind="stable")[:top]
+    return [[classes[a[i]], classes[b[i]], int(counts[a[i], b[i]])] for i in order if counts[a[i], b[i]] > 0]
+
+
 class MultiLabel:
     name = "multi-label"
 
@@ -42,7 +51,19 @@ class MultiLabel:
         return logits.float().sigmoid()
 
     def calibrated(self, probs: np.ndarray, card) -> np.ndarray:
-        return probs
+        """Each class's temperature (train --calibrate) applied to its sigmoid; unchanged without one."""
+        from ..engine.calibration import scaled_binary
+
+        return scaled_binary(probs, card.temperature)
+
+    def calibrate(self, card, targets: np.ndarray, probs: np.ndarray):
+        """train --calibrate: one temperature per class (its binary log loss on these pictures), and each
+        class's threshold moved with it so that every decision stays as it was (the scaling is monotone)."""
+        from ..engine.calibration import fit_binary_temperatures, scaled_binary
+
+        temperatures = [round(t, 6) for t in fit_binary_temperatures(probs, targets)]
+        thresholds = scaled_binary(self.thresholds(card, probs.shape[1])[None, :], temperatures)[0]
+        return card.with_(temperature=temperatures, thresholds=[round(float(t), 6) for t in thresholds])
 
     def thresholds(self, card, num_classes: int) -> np.ndarray:
         given = getattr(card, "thresholds", None) if card is not None else None
@@ -150,6 +171,8 @@ class MultiLabel:
                                      "f1": round(float(f), 4), "support": int(s)}
                               for name, a, p, r, f, s in zip(classes, ap, precision, recall, f1, targets.sum(0))},
                 "thresholds": [round(float(t), 6) for t in self.thresholds(card, len(classes))],
+                "missed_together": _together(targets & ~predicted, classes),
+                "added_together": _together(predicted & ~targets, classes),
                 "classes": classes}
 
     def headline(self, metrics: dict) -> tuple[str, float]:
@@ -160,7 +183,10 @@ class MultiLabel:
 
     # -- the export contract ---------------------------------------------------------------------
     def contract(self, card) -> dict:
+        calibrated = isinstance(card.temperature, list)
         return {"name": "logits", "activation": "sigmoid",
-                "postprocess": "sigmoid of each output; a class is predicted where it reaches its threshold",
+                "postprocess": ("divide each output by its class's temperature, then " if calibrated else "")
+                + "sigmoid of each output; a class is predicted where it reaches its threshold",
+                **({"temperature": list(card.temperature)} if calibrated else {}),
                 "thresholds": [float(t) for t in self.thresholds(card, card.num_classes)],
                 "decision": "probability >= threshold, per class"}
