@@ -101,3 +101,26 @@ def write_object_folders(root: Path, per_class: int = 40, size: int = 32, side: 
             Image.fromarray(picture.astype(np.uint8), "RGB").save(path)
             boxes[str(path)] = (x, y, x + side, y + side)
     return boxes
+
+
+TAGS = ("clear", "road", "water")
+TAG_COLOURS = {"clear": (230, 230, 60), "road": (200, 40, 40), "water": (40, 60, 220)}
+
+
+def write_tagged(root: Path, count: int = 72, seed: int = 0, sep: str = " ") -> tuple[Path, Path]:
+    """Pictures with a stripe of each tag's colour, and a CSV image_name,tags (Planet's layout)."""
+    rng = np.random.default_rng(seed)
+    pictures = root / "pictures"
+    pictures.mkdir(parents=True)
+    rows = ["image_name,tags"]
+    for i in range(count):
+        chosen = [t for k, t in enumerate(TAGS) if (i + 1) >> k & 1]  # every non-empty set, in turn
+        pixels = np.full((16, 18, 3), 128.0) + rng.normal(0, 15, (16, 18, 3))
+        for k, tag in enumerate(TAGS):
+            if tag in chosen:
+                pixels[:, 6 * k:6 * k + 6] = TAG_COLOURS[tag]
+        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(pictures / f"p{i}.png")
+        rows.append(f"p{i},{sep.join(chosen)}")
+    labels = root / "tags.csv"
+    labels.write_text("\n".join(rows) + "\n")
+    return pictures, labels

@@ -1,7 +1,8 @@
 """Every model family through every command, at the smallest input each accepts: train (unfrozen; frozen
 with and without the frozen-feature cache), finetune, evaluate, predict --tta, audit RUN_DIR, ONNX export
 (onnxruntime within 1e-4 of PyTorch) and serve's predict endpoint. The later commands are given the
-finetune folder itself, which stands for its final stage."""
+finetune folder itself, which stands for its final stage. Then the same family with several labels per
+picture: finetune, evaluate, predict, export and serve."""
 import csv
 import io
 import json
@@ -14,7 +15,7 @@ import pytest
 import imgcls
 from imgcls.audit import audit_run
 
-from .conftest import coloured_picture, folder_snapshot, write_class_folders
+from .conftest import TAGS, coloured_picture, folder_snapshot, write_class_folders, write_tagged
 
 # name → (model arguments, side in pixels): the smallest input each family accepts (Inception-v3: 75 px).
 FAMILIES = {
@@ -43,8 +44,13 @@ def history(run_dir: Path) -> list[list[float]]:
         return [[float(r[k]) for k in ("train_loss", "train_acc", "val_loss", "val_acc")] for r in csv.DictReader(f)]
 
 
+@pytest.fixture(scope="module")
+def tagged(tmp_path_factory) -> tuple[Path, Path]:
+    return write_tagged(tmp_path_factory.mktemp("families-tagged"), count=14)
+
+
 @pytest.mark.parametrize("family", list(FAMILIES))
-def test_family_through_every_command(family: str, data: Path, tmp_path: Path):
+def test_family_through_every_command(family: str, data: Path, tagged: tuple[Path, Path], tmp_path: Path):
     model_args, size = FAMILIES[family]
     before = folder_snapshot(data)
     common = dict(source=str(data), model=family, model_args=model_args, img_size=size, batch_size=4)
@@ -88,3 +94,33 @@ def test_family_through_every_command(family: str, data: Path, tmp_path: Path):
     assert {t["class"] for t in top} == {"red", "blue"} and sum(t["probability"] for t in top) == pytest.approx(1, abs=1e-4)
     assert folder_snapshot(data) == before
     assert json.loads((out / "finetune.json").read_text())["final"] == "stage2"
+    _several_labels(family, weights, tagged, tmp_path / "multi")
+
+
+def _several_labels(family: str, weights: str, tagged: tuple[Path, Path], tmp_path: Path) -> None:
+    """The multi-label task on the same family: finetune's two stages from the single-label run's weights
+    (its two-class head left out; the head over cached features, then the last block), evaluate,
+    predict, export (sigmoid and thresholds in the contract) and serve."""
+    pictures, labels = tagged
+    model_args, size = FAMILIES[family]
+    out = tmp_path / "finetune"
+    imgcls.finetune(source=str(pictures), labels=str(labels), id_col="image_name", label_col="tags", multi_label=True,
+                    model=family, model_args=model_args, img_size=size, channels=3, batch_size=4, weights=weights,
+                    stage1_epochs=1, stage2_epochs=1, unfreeze_last=1, out=str(out))
+    metrics = imgcls.evaluate(out, str(pictures), labels=str(labels), id_col="image_name", label_col="tags")
+    assert metrics["count"] == 14 and 0 <= metrics["mAP"] <= 1 and "micro_f1" in metrics
+    imgcls.predict(out, pictures, tmp_path / "tags.csv")
+    rows = list(csv.DictReader(open(tmp_path / "tags.csv")))
+    assert len(rows) == 14 and all(set(r["tags"].split()) <= set(TAGS) for r in rows)
+    exported = imgcls.export(out, "onnx")
+    assert exported["max_rel_diff"] < 1e-4
+    contract = json.loads(Path(exported["path"] + ".json").read_text())
+    assert contract["output"]["activation"] == "sigmoid" and len(contract["output"]["thresholds"]) == 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from fastapi.testclient import TestClient
+    from imgcls.serve import create_app
+    answer = TestClient(create_app(out)).post("/predict", files={"file": ("p6.png", (pictures / "p6.png").read_bytes(),
+                                                                          "image/png")})
+    assert answer.status_code == 200 and set(answer.json()["labels"]) <= set(TAGS)
+    assert {t["class"] for t in answer.json()["top"]} == set(TAGS)
