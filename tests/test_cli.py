@@ -204,3 +204,11 @@ def test_the_lazy_api_still_exposes_every_name():
         assert getattr(api, name) is not None
     with pytest.raises(AttributeError):
         api.no_such_name  # noqa: B018
+
+
+def test_every_command_has_one_handler():
+    from imgcls.cli import COMMANDS
+    from imgcls.cli_parser import build_parser
+    parser = build_parser()
+    commands = next(a for a in parser._actions if a.dest == "command").choices
+    assert set(commands) == set(COMMANDS)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import io
 import json
 import logging
 from pathlib import Path
@@ -22,7 +21,7 @@ from .config import TrainConfig, config_to_dict
 from .data.decode import decode_all
 from .artifact.card import read_card
 from .artifact.files import VAL_PREDICTIONS, final_run_dir
-from .engine.checkpoint import write_json, write_text
+from .engine.checkpoint import write_csv, write_json
 from .errors import UserError
 
 log = logging.getLogger(__name__)
@@ -92,11 +91,8 @@ def write_suspects(out: Path, suspects: list[dict], shown: int = 32) -> None:
     from .report.plots import plot_grid, save_figure
 
     out.mkdir(parents=True, exist_ok=True)
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, list(suspects[0]) if suspects else ["rank", "path"], lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(suspects)
-    write_text(out / "suspects.csv", buffer.getvalue())
+    columns = list(suspects[0]) if suspects else ["rank", "path"]
+    write_csv(out / "suspects.csv", columns, ([s[c] for c in columns] for s in suspects))
     top = suspects[:shown]
     array, index, _ = decode_all([s["path"] for s in top], 3, 96, "decoding suspects")
     titles = [f"{top[i]['given']}→{top[i]['predicted']} ({top[i]['p_given']:.2f})" for i in index]

@@ -16,7 +16,6 @@ from .data.augment import BatchAugment, batch_mixer
 from .data.decode import inference_batch_size
 from .data.loader import BatchLoader
 from .data.prepare import PreparedData
-from .data.store import CacheSettings
 from .engine.distributed import convert_sync_batchnorm
 from .engine.feature_cache import CachedTail, FeatureLoader, frozen_features, weights_digest
 from .engine.trainer import Callback, Trainer
@@ -144,7 +143,7 @@ def _feature_cache(config: TrainConfig, model: torch.nn.Module, data: PreparedDa
     key = {"model": config.model, "model_args": json.loads(json.dumps(config.model_args, sort_keys=True)),
            "weights": weights_digest(modules), "channels": p.channels, "size": p.size,
            "trim": p.trim, **({"resize": p.resize} if p.resize != "squash" else {})}
-    cache = CacheSettings(config.cache, config.cache_dir, config.cache_max_gb)
+    cache = config.cache_settings()
     features = {name: frozen_features(key, model, prefix, part, mean=p.mean, std=p.std, device=device,
                                       cache=cache) for name, part in (("train", data.train), ("val", data.val))}
     train_loader = FeatureLoader(features["train"], config.batch_size, shuffle=True, device=device,

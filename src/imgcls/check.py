@@ -1,8 +1,6 @@
 """`imgcls check` as a library call: scan a data source and write quality.csv, .json and .html."""
 from __future__ import annotations
 
-import csv
-import io
 import logging
 from pathlib import Path
 
@@ -13,7 +11,7 @@ from .data.decode import decode_all
 from .data.quality import UNLABELLED, scan
 from .data.sources import Samples, list_pictures, load_samples
 from .data.store import CacheSettings
-from .engine.checkpoint import write_json, write_text
+from .engine.checkpoint import write_csv, write_json
 from .errors import UserError
 from .report.page import write_page
 
@@ -40,11 +38,9 @@ def check(data: DataConfig, *, min_pixels: int = 3600, out: str | Path = "runs/c
         log.warning("not listed: %s: %s", item["path"], item["reason"])
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, ["path", "label", "issue", "score", "detail"], lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(sorted(rows, key=lambda r: (r["issue"], -r["score"], r["path"])))
-    write_text(out / "quality.csv", buffer.getvalue())
+    columns = ["path", "label", "issue", "score", "detail"]
+    write_csv(out / "quality.csv", columns, ([r[c] for c in columns]
+                                             for r in sorted(rows, key=lambda r: (r["issue"], -r["score"], r["path"]))))
     write_json(out / "quality.json", summary)
     write_page(out / "quality.html", "imgcls check", _sections(rows, summary))
     log.info("%d of %d pictures have issues: %s → %s", summary["pictures_with_issues"], summary["pictures"],

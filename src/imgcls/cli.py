@@ -189,88 +189,99 @@ def _cmd_models(args: argparse.Namespace) -> None:
     print("Grad-CAM layer (imgcls explain's default --layer):", ", ".join(default_layers(model, chans, size)))
 
 
+def _cmd_check(args: argparse.Namespace) -> None:
+    from .check import check
+    from .config import DataConfig
+    data = DataConfig(source=args.data, labels=args.labels, id_col=args.id_col, label_col=args.label_col,
+                      ext=args.ext, label_pattern=args.label_pattern, val=args.val)
+    _, summary = check(data, min_pixels=args.min_pixels, out=args.out, cache=_cache_settings(args))
+    print(f"{summary['pictures_with_issues']} of {summary['pictures']} pictures have issues: "
+          f"{json.dumps(summary['issues'])}; class imbalance {summary['class_imbalance']}\n"
+          f"see {args.out}/quality.html (train with --clean to apply the default actions)")
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> None:
+    from .predict import evaluate
+    from .tasks import get_task
+    metrics = evaluate(args.run_dir, args.data, labels=args.labels, id_col=args.id_col,
+                       label_col=args.label_col, ext=args.ext, label_pattern=args.label_pattern,
+                       out=args.out, device=args.device, tta=args.tta, cache=_cache_settings(args),
+                       backend=args.backend)
+    print(json.dumps(get_task(metrics.get("task", "single-label")).summary(metrics)))
+    if metrics["skipped"]:
+        print(f"{len(metrics['skipped'])} pictures skipped (see the log above)")
+
+
+def _cmd_predict(args: argparse.Namespace) -> None:
+    if len(args.paths) < 2:
+        raise UserError(f"Received: predict {' '.join(args.paths)}; expected RUN_DIR [RUN_DIR ...] IMAGES")
+    run_dirs, images = args.paths[:-1], args.paths[-1]
+    from .predict import predict  # torch is imported only where the backend needs it
+    result = predict(run_dirs if len(run_dirs) > 1 else run_dirs[0], images, args.out, proba=args.proba,
+                     template=args.template, tta=args.tta, cache=_cache_settings(args), backend=args.backend,
+                     label_format=args.label_format, device=args.device)
+    print(f"wrote {result['written']} rows to {result['out']} ({len(result['skipped'])} pictures skipped)")
+
+
+def _cmd_export(args: argparse.Namespace) -> None:
+    from .export import export
+    result = export(args.run_dir, args.format, args.out, quantize=args.quantize, cache=_cache_settings(args))
+    print(f"wrote {result['path']} (+ {result['path']}.json, the preprocessing contract); max abs "
+          f"difference of the logits against PyTorch: {result['max_abs_diff']:.2e} (relative {result['max_rel_diff']:.2e})")
+    if "int8" in result:
+        q = result["int8"]
+        name = q["score"]
+        print(f"int8 on {q['validation_pictures']} validation pictures: {name.replace('_', '-')} {q['int8'][name]:.4f} "
+              f"(fp32 {q['fp32'][name]:.4f}, {q[name + '_delta_points']:+.2f} points), "
+              f"{q['int8']['pictures_per_s']:.0f} pictures/s (fp32 {q['fp32']['pictures_per_s']:.0f})")
+
+
+def _cmd_explain(args: argparse.Namespace) -> None:
+    from .explain import explain
+    result = explain(args.run_dir, args.images, args.out, method=args.method, layer=args.layer,
+                     class_name=args.class_name, top=args.top, device=args.device)
+    print(f"explained {result['explained']} pictures ({', '.join(result['method'])} on "
+          f"{', '.join(result['layers'])}) -> {result['out']}/explain.csv, "
+          f"{result['out']}/contact.png ({len(result['skipped'])} pictures skipped)")
+
+
+def _cmd_serve(args: argparse.Namespace) -> None:
+    # Before torch loads: its OpenMP threads would otherwise spin after every model call, taking the
+    # cores from the decoding threads and the event loop (airnet, 1 client: 102 → 281 requests/s).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from .serve import serve
+    serve(args.run_dir, args.host, args.port, int(args.max_mb * 2**20), backend=args.backend, device=args.device,
+          max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_pending=args.max_pending,
+          max_pixels=int(args.max_pixels * 1e6))
+
+
+def _cmd_runs(args: argparse.Namespace) -> None:
+    from .experiments import format_runs, list_runs, plot_runs
+    rows = list_runs(args.folder, args.sort)
+    print(format_runs(rows) if rows else f"no finished run under {args.folder}")
+    if args.plot and rows:
+        print(f"curves of {len(rows)} runs -> {plot_runs(rows, args.plot)}")
+
+
+def _cmd_demo(args: argparse.Namespace) -> None:
+    from .runs import next_free
+    from .train import train
+    out = args.out or str(next_free(Path("runs") / "demo"))
+    result = train(source="digits", model="simple-cnn", img_size=16, epochs=args.epochs, out=out)
+    print(f"demo: best epoch {result.best_epoch}, val accuracy {result.val_accuracy:.4f}, log loss "
+          f"{result.val_log_loss:.4f} in {result.train_seconds:.1f} s\nopen {result.run_dir}/report.html")
+
+
+# Every command's handler; train alone also takes the command line (it relaunches itself under torchrun).
+COMMANDS = {"train": _cmd_train, "tune": _cmd_tune, "lr-find": _cmd_lr_find, "finetune": _cmd_finetune,
+            "audit": _cmd_audit, "check": _cmd_check, "evaluate": _cmd_evaluate, "predict": _cmd_predict,
+            "export": _cmd_export, "explain": _cmd_explain, "serve": _cmd_serve, "runs": _cmd_runs,
+            "cache": _cmd_cache, "models": _cmd_models, "demo": _cmd_demo}
+
+
 def _run(args: argparse.Namespace, argv: list[str]) -> None:
-    if args.command == "train":
-        _cmd_train(args, argv)
-    elif args.command == "tune":
-        _cmd_tune(args)
-    elif args.command == "lr-find":
-        _cmd_lr_find(args)
-    elif args.command == "finetune":
-        _cmd_finetune(args)
-    elif args.command == "audit":
-        _cmd_audit(args)
-    elif args.command == "check":
-        from .check import check
-        from .config import DataConfig
-        data = DataConfig(source=args.data, labels=args.labels, id_col=args.id_col, label_col=args.label_col,
-                          ext=args.ext, label_pattern=args.label_pattern, val=args.val)
-        _, summary = check(data, min_pixels=args.min_pixels, out=args.out, cache=_cache_settings(args))
-        print(f"{summary['pictures_with_issues']} of {summary['pictures']} pictures have issues: "
-              f"{json.dumps(summary['issues'])}; class imbalance {summary['class_imbalance']}\n"
-              f"see {args.out}/quality.html (train with --clean to apply the default actions)")
-    elif args.command == "evaluate":
-        from .predict import evaluate
-        metrics = evaluate(args.run_dir, args.data, labels=args.labels, id_col=args.id_col,
-                           label_col=args.label_col, ext=args.ext, label_pattern=args.label_pattern,
-                           out=args.out, device=args.device, tta=args.tta, cache=_cache_settings(args),
-                           backend=args.backend)
-        from .tasks import get_task
-        print(json.dumps(get_task(metrics.get("task", "single-label")).summary(metrics)))
-        if metrics["skipped"]:
-            print(f"{len(metrics['skipped'])} pictures skipped (see the log above)")
-    elif args.command == "predict":
-        if len(args.paths) < 2:
-            raise UserError(f"Received: predict {' '.join(args.paths)}; expected RUN_DIR [RUN_DIR ...] IMAGES")
-        run_dirs, images = args.paths[:-1], args.paths[-1]
-        from .predict import predict  # torch is imported only where the backend needs it
-        result = predict(run_dirs if len(run_dirs) > 1 else run_dirs[0], images, args.out, proba=args.proba,
-                         template=args.template, tta=args.tta, cache=_cache_settings(args), backend=args.backend,
-                         label_format=args.label_format, device=args.device)
-        print(f"wrote {result['written']} rows to {result['out']} ({len(result['skipped'])} pictures skipped)")
-    elif args.command == "export":
-        from .export import export
-        result = export(args.run_dir, args.format, args.out, quantize=args.quantize, cache=_cache_settings(args))
-        print(f"wrote {result['path']} (+ {result['path']}.json, the preprocessing contract); max abs "
-              f"difference of the logits against PyTorch: {result['max_abs_diff']:.2e} (relative {result['max_rel_diff']:.2e})")
-        if "int8" in result:
-            q = result["int8"]
-            name = q["score"]
-            print(f"int8 on {q['validation_pictures']} validation pictures: {name.replace('_', '-')} {q['int8'][name]:.4f} "
-                  f"(fp32 {q['fp32'][name]:.4f}, {q[name + '_delta_points']:+.2f} points), "
-                  f"{q['int8']['pictures_per_s']:.0f} pictures/s (fp32 {q['fp32']['pictures_per_s']:.0f})")
-    elif args.command == "explain":
-        from .explain import explain
-        result = explain(args.run_dir, args.images, args.out, method=args.method, layer=args.layer,
-                         class_name=args.class_name, top=args.top, device=args.device)
-        print(f"explained {result['explained']} pictures ({', '.join(result['method'])} on "
-              f"{', '.join(result['layers'])}) -> {result['out']}/explain.csv, "
-              f"{result['out']}/contact.png ({len(result['skipped'])} pictures skipped)")
-    elif args.command == "serve":
-        # Before torch loads: its OpenMP threads would otherwise spin after every model call, taking the
-        # cores from the decoding threads and the event loop (airnet, 1 client: 102 → 281 requests/s).
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-        from .serve import serve
-        serve(args.run_dir, args.host, args.port, int(args.max_mb * 2**20), backend=args.backend, device=args.device,
-              max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_pending=args.max_pending,
-              max_pixels=int(args.max_pixels * 1e6))
-    elif args.command == "runs":
-        from .experiments import format_runs, list_runs, plot_runs
-        rows = list_runs(args.folder, args.sort)
-        print(format_runs(rows) if rows else f"no finished run under {args.folder}")
-        if args.plot and rows:
-            print(f"curves of {len(rows)} runs -> {plot_runs(rows, args.plot)}")
-    elif args.command == "cache":
-        _cmd_cache(args)
-    elif args.command == "models":
-        _cmd_models(args)
-    elif args.command == "demo":
-        from .runs import next_free
-        from .train import train
-        out = args.out or str(next_free(Path("runs") / "demo"))
-        result = train(source="digits", model="simple-cnn", img_size=16, epochs=args.epochs, out=out)
-        print(f"demo: best epoch {result.best_epoch}, val accuracy {result.val_accuracy:.4f}, log loss "
-              f"{result.val_log_loss:.4f} in {result.train_seconds:.1f} s\nopen {result.run_dir}/report.html")
+    handler = COMMANDS[args.command]
+    handler(args, argv) if handler is _cmd_train else handler(args)
 
 
 ENVIRONMENT_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM)

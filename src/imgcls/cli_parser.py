@@ -7,6 +7,10 @@ import argparse
 import yaml
 
 from .artifact import BACKENDS
+from .choices import (AUGMENT_PRESETS, CACHE_ACTIONS, CHANNELS, CLASS_WEIGHTS, DEVICES, EXPLAIN_METHODS, EXPORT_FORMATS,
+                      FREEZE, LABEL_FORMATS, OPTIMIZERS, ORDERS, PRECISIONS, QUANTIZE, RESIZE_MODES, RUN_SORTS,
+                      SCHEDULERS, SPLITS, TRAIN_SAMPLERS, TUNE_SAMPLERS)
+from .config import RECIPES
 
 
 def _add_data_flags(p: argparse.ArgumentParser, *, optional: bool = False) -> None:
@@ -53,9 +57,9 @@ def _add_train_flags(parser: argparse.ArgumentParser, *, search: bool = False) -
     _add_data_flags(parser, optional=True)
     for flag, kw in [("--val", dict(metavar="DATA2", help="a separate validation folder (same layout flags)")),
                      ("--val-split", dict(type=float, help="validation fraction (default: 0.2)")),
-                     ("--split", dict(choices=["stratified", "random", "balanced"], help="default: stratified")),
+                     ("--split", dict(choices=SPLITS, help="default: stratified")),
                      ("--seed", dict(type=int, help="default: 0")),
-                     ("--recipe", dict(choices=["auto", "none", "small", "cifar10-speed"],
+                     ("--recipe", dict(choices=("auto", *RECIPES),
                                        help="a named set of defaults that flags override (default: auto = small "
                                        "when no --model is named: airnet, one-cycle AdamW, label smoothing 0.1, "
                                        "batch 128, 6 epochs; cifar10-speed: airbench's GPU recipe)")),
@@ -67,7 +71,7 @@ def _add_train_flags(parser: argparse.ArgumentParser, *, search: bool = False) -
                      ("--pretrained", dict(action="store_true", help="start from ImageNet weights (torchvision's "
                                            "cache under TORCH_HOME; efficientnet_lite0: the offline package)")),
                      ("--weights", dict(metavar="FILE", help="start from a .safetensors file or a state dict")),
-                     ("--freeze", dict(choices=["none", "backbone"], help="backbone: train the head only")),
+                     ("--freeze", dict(choices=FREEZE, help="backbone: train the head only")),
                      ("--unfreeze", dict(type=_names, metavar="B1,B2", help="these blocks train (e.g. layer4); "
                                          "the rest of the backbone is frozen")),
                      ("--unfreeze-last", dict(type=int, metavar="N", help="the last N blocks of each backbone train")),
@@ -75,28 +79,28 @@ def _add_train_flags(parser: argparse.ArgumentParser, *, search: bool = False) -
                      ("--no-feature-cache", dict(action="store_false", dest="feature_cache",
                                                  help="recompute frozen blocks every epoch (for comparisons)")),
                      ("--img-size", dict(type=int, metavar="N", help="default: the model's input size")),
-                     ("--resize", dict(choices=["auto", "squash", "crop", "pad"], help="how a picture becomes a square: "
+                     ("--resize", dict(choices=RESIZE_MODES, help="how a picture becomes a square: "
                                        "squash, crop (short side, centre) or pad (long side, letterbox); auto "
                                        "(default): crop for pretrained weights, squash otherwise")),
-                     ("--channels", dict(type=int, choices=[1, 3], help="default: the model's")),
+                     ("--channels", dict(type=int, choices=CHANNELS, help="default: the model's")),
                      ("--epochs", dict(type=int, help="default: 10, or the recipe's")),
                      ("--batch-size", dict(type=int, help="default: 64, or the recipe's")),
-                     ("--optimizer", dict(choices=["adam", "adamw", "sgd", "rmsprop"], help="default: adam, or the recipe's")),
+                     ("--optimizer", dict(choices=OPTIMIZERS, help="default: adam, or the recipe's")),
                      ("--lr", dict(type=_lr, help="a number, or auto: the learning-rate finder's suggestion "
                                    "(default: 1e-3, sgd: 1e-2, or the recipe's)")),
                      ("--momentum", dict(type=float, help="SGD momentum (default: 0.9)")),
                      ("--weight-decay", dict(type=float, help="default: 0")),
                      ("--norm-weight-decay", dict(type=float, metavar="F", help="weight decay of norm layers and "
                                                   "biases (default: --weight-decay's; 0: none, as timm does)")),
-                     ("--scheduler", dict(choices=["none", "plateau", "cosine", "onecycle"], help="default: none, or the recipe's")),
-                     ("--augment", dict(choices=["none", "light", "standard", "strong"], help="default: none, or the recipe's")),
+                     ("--scheduler", dict(choices=SCHEDULERS, help="default: none, or the recipe's")),
+                     ("--augment", dict(choices=AUGMENT_PRESETS, help="default: none, or the recipe's")),
                      ("--mixup", dict(type=float, metavar="ALPHA", help="MixUp alpha (default: 0 = off)")),
                      ("--cutmix", dict(type=float, metavar="ALPHA", help="CutMix alpha (default: 0 = off)")),
                      ("--label-smoothing", dict(type=float, metavar="F", help="default: 0, or the recipe's")),
                      ("--early-stop", dict(type=int, metavar="N", help="stop after N epochs without a better val loss")),
                      ("--train-batches", dict(type=int, metavar="N", help="only N batches per epoch (smoke runs)")),
-                     ("--device", dict(choices=["auto", "cpu", "cuda", "mps"], help="default: auto")),
-                     ("--precision", dict(choices=["auto", "fp32", "bf16"], help="auto: bf16 autocast on CUDA, "
+                     ("--device", dict(choices=DEVICES, help="default: auto")),
+                     ("--precision", dict(choices=PRECISIONS, help="auto: bf16 autocast on CUDA, "
                                           "fp32 elsewhere")),
                      ("--compile", dict(action=argparse.BooleanOptionalAction,
                                         help="torch.compile the model (a GPU gain; cifar10-speed turns it on)")),
@@ -113,9 +117,9 @@ def _add_train_flags(parser: argparse.ArgumentParser, *, search: bool = False) -
                                     help="with --exclude: its first N rows instead of the flagged ones")),
                      ("--cache-max-gb", dict(type=float, metavar="GB", help="evict least recently used cache "
                                              "entries beyond this size (default: 20)")),
-                     ("--order", dict(choices=["auto", "random", "quasi"], help="training order; quasi keeps "
+                     ("--order", dict(choices=ORDERS, help="training order; quasi keeps "
                                       "reads local in a cache file larger than memory (auto: quasi then)")),
-                     ("--class-weight", dict(choices=["none", "balanced"], help="balanced: loss weights "
+                     ("--class-weight", dict(choices=CLASS_WEIGHTS, help="balanced: loss weights "
                                              "inversely proportional to each class's pictures")),
                      ("--ema", dict(type=float, nargs="?", const=0.999, metavar="DECAY", help="evaluate and save an "
                                     "exponential moving average of the weights (default decay 0.999)")),
@@ -132,7 +136,7 @@ def _add_train_flags(parser: argparse.ArgumentParser, *, search: bool = False) -
                      ("--config", dict(metavar="YAML", help="settings file; flags override it"))]:
         parser.add_argument(flag, **kw)
     if not search:
-        parser.add_argument("--sampler", choices=["uniform", "balanced"], help="balanced: every class drawn "
+        parser.add_argument("--sampler", choices=TRAIN_SAMPLERS, help="balanced: every class drawn "
                             "equally often per epoch (with replacement)")
     _add_cache_flags(parser)
 
@@ -186,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--storage", metavar="URL", help="Optuna storage (default: sqlite:///OUT/study.db)")
     u.add_argument("--study", default="imgcls", help="study name (default: imgcls)")
     u.add_argument("--timeout", type=float, metavar="S", help="stop starting trials after S seconds")
-    u.add_argument("--sampler", default="tpe", choices=["tpe", "random"])
+    u.add_argument("--sampler", default="tpe", choices=TUNE_SAMPLERS)
     u.add_argument("--out", default="runs/tune", metavar="DIR", help="default: runs/tune (run again to resume)")
 
     r = sub.add_parser("lr-find", help="the learning-rate range test: plot loss against lr, suggest one",
@@ -213,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_flags(e)
     e.add_argument("--out", metavar="JSON", help="write the metrics here")
     e.add_argument("--tta", action="store_true", help="average with the horizontally flipped picture")
-    e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    e.add_argument("--device", default="auto", choices=DEVICES)
     _add_backend_flag(e)
     _add_cache_flags(e)
 
@@ -224,34 +228,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--proba", metavar="CLASS", nargs="?", const=True,
                    help="write P(CLASS) instead of the class name; alone: a column of probabilities per class")
     p.add_argument("--template", metavar="SAMPLE.csv", help="follow this CSV's ids and column names")
-    p.add_argument("--label-format", default="name", choices=["name", "index"],
+    p.add_argument("--label-format", default="name", choices=LABEL_FORMATS,
                    help="name (default) or index: the class's position 0..K-1 (a run with --class-names whose "
                         "submission wants the number)")
     p.add_argument("--tta", action="store_true", help="average with the horizontally flipped picture")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--device", default="auto", choices=DEVICES)
     _add_backend_flag(p)
     _add_cache_flags(p)
 
     x = sub.add_parser("export", help="export a run to ONNX (checked with onnxruntime) or TorchScript")
     x.add_argument("run_dir", metavar="RUN_DIR")
-    x.add_argument("--format", default="onnx", choices=["onnx", "torchscript"])
+    x.add_argument("--format", default="onnx", choices=EXPORT_FORMATS)
     x.add_argument("--out", metavar="FILE", help="default: RUN_DIR/model.onnx or RUN_DIR/model.torchscript.pt")
     _add_cache_flags(x)
-    x.add_argument("--quantize", choices=["int8"], help="also RUN_DIR/model.int8.onnx: static int8, calibrated "
+    x.add_argument("--quantize", choices=QUANTIZE, help="also RUN_DIR/model.int8.onnx: static int8, calibrated "
                    "on the run's validation pictures; prints both models' validation accuracy and speed")
 
     g = sub.add_parser("explain", help="Grad-CAM heatmaps: where a run looks in each picture")
     g.add_argument("run_dir", metavar="RUN_DIR")
     g.add_argument("images", metavar="PICTURES", help="a picture or a folder of pictures")
     g.add_argument("--out", metavar="DIR", required=True, help="overlays, contact.png and explain.csv go here")
-    g.add_argument("--method", default="auto", choices=["auto", "gradcam", "gradcam++", "hirescam"],
+    g.add_argument("--method", default="auto", choices=EXPLAIN_METHODS,
                    help="auto (default): gradcam for backbones that average-pool their last block, hirescam "
                         "for heads that see each position (flatten, max pool)")
     g.add_argument("--layer", metavar="NAME", help="a block name from `imgcls models NAME` (default: the last "
                    "spatial block of each backbone)")
     g.add_argument("--class", dest="class_name", metavar="NAME", help="explain this class (default: the predicted one)")
     g.add_argument("--top", type=int, default=1, metavar="N", help="explain each picture's N most probable classes")
-    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    g.add_argument("--device", default="auto", choices=DEVICES)
 
     w = sub.add_parser("serve", help="a web page and JSON endpoint to try a run")
     w.add_argument("run_dir", metavar="RUN_DIR")
@@ -259,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--port", type=int, default=8000)
     w.add_argument("--max-mb", type=float, default=10.0, help="largest upload accepted (default: 10)")
     _add_backend_flag(w)
-    w.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    w.add_argument("--device", default="auto", choices=DEVICES)
     w.add_argument("--max-batch", type=int, default=16, metavar="N",
                    help="pictures of concurrent requests run together, at most N (default: 16; 1: no batching)")
     w.add_argument("--max-wait-ms", type=float, default=5.0, metavar="MS",
@@ -272,17 +276,17 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("models", help="list the models, or summarise one layer by layer")
     m.add_argument("name", nargs="?", metavar="NAME")
     m.add_argument("--img-size", type=int, metavar="N")
-    m.add_argument("--channels", type=int, choices=[1, 3])
+    m.add_argument("--channels", type=int, choices=CHANNELS)
     m.add_argument("--classes", type=int, default=10, help="classes for the summary (default: 10)")
 
     n = sub.add_parser("runs", help="a table of the finished runs under a folder; --plot overlays their curves")
     n.add_argument("folder", nargs="?", default="runs", metavar="DIR", help="default: runs")
-    n.add_argument("--sort", default="accuracy", choices=["accuracy", "log_loss", "time", "date", "name"],
+    n.add_argument("--sort", default="accuracy", choices=RUN_SORTS,
                    help="default: accuracy (best first)")
     n.add_argument("--plot", metavar="FILE.png", help="also draw every run's validation curves into FILE.png")
 
     k = sub.add_parser("cache", help="list the decoded cache's entries, or clear them")
-    k.add_argument("action", nargs="?", default="list", choices=["list", "clear"])
+    k.add_argument("action", nargs="?", default="list", choices=CACHE_ACTIONS)
     k.add_argument("--older-than", type=float, metavar="DAYS", help="clear: only entries unused for DAYS days")
     k.add_argument("--cache-dir", metavar="DIR", help=CACHE_DIR_HELP)
 

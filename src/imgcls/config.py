@@ -12,16 +12,10 @@ from typing import Any
 
 import yaml
 
+from .choices import (AUGMENT_PRESETS, CHANNELS, CLASS_WEIGHTS, DEVICES, FREEZE, OPTIMIZERS, ORDERS, PRECISIONS,
+                      RESIZE_MODES, SCHEDULERS, SPLITS, TRACKERS, TRAIN_SAMPLERS)
 from .errors import UserError
 
-SPLITS = ("stratified", "random", "balanced")
-OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
-SCHEDULERS = ("none", "plateau", "cosine", "onecycle")
-DEVICES = ("auto", "cpu", "cuda", "mps")
-AUGMENT_PRESETS = ("none", "light", "standard", "strong")
-FREEZE = ("none", "backbone")
-PRECISIONS = ("auto", "fp32", "bf16")
-ORDERS = ("auto", "random", "quasi")  # the training order (data/loader.py)
 
 # Named sets of defaults, applied beneath a YAML file and flags (like Ultralytics' default.yaml or
 # fastai's fit_one_cycle defaults). "auto" is "small" when no model is named anywhere, else "none".
@@ -74,6 +68,10 @@ class DataConfig:
     resize: str = "auto"
     channels: int | None = None  # None: the model's default (1 grey, 3 colour)
 
+    def task(self) -> str:
+        """The kind of answer the labels ask for (tasks/): single-label or multi-label."""
+        return "multi-label" if self.multi_label else "single-label"
+
 
 @dataclass
 class TrainConfig:
@@ -100,7 +98,7 @@ class TrainConfig:
     norm_weight_decay: float | None = None  # norm layers' weights and biases; None: weight_decay (engine/optim.py)
     scheduler: str = "none"
     early_stop: int = 0  # stop after this many epochs without a better val loss; 0 = never
-    augment: str = "none"  # none, light, standard, strong (data.augment.PRESETS)
+    augment: str = "none"  # none, light, standard, strong (choices.AUGMENT_PRESETS)
     mixup: float = 0.0  # Beta(alpha, alpha) mixing of picture pairs; 0 = off
     cutmix: float = 0.0  # alpha of CutMix; 0 = off (with mixup too, one of the two per batch)
     label_smoothing: float = 0.0
@@ -133,7 +131,14 @@ class TrainConfig:
 
     def task(self) -> str:
         """The kind of answer this run learns (tasks/): single-label or multi-label."""
-        return "multi-label" if self.data.multi_label else "single-label"
+        return self.data.task()
+
+    def cache_settings(self):
+        """The one description of the decoded cache (data/store.CacheSettings) that the data layer and
+        the frozen-feature cache take."""
+        from .data.store import CacheSettings
+
+        return CacheSettings(self.cache, self.cache_dir, self.cache_max_gb)
 
     def _validate_multi_label(self) -> None:
         if not self.data.labels:
@@ -160,11 +165,11 @@ class TrainConfig:
         _choice("recipe", self.recipe, ("auto", *RECIPES))
         _choice("precision", self.precision, PRECISIONS)
         _choice("order", self.order, ORDERS)
-        _choice("resize", self.data.resize, ("auto", "squash", "crop", "pad"))
-        _choice("class-weight", self.class_weight, ("none", "balanced"))
-        _choice("sampler", self.sampler, ("uniform", "balanced"))
+        _choice("resize", self.data.resize, RESIZE_MODES)
+        _choice("class-weight", self.class_weight, CLASS_WEIGHTS)
+        _choice("sampler", self.sampler, TRAIN_SAMPLERS)
         for tracker in self.track:
-            _choice("track", tracker, ("tensorboard", "mlflow"))
+            _choice("track", tracker, TRACKERS)
         if self.unfreeze_last is not None and self.unfreeze_last < 0:
             raise UserError(f"Received: unfreeze-last={self.unfreeze_last}; expected an integer >= 0")
         if self.backbone_lr_mult <= 0:
@@ -191,7 +196,7 @@ class TrainConfig:
         elif self.threshold is not None:
             raise UserError(f"Received: --threshold {self.threshold} without --multi-label; expected it with "
                             "--multi-label (one class per picture is decided by the highest probability)")
-        if self.data.channels not in (None, 1, 3):
+        if self.data.channels is not None and self.data.channels not in CHANNELS:
             raise UserError(f"Received: channels={self.data.channels}; expected 1 or 3")
         if self.data.img_size is not None and self.data.img_size < 8:
             raise UserError(f"Received: img-size={self.data.img_size}; expected an integer >= 8")

@@ -3,7 +3,6 @@ explain.csv with the heatmap's peak in the picture's own pixels (after undoing t
 border trim), so a script can check it."""
 from __future__ import annotations
 
-import csv
 import io
 import logging
 from dataclasses import dataclass
@@ -15,7 +14,7 @@ import torch
 
 from .data.decode import DecodeError, Geometry, open_picture
 from .data.sources import list_pictures
-from .engine.checkpoint import atomic_write, write_text
+from .engine.checkpoint import atomic_write, write_csv
 from .errors import UserError
 from .gradcam import default_layers, explain_batch, find_layer, peak
 
@@ -187,11 +186,7 @@ def explain(run_dir: str | Path, pictures: str | Path, out: str | Path, *, metho
                          f"{e.target_probability:.6f}", rank, f"{e.peak[0]:.1f}", f"{e.peak[1]:.1f}", name])
             sheet.append(overlay_on_input(picture, e.heatmap))
             titles.append(f"{classes[e.target]} {e.target_probability:.2f}")
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
-    writer.writerows(rows)
-    write_text(out / "explain.csv", buffer.getvalue())
+    write_csv(out / "explain.csv", CSV_COLUMNS, rows)
     save_figure(plot_grid(np.stack(sheet[:64]), titles[:64]), out / "contact.png")
     used = sorted({e.method for per_class in explained for e in per_class})
     log.info("explained %d pictures (%s on %s) → %s", len(kept), ", ".join(used), ", ".join(layers), out)

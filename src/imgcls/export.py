@@ -11,12 +11,12 @@ import numpy as np
 import torch
 
 from .engine.checkpoint import write_json
+from .choices import EXPORT_FORMATS as FORMATS
 from .errors import UserError
 from .artifact.predictor import load_predictor, onnx_file
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("onnx", "torchscript")
 SUFFIX = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import io
 import json
 import logging
 import math
@@ -18,7 +17,7 @@ from pathlib import Path
 
 from .config import TrainConfig, config_from_dict, config_to_dict
 from .artifact.files import FINETUNE, METRICS, REPORT, WEIGHTS
-from .engine.checkpoint import write_json, write_text
+from .engine.checkpoint import write_csv, write_json
 from .engine.optim import DEFAULT_LR
 from .errors import UserError
 from .runs import new_run_dir
@@ -48,13 +47,9 @@ def _implausible(run_dir: Path, count: int, out: Path) -> list[str]:
                         "stage 1 trains on cached features and scores every training picture")
     with open(path, newline="", encoding="utf-8") as f:
         rows = sorted(csv.DictReader(f), key=lambda r: float(r["p_given"]))[:count]
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["path", "label", "predicted", "p_given", "loss", "flagged"])
-    for r in rows:
-        loss = -math.log(max(float(r["p_given"]), 1e-12))
-        writer.writerow([r["path"], r["label"], r["predicted"], r["p_given"], f"{loss:.4f}", 1])
-    write_text(out, buffer.getvalue())
+    write_csv(out, ["path", "label", "predicted", "p_given", "loss", "flagged"],
+              ([r["path"], r["label"], r["predicted"], r["p_given"], f"{-math.log(max(float(r['p_given']), 1e-12)):.4f}", 1]
+               for r in rows))
     return [r["path"] for r in rows]
 
 

@@ -17,9 +17,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .choices import EXPLAIN_METHODS as METHODS
 from .errors import UserError
 
-METHODS = ("auto", "gradcam", "gradcam++", "hirescam")
 
 
 def _named_blocks(model: nn.Module) -> list[list[tuple[str, nn.Module]]]:

@@ -6,8 +6,6 @@ suggestion (restoring the weights it moved)."""
 from __future__ import annotations
 
 import copy
-import csv
-import io
 import logging
 import math
 from dataclasses import dataclass
@@ -17,7 +15,7 @@ import torch
 
 from .build import Built, build_model, make_trainer
 from .config import TrainConfig, config_from_dict
-from .engine.checkpoint import write_text
+from .engine.checkpoint import write_csv
 from .engine.optim import build_optimizer
 from .engine.trainer import Callback
 from .errors import UserError
@@ -141,11 +139,8 @@ def write_range_test(folder: Path, result: RangeTest) -> None:
     """lr_find.png (the curve, the suggestion marked) and lr_find.csv (lr, smoothed loss)."""
     from .report.plots import plot_lr_find, save_figure
 
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["lr", "smoothed_loss"])
-    writer.writerows([f"{lr:.6g}", f"{v:.6f}"] for lr, v in zip(result.lrs, result.losses))
-    write_text(folder / "lr_find.csv", buffer.getvalue())
+    write_csv(folder / "lr_find.csv", ["lr", "smoothed_loss"],
+              ([f"{lr:.6g}", f"{v:.6f}"] for lr, v in zip(result.lrs, result.losses)))
     save_figure(plot_lr_find(result.lrs, result.losses, result.suggestion), folder / "lr_find.png")
 
 
@@ -165,9 +160,10 @@ def lr_find(config: TrainConfig | None = None, *, out: str | Path | None = None,
         config.lr = None
     device = resolve_device(config.device)
     generator = seed_everything(config.data.seed)
-    samples, excluded = load_training_samples(config)
+    samples, excluded = load_training_samples(config.data, config.class_names)
     folder = RunFolder.new(str(out) if out is not None else None, "lr-find")
-    data = prepare_data(config, samples, excluded, folder, resuming=False, spec=get_spec(config.model))
+    data = prepare_data(config.data, samples, excluded, folder, resuming=False, spec=get_spec(config.model),
+                        model_args=config.model_args, resize=config.resize_mode(), cache=config.cache_settings())
     built = build_model(config, data, device, generator, Dist())
     result = range_test(config, built, device, steps)
     write_range_test(folder.path, result)

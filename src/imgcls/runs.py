@@ -8,7 +8,6 @@ confusion.png, samples.png, val_predictions.png, report.html, resume.pt.
 from __future__ import annotations
 
 import csv
-import io
 import logging
 import sys
 import time
@@ -18,7 +17,7 @@ import numpy as np
 import torch
 import yaml
 
-from .engine.checkpoint import save_model, save_resume, write_json, write_text
+from .engine.checkpoint import csv_text, save_model, save_resume, write_json, write_text
 from .engine.trainer import Callback, Trainer
 from .errors import UserError
 
@@ -47,14 +46,6 @@ def next_free(base: Path) -> Path:
         n += 1
         path = base.with_name(f"{base.name}{n}")
     return path
-
-
-def _csv(header: list[str], rows) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    return buffer.getvalue()
 
 
 def prediction_rows(paths: list[str], labels: np.ndarray, probs: np.ndarray, card, sep: str = " "):
@@ -100,13 +91,13 @@ class RunFolder:
         self._json("data.json", info)
 
     def write_split(self, rows: list[tuple[str, str, str]]) -> None:
-        self._text("split.csv", _csv(["path", "label", "split"], rows))
+        self._text("split.csv", csv_text(["path", "label", "split"], rows))
 
     def read_split(self) -> dict[str, str] | None:
         return read_split(self.path / "split.csv") if (self.path / "split.csv").is_file() else None
 
     def write_history(self, history: list[dict]) -> None:
-        self._text("history.csv", _csv(HISTORY_COLUMNS, ([row[c] for c in HISTORY_COLUMNS] for row in history)))
+        self._text("history.csv", csv_text(HISTORY_COLUMNS, ([row[c] for c in HISTORY_COLUMNS] for row in history)))
 
     def save_best(self, model: torch.nn.Module, card) -> None:
         if self.writes:
@@ -121,7 +112,7 @@ class RunFolder:
 
     def write_predictions(self, name: str, paths: list[str], labels: np.ndarray, probs: np.ndarray,
                           card, sep: str = " ") -> None:
-        self._text(name, _csv(["path", "label", "predicted", "p_given", *[f"p_{c}" for c in card.classes]],
+        self._text(name, csv_text(["path", "label", "predicted", "p_given", *[f"p_{c}" for c in card.classes]],
                               prediction_rows(paths, labels, probs, card, sep)))
 
     def save_figure(self, figure, name: str) -> None:

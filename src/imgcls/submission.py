@@ -3,14 +3,14 @@ backend writes submissions without loading it (inference.predict_onnx)."""
 from __future__ import annotations
 
 import csv
-import io
 import logging
 from pathlib import Path
 
 import numpy as np
 
 from .data.sources import id_sort_key
-from .engine.checkpoint import write_text
+from .engine.checkpoint import write_csv
+from .choices import LABEL_FORMATS
 from .errors import UserError
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,6 @@ def _read_template(path: str | Path) -> tuple[list[str], list[str]]:
     return rows[0][:2], [row[0] for row in rows[1:] if row]
 
 
-LABEL_FORMATS = ("name", "index")
 
 
 def write_submission(probs: np.ndarray, kept: list[str], skipped: list[dict], card, images: str | Path,
@@ -86,12 +85,7 @@ def write_submission(probs: np.ndarray, kept: list[str], skipped: list[dict], ca
         if absent:
             log.warning("%d template ids have no readable picture; written as %s (first: %s)",
                         len(absent), " ".join(missing_value) or "no label", absent[0])
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows([i, *by_id.get(i, missing_value)] for i in order)
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    write_text(out, buffer.getvalue())
+    write_csv(out, header, ([i, *by_id.get(i, missing_value)] for i in order))
     for item in skipped:
         log.warning("skipped %s: %s", item["path"], item["reason"])
     log.info("wrote %d predictions to %s (%d pictures skipped)", len(order), out, len(skipped))

@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from .engine.trainer import Callback, Trainer
+from .choices import TRACKERS
 from .errors import UserError
 
 log = logging.getLogger(__name__)
 
-TRACKERS = ("tensorboard", "mlflow")
 _INSTALL = "pip install 'imgcls[track]' (tensorboard, mlflow-skinny)"
 # The run's files that a tracker keeps (resume.pt is the crash-recovery state, not a result).
 ARTEFACTS = ("model.json", "model.safetensors", "metrics.json", "config.yaml", "history.csv", "report.html",

@@ -69,15 +69,16 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
     if not ranks.main:
         logging.getLogger("imgcls").setLevel(logging.WARNING)  # one voice in the log: rank 0's
 
-    samples, excluded = load_training_samples(config)
+    samples, excluded = load_training_samples(config.data, config.class_names)
     if resume is not None:
         folder = RunFolder(Path(resume), writes=ranks.main)
     else:
         folder = RunFolder.new(config.out, config.model, writes=ranks.main)  # only rank 0 writes
         config.out = str(folder.path)
         folder.write_config(config_to_dict(config))
-    data = prepare_data(config, samples, excluded, folder, resuming=resume is not None, spec=spec)
-    data.write(folder, config)
+    data = prepare_data(config.data, samples, excluded, folder, resuming=resume is not None, spec=spec,
+                        model_args=config.model_args, resize=config.resize_mode(), cache=config.cache_settings())
+    data.write(folder, config.data)
     if report:
         _write_samples(folder, config, data)
     built = build_model(config, data, device, generator, ranks)

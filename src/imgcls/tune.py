@@ -6,10 +6,8 @@ their validation loss after every epoch to a median pruner, which stops the hope
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
 import inspect
-import io
 import json
 import logging
 import time
@@ -20,9 +18,10 @@ from typing import Any
 import yaml
 
 from .config import TrainConfig, config_from_dict, config_to_dict, load_yaml
-from .engine.checkpoint import write_text
+from .engine.checkpoint import write_csv, write_text
 from .engine.trainer import Callback, Trainer
 from .artifact.files import METRICS
+from .choices import TUNE_SAMPLERS as SAMPLERS
 from .errors import UserError
 from .models.registry import get_spec
 
@@ -38,7 +37,6 @@ DEFAULT_SPACE: dict[str, dict[str, Any]] = {
     "label_smoothing": {"type": "float", "low": 0.0, "high": 0.2},
     "model_args.width": {"type": "categorical", "choices": [16, 32, 64]},  # models with a width only
 }
-SAMPLERS = ("tpe", "random")
 
 
 def default_space(model: str, multi_label: bool = False) -> dict[str, dict[str, Any]]:
@@ -192,14 +190,10 @@ def write_results(study, base: TrainConfig, out: Path) -> None:
 
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     names = sorted({k for t in study.trials for k in t.params})
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["number", "state", "val_loss", "val_accuracy", "seconds", *names])
-    for t in study.trials:
-        seconds = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete else ""
-        writer.writerow([t.number, t.state.name, t.value if t.value is not None else "",
-                         t.user_attrs.get("val_accuracy", ""), seconds, *[t.params.get(n, "") for n in names]])
-    write_text(out / "trials.csv", buffer.getvalue())
+    write_csv(out / "trials.csv", ["number", "state", "val_loss", "val_accuracy", "seconds", *names],
+              ([t.number, t.state.name, t.value if t.value is not None else "", t.user_attrs.get("val_accuracy", ""),
+                (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete else "",
+                *[t.params.get(n, "") for n in names]] for t in study.trials))
     if not complete:
         return
     best = apply_params(dataclasses.replace(base, out=None), study.best_trial.params)

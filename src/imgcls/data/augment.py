@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from ..errors import UserError
 
-PRESETS = ("none", "light", "standard", "strong")
+from ..choices import AUGMENT_PRESETS as PRESETS
 
 
 def random_flip(x: torch.Tensor) -> torch.Tensor:

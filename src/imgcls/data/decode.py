@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from .. import stopping
+from ..choices import RESIZES
 
 
 class DecodeError(Exception):
@@ -177,7 +178,6 @@ def decode_with_geometry(path: str | BinaryIO, channels: int, size: int, trim: b
     return array, Geometry(width, height, (left * sx, top * sy, right * sx, bottom * sy))
 
 
-RESIZES = ("squash", "crop", "pad")
 PAD_GREY = 114  # the letterbox's fill (Ultralytics' value)
 
 

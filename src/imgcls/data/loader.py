@@ -11,7 +11,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from ..config import ORDERS
+from ..choices import ORDERS
 from .dataset import DecodedImages
 from .store import available_memory
 

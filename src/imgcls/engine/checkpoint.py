@@ -5,11 +5,13 @@ beside its target and moved over it with os.replace, which is atomic on POSIX an
 """
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import secrets
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from ..errors import UserError
 
@@ -39,6 +41,20 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
 
 def write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def csv_text(header: list[str], rows: Iterable[Iterable]) -> str:
+    """A header and rows as CSV text ("\n" line ends, quoted where a cell needs it)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def write_csv(path: str | Path, header: list[str], rows: Iterable[Iterable]) -> None:
+    """Every CSV file imgcls writes: atomically, like write_text."""
+    write_text(path, csv_text(header, rows))
 
 
 def write_json(path: str | Path, data: Any) -> None:
