@@ -88,8 +88,9 @@ class MicroBatcher:
         while (items := self._collect()) is not None:
             sizes = [len(pictures) for pictures, _, _ in items]
             try:
-                probs = self.infer(np.concatenate([pictures for pictures, _, _ in items]))
-                results = np.split(probs, np.cumsum(sizes)[:-1])
+                out = self.infer(np.concatenate([pictures for pictures, _, _ in items]))
+                ends = np.cumsum(sizes)
+                results = [out[end - size:end] for end, size in zip(ends, sizes)]  # arrays, or Answers
                 error = None
             except Exception as exc:  # handed to every waiting request: the server answers for each
                 results, error = [None] * len(items), exc

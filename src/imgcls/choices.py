@@ -17,6 +17,8 @@ CLASS_WEIGHTS = ("none", "balanced")
 TRAIN_SAMPLERS = ("uniform", "balanced")
 CHANNELS = (1, 3)
 TRACKERS = ("tensorboard", "mlflow")  # tracking.py
+OOD_SCORES = ("msp", "energy", "mahalanobis", "knn")  # openset/scores.py
+OOD_METHODS = ("auto", *OOD_SCORES, "none")
 # the other commands
 TUNE_SAMPLERS = ("tpe", "random")  # tune.py: Optuna's samplers
 LABEL_FORMATS = ("name", "index")  # submission.py

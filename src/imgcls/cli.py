@@ -206,8 +206,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     metrics = evaluate(args.run_dir, args.data, labels=args.labels, id_col=args.id_col,
                        label_col=args.label_col, ext=args.ext, label_pattern=args.label_pattern,
                        out=args.out, device=args.device, tta=args.tta, cache=_cache_settings(args),
-                       backend=args.backend)
+                       backend=args.backend, outliers=args.outliers)
     print(json.dumps(get_task(metrics.get("task", "single-label")).summary(metrics)))
+    for part in ("conformal", "ood"):  # where the run has them: sets' coverage and size, "unknown" and outliers
+        if part in metrics:
+            print(json.dumps({part: metrics[part]}))
     if metrics["skipped"]:
         print(f"{len(metrics['skipped'])} pictures skipped (see the log above)")
 
@@ -219,7 +222,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     from .predict import predict  # torch is imported only where the backend needs it
     result = predict(run_dirs if len(run_dirs) > 1 else run_dirs[0], images, args.out, proba=args.proba,
                      template=args.template, tta=args.tta, cache=_cache_settings(args), backend=args.backend,
-                     label_format=args.label_format, device=args.device)
+                     label_format=args.label_format, device=args.device, sets=args.sets, unknown=args.unknown)
     print(f"wrote {result['written']} rows to {result['out']} ({len(result['skipped'])} pictures skipped)")
 
 

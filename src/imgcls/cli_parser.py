@@ -8,7 +8,7 @@ import yaml
 
 from .artifact import BACKENDS
 from .choices import (AUGMENT_PRESETS, CACHE_ACTIONS, CHANNELS, CLASS_WEIGHTS, DEVICES, EXPLAIN_METHODS, EXPORT_FORMATS,
-                      FREEZE, LABEL_FORMATS, OPTIMIZERS, ORDERS, PRECISIONS, QUANTIZE, RESIZE_MODES, RUN_SORTS,
+                      FREEZE, LABEL_FORMATS, OOD_METHODS, OPTIMIZERS, ORDERS, PRECISIONS, QUANTIZE, RESIZE_MODES, RUN_SORTS,
                       SCHEDULERS, SPLITS, TRAIN_SAMPLERS, TUNE_SAMPLERS)
 from .config import RECIPES
 
@@ -45,6 +45,15 @@ def _lr(text: str) -> float | str:
         return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number or auto, received {text!r}") from None
+
+
+def _coverage(text: str) -> float | None:
+    if text.lower() == "none":
+        return 0.0  # off (a None flag would read as "not given")
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a probability such as 0.9, or none; got {text!r}") from None
 
 
 def _names(text: str) -> list[str]:
@@ -128,6 +137,15 @@ def _add_train_flags(parser: argparse.ArgumentParser, *, search: bool = False) -
                      ("--threshold", dict(type=float, metavar="P", help="with --multi-label: predict a label when its "
                                           "probability reaches P (default: a threshold per class, best F1 on "
                                           "validation)")),
+                     ("--ood", dict(choices=OOD_METHODS, help="the out-of-distribution score fitted after training "
+                                    "(predict answers 'unknown' above its threshold); auto: chosen on --outliers, "
+                                    "else mahalanobis; none: no score")),
+                     ("--reject-rate", dict(type=float, metavar="F", help="share of in-distribution validation "
+                                            "pictures answered 'unknown' (default: 0.05)")),
+                     ("--outliers", dict(metavar="DIR", help="pictures known to be outside the classes: choose the "
+                                         "score and its threshold to separate them (never evaluate on these)")),
+                     ("--coverage", dict(type=_coverage, metavar="F|none", help="conformal sets (predict --sets) "
+                                         "that hold the true class with probability F (default: 0.9)")),
                      ("--track", dict(type=_names, metavar="tensorboard,mlflow", help="log config, metrics and "
                                       "files to TensorBoard (RUN_DIR/tensorboard) and/or MLflow (./mlruns or "
                                       "$MLFLOW_TRACKING_URI); pip install 'imgcls[track]'")),
@@ -217,6 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_flags(e)
     e.add_argument("--out", metavar="JSON", help="write the metrics here")
     e.add_argument("--tta", action="store_true", help="average with the horizontally flipped picture")
+    e.add_argument("--outliers", metavar="DIR", help="pictures outside the classes (never used to fit anything): how "
+                   "well the run's out-of-distribution score separates them (AUROC, FPR at 95 %% TPR)")
     e.add_argument("--device", default="auto", choices=DEVICES)
     _add_backend_flag(e)
     _add_cache_flags(e)
@@ -228,6 +248,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--proba", metavar="CLASS", nargs="?", const=True,
                    help="write P(CLASS) instead of the class name; alone: a column of probabilities per class")
     p.add_argument("--template", metavar="SAMPLE.csv", help="follow this CSV's ids and column names")
+    p.add_argument("--sets", action="store_true", help="add a column with each picture's conformal set: the classes "
+                   "that hold the true one with the run's promised probability (train --coverage)")
+    p.add_argument("--unknown", action=argparse.BooleanOptionalAction, default=True,
+                   help="answer 'unknown' for a picture the run's out-of-distribution score puts outside the classes "
+                        "(default); --no-unknown: the closest class always (competition files)")
     p.add_argument("--label-format", default="name", choices=LABEL_FORMATS,
                    help="name (default) or index: the class's position 0..K-1 (a run with --class-names whose "
                         "submission wants the number)")

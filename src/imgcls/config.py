@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from .choices import (AUGMENT_PRESETS, CHANNELS, CLASS_WEIGHTS, DEVICES, FREEZE, OPTIMIZERS, ORDERS, PRECISIONS,
-                      RESIZE_MODES, SCHEDULERS, SPLITS, TRACKERS, TRAIN_SAMPLERS)
+                      OOD_METHODS, RESIZE_MODES, SCHEDULERS, SPLITS, TRACKERS, TRAIN_SAMPLERS)
 from .errors import UserError
 
 
@@ -117,6 +117,10 @@ class TrainConfig:
     ema: float = 0.0  # decay of an exponential moving average of the weights, evaluated and saved; 0: off
     calibrate: bool = False  # fit a temperature on the validation split after training (engine/calibration.py)
     threshold: float | None = None  # multi-label: one decision threshold for every class; None: per class, by F1
+    ood: str = "auto"  # the out-of-distribution score fitted after training (openset/); none: no score
+    reject_rate: float = 0.05  # the share of in-distribution validation pictures answered "unknown"
+    outliers: str | None = None  # a folder of pictures known to be outside the classes: choose score and threshold
+    coverage: float | None = 0.9  # conformal sets' promised coverage (single-label); 0 or None: no sets
     track: list[str] = field(default_factory=list)  # tensorboard, mlflow (tracking.py)
     class_names: str | list[str] | None = None  # names for the data's labels: FILE, label,name CSV or 'a,b,c'
     out: str | None = None
@@ -200,6 +204,13 @@ class TrainConfig:
             raise UserError(f"Received: channels={self.data.channels}; expected 1 or 3")
         if self.data.img_size is not None and self.data.img_size < 8:
             raise UserError(f"Received: img-size={self.data.img_size}; expected an integer >= 8")
+        _choice("ood", self.ood, OOD_METHODS)
+        if not 0 <= self.reject_rate < 1:
+            raise UserError(f"Received: reject-rate={self.reject_rate}; expected a share in [0, 1) such as 0.05")
+        if self.coverage and not 0 < self.coverage < 1:
+            raise UserError(f"Received: coverage={self.coverage}; expected a probability between 0 and 1 (or none)")
+        if self.outliers is not None and not Path(self.outliers).is_dir():
+            raise UserError(f"Received: outliers={self.outliers}; expected a folder of pictures outside the classes")
         if not 0 <= self.ema < 1:
             raise UserError(f"Received: ema={self.ema}; expected a decay in [0, 1) such as 0.999 (0: off)")
         if self.norm_weight_decay is not None and self.norm_weight_decay < 0:

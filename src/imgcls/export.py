@@ -27,7 +27,21 @@ def contract(card, fmt: str) -> dict:
 
     return {"format": fmt, **card.preprocess.contract(), "task": card.task,
             "output": get_task(card.task).contract(card), "classes": card.classes,
-            "architecture": card.architecture}
+            "architecture": card.architecture, **_open_set_contract(card)}
+
+
+def _open_set_contract(card) -> dict:
+    """The second output and its threshold (openset/); the conformal threshold for callers who build sets."""
+    parts = {}
+    if card.ood:
+        parts["ood"] = {"name": "ood_score", "method": card.ood["method"], "threshold": card.ood["raw_threshold"],
+                        "decision": "answer 'unknown' where ood_score > threshold"
+                                    + (" and no label passes its own threshold" if card.task == "multi-label" else "")}
+    if card.conformal:
+        parts["conformal"] = {**card.conformal, "rule": "classes by probability, highest first: a class is in the "
+                              "set while the probability above it plus u times its own is at most the threshold "
+                              "(u uniform in [0, 1) per picture); the top class always"}
+    return parts
 
 
 def ensure_onnx(run_dir: str | Path) -> Path:
@@ -88,31 +102,37 @@ def _write_checked(run, fmt: str, out: Path, example: torch.Tensor, sample: torc
                    opset: int) -> tuple[float, float]:
     """Write the model to `out` in `fmt`; the largest difference of its logits from PyTorch's on
     `sample`, absolute and relative to their scale."""
+    names = ["logits", "ood_score"] if run.card.ood else ["logits"]  # the score in the same graph (openset/)
     with torch.no_grad():
-        expected = run.model(sample).numpy()
+        expected = _as_list(run.graph(sample))
         if fmt == "onnx":
             # The TorchScript-based exporter needs no onnxscript; dynamic batch on input and output. Its
             # tracer warns about every shape test in Python code, which the export check below covers.
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", torch.jit.TracerWarning)
                 warnings.simplefilter("ignore", DeprecationWarning)
-                torch.onnx.export(run.model, (example,), str(out), input_names=["input"], output_names=["logits"],
-                                  dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=opset,
-                                  dynamo=False)
-            got = _onnxruntime_logits(out, sample.numpy())
+                torch.onnx.export(run.graph, (example,), str(out), input_names=["input"], output_names=names,
+                                  dynamic_axes={"input": {0: "batch"}, **{n: {0: "batch"} for n in names}},
+                                  opset_version=opset, dynamo=False)
+            got = _onnxruntime_outputs(out, sample.numpy(), names)
         else:
             # TorchScript is deprecated upstream (torch 2.14 warns on every call) but still what many
             # C++ and mobile runtimes load; say it once in the log instead of three warnings.
             log.info("TorchScript is deprecated in PyTorch; prefer --format onnx where you can")
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)
-                traced = torch.jit.trace(run.model, example)
+                traced = torch.jit.trace(run.graph, example)
                 traced.save(str(out))
-                got = torch.jit.load(str(out)).eval()(sample).numpy()
-    difference = float(np.abs(got - expected).max())
-    # Relative to the logits' scale (at least 1): float32 keeps about 7 digits, so a model whose logits
+                got = _as_list(torch.jit.load(str(out)).eval()(sample))
+    differences = [float(np.abs(g - e).max()) for g, e in zip(got, expected)]
+    # Relative to each output's scale (at least 1): float32 keeps about 7 digits, so a model whose logits
     # reach 1e4 cannot agree to 1e-4 in absolute terms, only in relative ones.
-    return difference, difference / max(1.0, float(np.abs(expected).max()))
+    relative = max(d / max(1.0, float(np.abs(e).max())) for d, e in zip(differences, expected))
+    return differences[0], relative
+
+
+def _as_list(out) -> list[np.ndarray]:
+    return [o.numpy() for o in out] if isinstance(out, tuple) else [out.numpy()]
 
 
 def _pictures(card, count: int) -> torch.Tensor:
@@ -124,8 +144,8 @@ def _pictures(card, count: int) -> torch.Tensor:
     return (pixels - mean) / std
 
 
-def _onnxruntime_logits(path: Path, inputs: np.ndarray) -> np.ndarray:
+def _onnxruntime_outputs(path: Path, inputs: np.ndarray, names: list[str]) -> list[np.ndarray]:
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return session.run(["logits"], {"input": inputs.astype(np.float32)})[0]
+    return session.run(names, {"input": inputs.astype(np.float32)})

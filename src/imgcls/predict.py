@@ -12,11 +12,14 @@ from pathlib import Path
 import numpy as np
 
 from .artifact.files import expand_runs, final_run_dir
-from .artifact.predictor import Predictor, check_backend, is_current, load_predictor, onnxruntime_installed
-from .data.sources import list_pictures, load_samples
+from .artifact.predictor import Answers, Predictor, check_backend, is_current, load_predictor, onnxruntime_installed
+from .data.sources import list_pictures, load_samples, outlier_paths
 from .data.store import CacheSettings, decode_rows
 from .engine.checkpoint import write_json
 from .errors import UserError
+from .openset import conformal
+from .openset.decide import require_score, require_sets, unknown
+from .openset.scale import separation
 from .submission import check_proba, write_submission
 
 log = logging.getLogger(__name__)
@@ -52,23 +55,32 @@ def load_run(run_dir: str | Path, device: str = "auto", backend: str = "torch") 
     return load_predictor(run_dir, prepare_backend(run_dir, backend), device)
 
 
-def predict_images(predictor: Predictor, paths: list[str], batch_size: int | None = None, tta: bool = False,
-                   cache: CacheSettings | None = None) -> tuple[np.ndarray, list[str], list[dict]]:
-    """Probabilities (N, classes) for the pictures that decode, their paths, and the skipped ones."""
+def answer_images(predictor: Predictor, paths: list[str], batch_size: int | None = None, tta: bool = False,
+                  cache: CacheSettings | None = None) -> tuple[Answers, list[str], list[dict]]:
+    """The answers (probabilities, and the run's scores and sets) for the pictures that decode, their
+    paths, and the skipped ones."""
     p = predictor.card.preprocess
     # A run trained on border-trimmed pictures sees its test pictures trimmed the same way.
     pictures, ok, skipped = decode_rows(paths, p.channels, p.size, trim=p.trim, cache=cache, resize=p.resize)
-    probs = predictor.probabilities(pictures, tta=tta, batch_size=batch_size)
-    return probs, [paths[i] for i in ok], skipped
+    return predictor.answers(pictures, tta=tta, batch_size=batch_size), [paths[i] for i in ok], skipped
+
+
+def predict_images(predictor: Predictor, paths: list[str], batch_size: int | None = None, tta: bool = False,
+                   cache: CacheSettings | None = None) -> tuple[np.ndarray, list[str], list[dict]]:
+    """Probabilities (N, classes) for the pictures that decode, their paths, and the skipped ones."""
+    answers, kept, skipped = answer_images(predictor, paths, batch_size, tta, cache)
+    return answers.probs, kept, skipped
 
 
 def ensemble_probabilities(run_dirs: list[str | Path], paths: list[str], *, batch_size: int | None = None,
                            device: str = "auto", tta: bool = False, cache: CacheSettings | None = None,
-                           backend: str = "auto") -> tuple[np.ndarray, list[str], list[dict], Predictor]:
+                           backend: str = "auto") -> tuple[Answers, list[str], list[dict], Predictor]:
     """The mean of several runs' probabilities (each with its own input size, preprocessing and
-    calibration) for the pictures every run could read; the runs must have the same classes and task.
-    Returns the first run's predictor too: its card says how to read the mean."""
-    total, kept, failed, first = None, None, {}, None
+    calibration) for the pictures every run could read, and of their out-of-distribution scores where
+    every run has one (on the percentile scale, so that they average); the runs must have the same classes
+    and task. Returns the first run's predictor too: its card says how to read the mean (its score
+    threshold decides "unknown")."""
+    total, kept, failed, first, scores = None, None, {}, None, []  # scores: per run, path → score
     for run_dir in run_dirs:
         run = load_run(run_dir, device, backend)
         if first is None:
@@ -77,48 +89,65 @@ def ensemble_probabilities(run_dirs: list[str | Path], paths: list[str], *, batc
             raise UserError(f"Received: runs with different classes ({run_dir}: {', '.join(run.classes[:6])}; "
                             f"{run_dirs[0]}: {', '.join(first.classes[:6])}); expected an ensemble of runs of the "
                             "same classes")
-        probs, paths_kept, skipped = predict_images(run, paths, batch_size, tta, cache)
+        answers, paths_kept, skipped = answer_images(run, paths, batch_size, tta, cache)
         failed.update({item["path"]: item for item in skipped})
-        by_path = dict(zip(paths_kept, probs))
+        by_path = dict(zip(paths_kept, answers.probs))
         kept = paths_kept if kept is None else [p for p in kept if p in by_path]
         total = {p: by_path[p] for p in kept} if total is None else {p: total[p] + by_path[p] for p in kept}
+        scores.append(dict(zip(paths_kept, answers.ood)) if answers.ood is not None else None)
         del run
     probs = (np.stack([total[p] / len(run_dirs) for p in kept]) if kept
              else np.zeros((0, first.card.num_classes), np.float32))
-    return probs, kept, list(failed.values()), first
+    ood = (np.array([np.mean([by_path[p] for by_path in scores]) for p in kept], np.float32)
+           if all(s is not None for s in scores) else None)
+    return Answers(probs, ood), kept, list(failed.values()), first
 
 
 def predict(run_dir: str | Path | list, images: str | Path, out: str | Path, *, proba: str | bool | None = None,
             template: str | Path | None = None, batch_size: int | None = None, device: str = "auto",
             tta: bool = False, cache: CacheSettings | None = None, backend: str = "auto",
-            label_format: str = "name") -> dict:
+            label_format: str = "name", sets: bool = False, unknown: bool = True) -> dict:
     """Write `id,label` per picture (submission.write_submission: numeric ids in numeric order,
-    proba=CLASS for P(CLASS), proba=True for a column per class, template=CSV for its ids and columns,
-    label_format="index" for class positions). tta=True averages each picture's probabilities with its mirror image's. Several run
-    folders (or a --folds folder): their mean probabilities."""
+    proba=CLASS for P(CLASS), proba=True for a column per class (and ood_score), template=CSV for its ids
+    and columns, label_format="index" for class positions, sets=True a column with each picture's
+    conformal set). A run with an out-of-distribution score answers "unknown" above its threshold
+    (unknown=False: the closest class always, as competition files want). tta=True averages each
+    picture's probabilities with its mirror image's. Several run folders (or a --folds folder): their
+    mean probabilities."""
     run_dirs = [r for one in (run_dir if isinstance(run_dir, (list, tuple)) else [run_dir]) for r in expand_runs(one)]
     if len(run_dirs) > 1:
+        if sets:
+            raise UserError(f"Received: --sets for an ensemble of {len(run_dirs)} runs; expected one run (each run's "
+                            "sets are calibrated on its own probabilities, not on their mean)")
         paths, skipped = list_pictures(images)
-        probs, kept, failed, run = ensemble_probabilities(run_dirs, paths, batch_size=batch_size, device=device,
-                                                          tta=tta, cache=cache, backend=backend)
+        answers, kept, failed, run = ensemble_probabilities(run_dirs, paths, batch_size=batch_size, device=device,
+                                                            tta=tta, cache=cache, backend=backend)
         log.info("ensemble of %d runs: mean probabilities", len(run_dirs))
         check_proba(proba, run.classes)
     else:
         run = load_run(run_dirs[0], device, backend)
         check_proba(proba, run.classes)  # before any picture is decoded
+        if sets:
+            require_sets(run.card, str(run_dirs[0]))
         paths, skipped = list_pictures(images)
-        probs, kept, failed = predict_images(run, paths, batch_size, tta, cache)
-    return write_submission(probs, kept, skipped + failed, run.card, images, out, proba=proba, template=template,
-                            label_format=label_format)
+        answers, kept, failed = answer_images(run, paths, batch_size, tta, cache)
+    return write_submission(answers, kept, skipped + failed, run.card, images, out, proba=proba, template=template,
+                            label_format=label_format, sets=sets, unknown=unknown)
 
 
 def evaluate(run_dir: str | Path, source: str, *, labels: str | None = None, id_col: str = "id",
              label_col: str = "label", ext: str | None = None, label_pattern: str | None = None,
              out: str | Path | None = None, batch_size: int | None = None, device: str = "auto", tta: bool = False,
-             cache: CacheSettings | None = None, backend: str = "auto") -> dict:
-    """Score a saved run on labelled pictures (same layouts as train); classes are matched by name."""
+             cache: CacheSettings | None = None, backend: str = "auto", outliers: str | Path | None = None) -> dict:
+    """Score a saved run on labelled pictures (same layouts as train); classes are matched by name. Where
+    the run has them: its conformal sets' coverage and size, the share answered "unknown" and the score
+    on the rest; outliers=DIR (pictures outside the classes, never used to fit anything): how well the
+    score separates them (AUROC, FPR at 95 % TPR) and the share of them answered "unknown"."""
     run = load_run(run_dir, device, backend)
     card = run.card
+    if outliers is not None:
+        require_score(card, str(run_dir))
+        outlier_list = outlier_paths(outliers)  # a folder with no picture ends here
     # Matched by the data's own labels (a run with --class-names knows them as given_classes).
     samples = load_samples(source, labels, id_col, label_col, ext, label_pattern,
                            classes=card.given_classes or card.classes, multi_label=card.task == "multi-label",
@@ -128,10 +157,32 @@ def evaluate(run_dir: str | Path, source: str, *, labels: str | None = None, id_
                         f"{', '.join(card.classes)}")
     p = card.preprocess
     pictures, ok, failed = decode_rows(samples.paths, p.channels, p.size, trim=p.trim, cache=cache, resize=p.resize)
-    probs = run.probabilities(pictures, tta=tta, batch_size=batch_size)
-    metrics = run.task.metrics(samples.labels[ok], probs, card.classes, card)
+    answers = run.answers(pictures, tta=tta, batch_size=batch_size)
+    truth = samples.labels[ok]
+    metrics = run.task.metrics(truth, answers.probs, card.classes, card)
+    if answers.sets is not None:
+        metrics["conformal"] = {"coverage_promised": card.conformal["coverage"],
+                                **conformal.coverage_and_size(answers.sets, truth)}
+    if answers.ood is not None:
+        metrics["ood"] = _rejection(run, truth, answers)
+        if outliers is not None:
+            outside, _, _ = answer_images(run, outlier_list, batch_size, tta, cache)
+            metrics["ood"].update(separation(answers.ood, outside.ood), outliers=len(outside),
+                                  outliers_rejected=round(float(np.mean(unknown(card, run.task.decide(outside.probs, card),
+                                                                                outside.ood))), 6))
     metrics["skipped"] = samples.skipped + failed
     metrics["task"], metrics["backend"] = card.task, run.backend
     if out is not None:
         write_json(out, metrics)
     return metrics
+
+
+def _rejection(run: Predictor, truth: np.ndarray, answers: Answers) -> dict:
+    """The share of these (in-distribution) pictures answered "unknown", and the headline score on the rest."""
+    card, task = run.card, run.task
+    rejected = unknown(card, task.decide(answers.probs, card), answers.ood)
+    name, _ = task.headline(task.metrics(truth[:1], answers.probs[:1], card.classes, card))
+    kept = ~rejected
+    after = task.headline(task.metrics(truth[kept], answers.probs[kept], card.classes, card))[1] if kept.any() else None
+    return {"method": card.ood["method"], "threshold": card.ood["threshold"],
+            "rejected": round(float(rejected.mean()), 6), f"{name}_after_rejection": after}

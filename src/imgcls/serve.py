@@ -28,6 +28,7 @@ from starlette.formparsers import MultiPartParser
 
 from .batcher import MicroBatcher, Saturated
 from .data.decode import DecodeError, TooManyPixels, open_picture
+from .openset.decide import UNKNOWN, unknown
 from .predict import load_run
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ def create_app(run_dir: str | Path, *, max_bytes: int = MAX_BYTES, top_k: int = 
     max_batch=1 turns micro-batching off (one request per model call)."""
     run = load_run(run_dir, device, backend)
     card, task = run.card, run.task
-    batcher = MicroBatcher(run.probabilities, max_batch=max_batch,
+    batcher = MicroBatcher(run.answers, max_batch=max_batch,
                            max_wait_ms=max_wait_ms, max_pending=max_pending)
     decode_pool = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="imgcls-decode")
     app = FastAPI(title="imgcls", docs_url=None, redoc_url=None)
@@ -112,9 +113,22 @@ def create_app(run_dir: str | Path, *, max_bytes: int = MAX_BYTES, top_k: int = 
         except Saturated as error:
             raise Rejected(503, f"busy: {error}; retry in a second", {"Retry-After": "1"}) from None
 
-    def answer(probs: np.ndarray, k: int) -> dict:
-        """The task's answer: the top classes (and, for several labels, those above their thresholds)."""
-        return task.answer(probs, card.classes, card, max(1, k))
+    def answer(answers, k: int) -> dict:
+        """One picture's answer: the task's (the top classes; for several labels, those above their
+        thresholds), then where the run has them its out-of-distribution score (class "unknown" above the
+        threshold) and its conformal set."""
+        result = task.answer(answers.probs[0], card.classes, card, max(1, k))
+        decided = task.decide(answers.probs, card)
+        if decided.ndim == 1:
+            result = {"class": card.classes[int(decided[0])], **result}
+        if answers.ood is not None:
+            outside = bool(unknown(card, decided, answers.ood)[0])
+            if "class" in result and outside:
+                result["class"] = UNKNOWN
+            result.update(unknown=outside, ood_score=round(float(answers.ood[0]), 6))
+        if answers.sets is not None:
+            result["set"] = [c for c, chosen in zip(card.classes, answers.sets[0]) if chosen]
+        return result
 
     explain_lock = threading.Lock()  # Grad-CAM hooks its model: one explanation at a time
     explainer: dict = {}  # a copy of the model, built on first use: hooks must not touch the batcher's
@@ -148,8 +162,7 @@ def create_app(run_dir: str | Path, *, max_bytes: int = MAX_BYTES, top_k: int = 
                 raise Rejected(400, "expected a multipart form with the picture in field 'file'")
             picture, geometry = (await decoded(upload, card.preprocess.decode_with_geometry) if explain
                                  else (await decoded(upload), None))
-        probs = (await classify(picture[None]))[0]
-        result = {"filename": upload.filename, **answer(probs, top_k)}
+        result = {"filename": upload.filename, **answer(await classify(picture[None]), top_k)}
         if explain:
             await upload.seek(0)
             result["explain"] = await asyncio.to_thread(heatmap, picture, geometry, await upload.read())
@@ -164,8 +177,8 @@ def create_app(run_dir: str | Path, *, max_bytes: int = MAX_BYTES, top_k: int = 
                 raise Rejected(400, f"expected 1 to {max_files} pictures in multipart fields 'files'; "
                                     f"got {len(uploads)}")
             pictures = np.stack([await decoded(u) for u in uploads])
-        probs = await classify(pictures)
-        return {"results": [{"filename": u.filename, **answer(p, top_k)} for u, p in zip(uploads, probs)]}
+        answers = await classify(pictures)
+        return {"results": [{"filename": u.filename, **answer(answers[i:i + 1], top_k)} for i, u in enumerate(uploads)]}
 
     return app
 

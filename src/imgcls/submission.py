@@ -34,9 +34,9 @@ def _read_template(path: str | Path) -> tuple[list[str], list[str]]:
 
 
 
-def write_submission(probs: np.ndarray, kept: list[str], skipped: list[dict], card, images: str | Path,
+def write_submission(answers, kept: list[str], skipped: list[dict], card, images: str | Path,
                      out: str | Path, *, proba: str | bool | None = None, template: str | Path | None = None,
-                     label_format: str = "name") -> dict:
+                     label_format: str = "name", sets: bool = False, unknown: bool = True) -> dict:
     """Write `id,label` per picture (id = file name without extension, numeric ids in numeric order),
     the label as the run's task decides it (card: the run's model card): one class, or for a
     multi-label run `id,tags` with the labels above their thresholds, space-separated (Planet's format).
@@ -46,9 +46,16 @@ def write_submission(probs: np.ndarray, kept: list[str], skipped: list[dict], ca
     with the uniform probability (or the first class; no label).
     label_format="index" writes the class's position (0..K-1) instead of its name: what Fashion-MNIST's
     submission wants from a run whose classes got names (--class-names).
+
+    `answers` (artifact.predictor.Answers): with the run's out-of-distribution score, a picture above its
+    threshold is labelled "unknown" (unknown=False: never) and proba=True adds its ood_score column;
+    sets=True adds a `set` column, the conformal set's classes.
     """
+    from .openset.decide import UNKNOWN
+    from .openset.decide import unknown as rejected
     from .tasks import get_task
 
+    probs = answers.probs
     classes, task = card.classes, get_task(card.task)
     if label_format not in LABEL_FORMATS:
         raise UserError(f"Received: --label-format {label_format}; expected one of {', '.join(LABEL_FORMATS)}")
@@ -56,6 +63,11 @@ def write_submission(probs: np.ndarray, kept: list[str], skipped: list[dict], ca
     if len(set(ids)) < len(ids):
         raise UserError(f"Received: IMAGES {images} where several pictures share a file name; expected unique ids")
     uniform = f"{1 / len(classes) if task.name == 'single-label' else 0.5:.6f}"  # nothing known about the picture
+    extra = []  # further columns: (name, value per picture, value for a picture that could not be read)
+    if proba is True and answers.ood is not None:
+        extra.append(("ood_score", [f"{v:.6f}" for v in answers.ood], ""))
+    if sets:
+        extra.append(("set", [" ".join(c for c, chosen in zip(classes, row) if chosen) for row in answers.sets], ""))
     if proba is True:
         values = [[f"{v:.6f}" for v in row] for row in probs]
         missing_value = [uniform] * len(classes)
@@ -71,13 +83,18 @@ def write_submission(probs: np.ndarray, kept: list[str], skipped: list[dict], ca
         else:
             values = [[shown[i]] for i in decided]
             missing_value = [shown[0]]
+        if unknown:
+            values = [[UNKNOWN] if out else value for value, out in zip(values, rejected(card, decided, answers.ood))]
+    values = [[*value, *(column[i] for _, column, _ in extra)] for i, value in enumerate(values)]
+    missing_value = [*missing_value, *(missing for _, _, missing in extra)]
     by_id = dict(zip(ids, values))
     header = ["id", *classes] if proba is True else ["id", "tags" if card.task == "multi-label" and proba is None
                                                       else "label"]
+    header += [name for name, _, _ in extra]
     order = sorted(by_id, key=id_sort_key)
     if template is not None:
         template_header, order = _read_template(template)
-        header = [template_header[0], *classes] if proba is True else template_header
+        header = ([template_header[0], *classes] if proba is True else template_header) + [name for name, _, _ in extra]
         absent = [i for i in order if i not in by_id]
         if len(absent) == len(order):
             raise UserError(f"Received: --template {template} whose ids match no picture in {images}; "

@@ -12,13 +12,14 @@ import numpy as np
 import torch
 
 from .artifact.card import ModelCard, read_card, write_card
-from .artifact.files import RESUME, TRAIN_PREDICTIONS, VAL_PREDICTIONS
+from .artifact.files import OOD, RESUME, TRAIN_PREDICTIONS, VAL_PREDICTIONS
 from .build import Built, build_model, make_trainer
 from .config import TrainConfig, config_from_dict, config_to_dict, load_yaml
 from .data.augment import BatchAugment
 from .data.dataset import DecodedImages
 from .data.prepare import PreparedData, load_training_samples, prepare_data
-from .engine.checkpoint import load_resume, load_weights
+from .data.sources import outlier_paths
+from .engine.checkpoint import load_resume, load_weights, save_tensors
 from .engine.device import resolve_device, seed_everything
 from .engine.distributed import init_distributed, shutdown
 from .engine.feature_cache import FeatureLoader
@@ -70,6 +71,8 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
         logging.getLogger("imgcls").setLevel(logging.WARNING)  # one voice in the log: rank 0's
 
     samples, excluded = load_training_samples(config.data, config.class_names)
+    if config.outliers:
+        outlier_paths(config.outliers)  # a folder with no picture ends here, before any training
     if resume is not None:
         folder = RunFolder(Path(resume), writes=ranks.main)
     else:
@@ -188,13 +191,17 @@ def _write_run(folder: RunFolder, built: Built, trainer: Trainer, data: Prepared
     metrics = {"best_epoch": state.best_epoch, "epochs_run": state.epoch, "stopped_early": state.stopped_early,
                "train_seconds": round(seconds, 3), "task": card.task,
                "validation": task.metrics(labels, probs, classes, card)}
+    saved = card
     if config.calibrate:
         # The files below hold the raw probabilities, so they keep the uncalibrated card's decisions.
-        _, metrics["calibration"] = _calibrate(folder, card, labels, probs)
+        saved, metrics["calibration"] = _calibrate(folder, card, labels, probs)
+    open_set = _fit_open_set(config, built, data, saved, probs, folder)
+    if open_set is not None:
+        metrics["open_set"] = open_set.metrics
     folder.write_metrics(metrics)
     folder.write_predictions(VAL_PREDICTIONS, data.val.paths, labels, probs, card, sep)
     if report:
-        _write_plots(folder, built, state, metrics, data.val, labels, probs, card)
+        _write_plots(folder, built, state, metrics, data.val, labels, probs, card, open_set)
         folder.write_report()
     val = metrics["validation"]
     name, value = task.headline(val)
@@ -222,15 +229,49 @@ def _calibrate(folder: RunFolder, card: ModelCard, labels: np.ndarray, probs: np
                         "before": {k: before[k] for k in scores}, "after": {k: after[k] for k in scores}}
 
 
+def _fit_open_set(config: TrainConfig, built: Built, data: PreparedData, card: ModelCard, probs: np.ndarray,
+                  folder: RunFolder):
+    """The out-of-distribution score and conformal sets (openset/fit.py) on the best model, kept in the
+    card and ood.safetensors; None when both are off."""
+    if config.ood == "none" and (not config.coverage or card.task != "single-label"):
+        return None
+    from .openset.fit import fit_open_set
+
+    fit = fit_open_set(built.model, card, data.train, data.val, get_task(card.task).calibrated(probs, card),
+                       method=config.ood, reject_rate=config.reject_rate, coverage=config.coverage,
+                       outliers=_outlier_pictures(config, card) if config.outliers else None,
+                       seed=config.data.seed, device=next(built.model.parameters()).device)
+    if folder.writes:
+        if fit.tensors:
+            save_tensors(folder.path / OOD, fit.tensors)
+        write_card(folder.path, fit.card)
+    return fit
+
+
+def _outlier_pictures(config: TrainConfig, card: ModelCard) -> np.ndarray:
+    """--outliers: its pictures, decoded as the model sees them."""
+    from .data.store import decode_rows
+
+    paths = outlier_paths(config.outliers)
+    p = card.preprocess
+    pictures, ok, _ = decode_rows(paths, p.channels, p.size, trim=p.trim, cache=config.cache_settings(), resize=p.resize)
+    if not len(ok):
+        raise UserError(f"Received: --outliers {config.outliers} where no picture could be decoded; expected readable "
+                        "pictures")
+    return pictures
+
+
 def _write_plots(folder: RunFolder, built: Built, state, metrics: dict, val: DecodedImages, labels: np.ndarray,
-                 probs: np.ndarray, card: ModelCard) -> None:
+                 probs: np.ndarray, card: ModelCard, open_set=None) -> None:
     """curves.png, then confusion.png and the interpretation pictures (report/interpretation.py), or for
     several labels per picture each class's precision-recall curve with its threshold (pr_curves.png) and
     the highest-loss pictures (worst_pictures.png)."""
-    from .report.interpretation import write_interpretation, write_multi_label_interpretation
+    from .report.interpretation import write_interpretation, write_multi_label_interpretation, write_open_set
     from .report.plots import plot_confusion, plot_curves, plot_pr_curves
 
     folder.save_figure(plot_curves(state.history, state.best_epoch), "curves.png")
+    if open_set is not None:
+        write_open_set(folder, card, open_set, val, probs)
     if card.task == "multi-label":
         folder.save_figure(plot_pr_curves(labels, probs, card.classes, card.thresholds), "pr_curves.png")
         write_multi_label_interpretation(folder, card, val, labels, probs)

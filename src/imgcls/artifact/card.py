@@ -3,8 +3,8 @@ PretrainedCfg, torchvision's Weights.meta). It says how to rebuild the network, 
 outputs are, what kind of answer they give (the task), and how a picture becomes its input (Preprocess).
 
 Versions: imgcls-model/1 (every run folder before the task seam: single-label, optional resize,
-trim_borders and temperature) and imgcls-model/2 (adds task and thresholds) both load; a newer one is
-refused in one line.
+trim_borders and temperature), imgcls-model/2 (adds task and thresholds) and imgcls-model/3 (adds the
+out-of-distribution score and conformal sets, openset/) all load; a newer one is refused in one line.
 """
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ import numpy as np
 from ..errors import UserError
 from .files import CARD
 
-FORMAT = "imgcls-model/2"
-READABLE = ("imgcls-model/1", FORMAT)
+FORMAT = "imgcls-model/3"
+READABLE = ("imgcls-model/1", "imgcls-model/2", FORMAT)
 
 
 @dataclass(frozen=True)
@@ -90,6 +90,8 @@ class ModelCard:
     temperature: float | list[float] = 1.0  # train --calibrate: one for single-label, one per class for multi-label
     thresholds: list[float] | None = None  # multi-label: one decision threshold per class
     given_classes: list[str] | None = None  # the data's own labels when --class-names renamed them
+    ood: dict | None = None  # the out-of-distribution score: method, threshold (openset/fit.py)
+    conformal: dict | None = None  # conformal sets: method, coverage, threshold (openset/conformal.py)
     best_epoch: int | None = None
     imgcls_version: str | None = None
     config: dict = field(default_factory=dict)  # the resolved training config (config.yaml's content)
@@ -117,6 +119,8 @@ class ModelCard:
                 "resize": p.resize, "trim_borders": p.trim,
                 **({"temperature": self.temperature} if self.temperature != 1.0 else {}),
                 **({"thresholds": list(self.thresholds)} if self.thresholds is not None else {}),
+                **({"ood": dict(self.ood)} if self.ood else {}),
+                **({"conformal": dict(self.conformal)} if self.conformal else {}),
                 **({"best_epoch": self.best_epoch} if self.best_epoch is not None else {}),
                 "config": self.config}
         return data
@@ -134,6 +138,7 @@ class ModelCard:
                        model_args=dict(data.get("model_args") or {}), task=data.get("task", "single-label"),
                        temperature=_temperature(data.get("temperature", 1.0)), thresholds=data.get("thresholds"),
                        given_classes=data.get("given_classes"), best_epoch=data.get("best_epoch"),
+                       ood=data.get("ood"), conformal=data.get("conformal"),
                        imgcls_version=data.get("imgcls_version"), config=data.get("config") or {})
         except (KeyError, TypeError, ValueError) as error:
             raise UserError(f"Received: {where} without a valid {error}; expected a model card written by "

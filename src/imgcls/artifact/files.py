@@ -22,6 +22,7 @@ FINETUNE = "finetune.json"  # in a finetune folder: its stages and which one is 
 FOLDS = "folds.json"  # in a `train --folds` folder: its folds and the out-of-fold scores
 AUDIT = "audit.json"  # in an `imgcls audit` folder: its settings
 ONNX = {"onnx": "model.onnx", "int8": "model.int8.onnx"}  # by backend
+OOD = "ood.safetensors"  # the out-of-distribution score's fitted tensors (openset/)
 
 log = logging.getLogger(__name__)
 

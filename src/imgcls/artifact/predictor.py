@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,42 +23,86 @@ from ..errors import UserError
 from ..tasks import get_task
 from . import BACKENDS
 from .card import ModelCard, read_card
-from .files import ONNX, WEIGHTS, final_run_dir
+from .files import OOD, ONNX, WEIGHTS, final_run_dir
 
 log = logging.getLogger(__name__)
 
 
+@dataclass
+class Answers:
+    """What a saved model says about pictures: the task's probabilities (N, K), calibrated as the card
+    says; where the run has them, each picture's out-of-distribution score (its place among validation's,
+    0..1) and its conformal set (N, K booleans)."""
+
+    probs: np.ndarray
+    ood: np.ndarray | None = None
+    sets: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.probs)
+
+    def __getitem__(self, rows) -> "Answers":
+        return Answers(self.probs[rows], None if self.ood is None else self.ood[rows],
+                       None if self.sets is None else self.sets[rows])
+
+
 class Predictor:
-    """A saved model: uint8 (N, C, S, S) pictures → logits, then the task's probabilities."""
+    """A saved model: uint8 (N, C, S, S) pictures → logits (and the raw out-of-distribution score where
+    the run has one), then the task's probabilities."""
 
     backend = "?"
 
     def __init__(self, card: ModelCard, run_dir: Path):
         self.card, self.run_dir = card, run_dir
         self.task = get_task(card.task)
+        self.val_sorted = None  # the validation pictures' raw scores, sorted: the score's scale
+        if card.ood:
+            from safetensors.numpy import load_file
+
+            self.val_sorted = load_file(str(run_dir / OOD))["val_sorted"]
 
     @property
     def classes(self) -> list[str]:
         return self.card.classes
 
-    def logits(self, pictures: np.ndarray) -> np.ndarray:
+    def outputs(self, pictures: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(logits, raw out-of-distribution scores or None) of one batch."""
         raise NotImplementedError
 
-    def probabilities(self, pictures: np.ndarray, *, tta: bool = False, batch_size: int | None = None) -> np.ndarray:
-        """The task's probabilities (N, K), calibrated as the card says; tta=True averages each picture's
-        with its mirror image's (for softmax, the same as averaging in log space)."""
+    def logits(self, pictures: np.ndarray) -> np.ndarray:
+        return self.outputs(pictures)[0]
+
+    def answers(self, pictures: np.ndarray, *, tta: bool = False, batch_size: int | None = None) -> Answers:
+        """Probabilities, scores and sets of every picture; tta=True averages each picture's probabilities
+        (and raw score) with its mirror image's (for softmax, the same as averaging in log space)."""
+        from ..openset import conformal
+        from ..openset.scale import percentile
+
         p = self.card.preprocess
         step = batch_size or inference_batch_size(p.channels, p.size)
-        out = []
+        probs, raw = [], []
         for start in range(0, len(pictures), step):
             stopping.check()
             batch = np.ascontiguousarray(pictures[start:start + step])
-            probs = self.task.probabilities(self.logits(batch))
+            logits, score = self.outputs(batch)
+            batch_probs = self.task.probabilities(logits)
             if tta:
-                probs = (probs + self.task.probabilities(self.logits(np.ascontiguousarray(batch[..., ::-1])))) / 2
-            out.append(probs)
-        probs = np.concatenate(out) if out else np.zeros((0, self.card.num_classes), dtype=np.float32)
-        return self.task.calibrated(probs, self.card)
+                flipped, flipped_score = self.outputs(np.ascontiguousarray(batch[..., ::-1]))
+                batch_probs = (batch_probs + self.task.probabilities(flipped)) / 2
+                score = None if score is None else (score + flipped_score) / 2
+            probs.append(batch_probs)
+            raw.append(score)
+        probs = np.concatenate(probs) if probs else np.zeros((0, self.card.num_classes), dtype=np.float32)
+        probs = self.task.calibrated(probs, self.card)
+        ood = (percentile(np.concatenate(raw) if raw else np.zeros(0, np.float32), self.val_sorted)
+               if self.val_sorted is not None else None)
+        sets = (conformal.prediction_sets(probs, conformal.uniform_draws(pictures), self.card.conformal["threshold"])
+                if self.card.conformal and len(pictures) else None)
+        return Answers(probs, ood, sets)
+
+    def probabilities(self, pictures: np.ndarray, *, tta: bool = False, batch_size: int | None = None) -> np.ndarray:
+        """The task's probabilities (N, K), calibrated as the card says."""
+        return self.answers(pictures, tta=tta, batch_size=batch_size).probs
 
 
 class TorchPredictor(Predictor):
@@ -76,10 +121,16 @@ class TorchPredictor(Predictor):
         p = card.preprocess
         model = create_model(card.architecture, card.num_classes, p.channels, p.size, **card.model_args)
         load_weights(run_dir, model)
+        self.model = model  # the classifier itself (explain and export's check use it)
+        if card.ood:  # the score in the same graph: pictures → (logits, score)
+            from safetensors.torch import load_file
+
+            from ..openset.fit import with_score
+            model = with_score(model, card, load_file(str(run_dir / OOD)))
         self.device = resolve_device(device)
         # channels_last: 1.6-2.3x faster inference on this CPU for every registered family
         # (EfficientNet-Lite0 224 px 16 → 27 pictures/s, simple-cnn 6,800 → 15,400; bench/RESULTS.md).
-        self.model = model.to(self.device, memory_format=torch.channels_last).eval()
+        self.graph = model.to(self.device, memory_format=torch.channels_last).eval()
 
     def inputs(self, pictures: np.ndarray):
         """uint8 pictures → the model's normalised input tensor, channels_last on its device."""
@@ -88,11 +139,14 @@ class TorchPredictor(Predictor):
         images = torch.from_numpy(np.ascontiguousarray(pictures))
         return self.card.preprocess.normalise_torch(images, self.device).contiguous(memory_format=torch.channels_last)
 
-    def logits(self, pictures: np.ndarray) -> np.ndarray:
+    def outputs(self, pictures: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         import torch
 
         with torch.inference_mode():
-            return self.model(self.inputs(pictures)).float().cpu().numpy()
+            out = self.graph(self.inputs(pictures))
+        if isinstance(out, tuple):
+            return out[0].float().cpu().numpy(), out[1].float().cpu().numpy()
+        return out.float().cpu().numpy(), None
 
 
 class OnnxPredictor(Predictor):
@@ -118,8 +172,10 @@ class OnnxPredictor(Predictor):
             raise UserError(f"Received: {self.path} that onnxruntime cannot load ({reason}); expected an ONNX "
                             f"file written by imgcls export (write it again: imgcls export {run_dir})") from None
 
-    def logits(self, pictures: np.ndarray) -> np.ndarray:
-        return self.session.run(["logits"], {"input": self.card.preprocess.normalise(pictures)})[0]
+    def outputs(self, pictures: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        names = ["logits", "ood_score"] if self.card.ood else ["logits"]
+        out = self.session.run(names, {"input": self.card.preprocess.normalise(pictures)})
+        return out[0], (out[1] if self.card.ood else None)
 
 
 def onnx_file(run_dir: Path, backend: str = "onnx") -> Path:
@@ -127,9 +183,10 @@ def onnx_file(run_dir: Path, backend: str = "onnx") -> Path:
 
 
 def is_current(run_dir: Path, backend: str = "onnx") -> bool:
-    """The backend's ONNX file exists and is not older than the weights."""
+    """The backend's ONNX file exists and is not older than the weights (or the fitted score)."""
     path = onnx_file(run_dir, backend)
-    return path.is_file() and path.stat().st_mtime >= (Path(run_dir) / WEIGHTS).stat().st_mtime
+    sources = [Path(run_dir) / name for name in (WEIGHTS, OOD) if (Path(run_dir) / name).is_file()]
+    return path.is_file() and all(path.stat().st_mtime >= source.stat().st_mtime for source in sources)
 
 
 def onnxruntime_installed() -> bool:

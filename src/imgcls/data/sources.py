@@ -350,6 +350,15 @@ def load_samples(source: str, labels: str | None = None, id_col: str = "id", lab
     return from_folder(root, classes)
 
 
+def outlier_paths(folder: str | Path) -> list[str]:
+    """The pictures of an --outliers folder (pictures known to be outside the classes)."""
+    try:
+        return list_pictures(folder)[0]
+    except UserError:
+        raise UserError(f"Received: --outliers {folder} with no pictures; expected a folder of pictures outside "
+                        "the classes") from None
+
+
 def list_pictures(path: str | Path) -> tuple[list[str], list[dict[str, str]]]:
     """Pictures to predict: one file, or every picture under a folder, sorted by id."""
     path = Path(path)

@@ -57,6 +57,13 @@ def write_csv(path: str | Path, header: list[str], rows: Iterable[Iterable]) -> 
     write_text(path, csv_text(header, rows))
 
 
+def save_tensors(path: str | Path, tensors: dict) -> None:
+    """A dict of tensors as safetensors, atomically (the out-of-distribution score's, openset/)."""
+    from safetensors.torch import save
+
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(save(tensors)))
+
+
 def write_json(path: str | Path, data: Any) -> None:
     write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 

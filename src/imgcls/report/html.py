@@ -16,6 +16,9 @@ PICTURES = [("curves.png", "Learning curves"), ("confusion.png", "Confusion matr
             ("top_losses.png", "Top losses: predicted / true, with where the model looked (Grad-CAM)"),
             ("worst_pictures.png", "Highest-loss pictures (validation): the labels missed (-) and added (+)"),
             ("confused.png", "Most confused pairs: examples, true→predicted (count)"),
+            ("ood.png", "Out-of-distribution score (validation): above the threshold, predict answers unknown"),
+            ("rejected.png", "Validation pictures furthest from the training pictures: predicted, score"),
+            ("coverage.png", "Conformal sets on held-out validation pictures: coverage and set size"),
             ("val_predictions.png", "Validation pictures, wrong ones first: predicted / true (wrong in red)"),
             ("samples.png", "Training pictures"),
             ("suspects.png", "Suspect labels (imgcls audit): given→predicted (P(given))")]
@@ -31,6 +34,8 @@ def write_report(run_dir: str | Path) -> Path:
     calibration = metrics.get("calibration")
     if calibration:
         sections[0].paragraphs.append(_calibration_text(calibration))
+    if metrics.get("open_set"):
+        sections[0].paragraphs += _open_set_text(metrics["open_set"])
     counts = [[name, data["counts"]["train"].get(name, 0), data["counts"]["val"].get(name, 0)]
               for name in card.classes]
     sections.append(Section("Data", header=["class", "train", "validation"], rows=counts))
@@ -58,6 +63,26 @@ def _calibration_text(calibration: dict) -> str:
                        for name in calibration["before"])
     return html("Calibrated (--calibrate): {}, fitted on the validation pictures; their {}. Evaluate, predict, "
                 "export and serve use it.", fitted, scores)
+
+
+def _open_set_text(open_set: dict) -> list:
+    parts = []
+    ood = open_set.get("ood")
+    if ood:
+        seen = ood.get("outliers_rejected")
+        parts.append(html("Out-of-distribution score: <b>{}</b> ({}); a picture scoring above {:.1%} of the validation "
+                          "pictures is answered unknown: {:.1%} of validation{}.", ood["method"],
+                          {"outliers": "chosen on --outliers", "default": "the default",
+                           "flag": "--ood"}[ood["chosen_by"]], ood["threshold"], ood["validation_rejected"],
+                          f" and {seen:.1%} of --outliers" if seen is not None else ""))
+    sets = open_set.get("conformal")
+    if sets:
+        held = sets["held_out"]
+        parts.append(html("Conformal sets (APS) promising {:.0%} coverage, calibrated on {} validation pictures: on the "
+                          "other {} they covered <b>{:.1%}</b> with <b>{:.2f}</b> classes on average (predict --sets).",
+                          sets["coverage"], sets["calibration_pictures"], sets["held_out_pictures"],
+                          held["coverage"] or 0, held["mean_set_size"] or 0))
+    return parts
 
 
 def _multi_label_summary(card, metrics: dict) -> list[Section]:

@@ -96,3 +96,25 @@ def write_multi_label_interpretation(folder: RunFolder, card, val, targets: np.n
               for g, d in zip(given, decided)]
     colors = ["black" if t == "right" else "red" for t in titles]
     folder.save_figure(plot_grid(val.pictures(idx).numpy(), titles, colors), "worst_pictures.png")
+
+
+def write_open_set(folder: RunFolder, card, fit, val, probs: np.ndarray, count: int = 16) -> None:
+    """ood.png (the score's histogram and threshold), rejected.png (the validation pictures the score puts
+    furthest outside) and coverage.png (conformal coverage and set size against the promised level)."""
+    from ..tasks import get_task
+    from .plots import plot_coverage, plot_ood_scores
+
+    if fit.val_raw is not None:
+        folder.save_figure(plot_ood_scores(fit.val_raw, fit.outlier_raw, fit.card.ood["raw_threshold"],
+                                           fit.card.ood["method"]), "ood.png")
+        idx = np.argsort(-fit.val_raw, kind="stable")[:count]
+        task = get_task(card.task)
+        decided = task.decide(probs[idx], card)
+        rejected = fit.val_raw[idx] > fit.card.ood["raw_threshold"]
+        titles = [f"{task.decided_text(d, card.classes)}\n{'unknown' if r else 'kept'} {s:.3g}"
+                  for d, r, s in zip(decided, rejected, fit.val_raw[idx])]
+        folder.save_figure(plot_grid(val.pictures(idx).numpy(), titles, ["red" if r else "black" for r in rejected]),
+                           "rejected.png")
+    if "conformal" in fit.metrics:
+        folder.save_figure(plot_coverage(fit.metrics["conformal"]["curve"], fit.metrics["conformal"]["coverage"]),
+                           "coverage.png")

@@ -251,3 +251,40 @@ def plot_run_curves(histories: dict[str, list[dict]]) -> Figure:
         axes[1].legend(fontsize=8, loc="lower right")
         fig.tight_layout()
     return fig
+
+
+def plot_ood_scores(val_raw: np.ndarray, outlier_raw: np.ndarray | None, threshold: float, method: str) -> Figure:
+    """The out-of-distribution score of the validation pictures (and of --outliers'), with the threshold."""
+    with _style():
+        fig = Figure(figsize=(7, 3.2))
+        ax = fig.subplots()
+        values = np.r_[val_raw, outlier_raw] if outlier_raw is not None else val_raw
+        bins = np.linspace(values.min(), values.max(), 40) if len(values) and values.min() < values.max() else 10
+        ax.hist(val_raw, bins=bins, alpha=0.6, density=True, label="validation (in distribution)")
+        if outlier_raw is not None:
+            ax.hist(outlier_raw, bins=bins, alpha=0.6, density=True, label="--outliers")
+        ax.axvline(threshold, color="red", linestyle="--", label="threshold: above is unknown")
+        ax.set_xlabel(f"{method} score (higher: less like the training pictures)")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+    return fig
+
+
+def plot_coverage(curve: list[dict], asked: float) -> Figure:
+    """Conformal sets on held-out validation pictures: coverage reached and mean set size per level."""
+    with _style():
+        fig = Figure(figsize=(7, 3.2))
+        left, right = fig.subplots(1, 2)
+        levels = [c["level"] for c in curve]
+        left.plot(levels, [c["coverage"] for c in curve], "o-", label="reached")
+        left.plot([min(levels), 1], [min(levels), 1], "k--", lw=1, label="promised")
+        left.axvline(asked, color="grey", lw=1)
+        left.set_xlabel("promised coverage")
+        left.set_ylabel("coverage (held out)")
+        left.legend(fontsize=8)
+        right.plot(levels, [c["mean_set_size"] for c in curve], "o-")
+        right.axvline(asked, color="grey", lw=1)
+        right.set_xlabel("promised coverage")
+        right.set_ylabel("mean set size")
+        fig.tight_layout()
+    return fig
