@@ -1,5 +1,6 @@
 """DDP on the CPU under torchrun (gloo): N processes train like 1 process with the same global batch."""
 import csv
+import json
 import math
 import subprocess
 import sys
@@ -129,3 +130,18 @@ def test_resume_under_torchrun_continues_the_run(tmp_path: Path):
     resumed = history(tmp_path / "run")
     assert [int(r["epoch"]) for r in resumed] == [1, 2, 3]
     assert_same_history(resumed, history(whole.run_dir), 1e-4)
+
+
+def test_several_labels_under_torchrun_match_one_process(tmp_path: Path):
+    """BCE summed over each rank's slice and weighted by the global count: two processes train a
+    multi-label run as one does."""
+    from .conftest import write_tagged
+    pictures, labels = write_tagged(tmp_path / "data", 40)
+    flags = ["--labels", str(labels), "--id-col", "image_name", "--label-col", "tags", "--multi-label", "--model",
+             "lenet5", "--channels", "3", "--epochs", "2", "--batch-size", "8"]
+    single = imgcls.train(source=str(pictures), labels=str(labels), id_col="image_name", label_col="tags",
+                          multi_label=True, model="lenet5", channels=3, epochs=2, batch_size=8,
+                          out=str(tmp_path / "single"), report=False)
+    imgcls_cli("train", str(pictures), *flags, "--nproc", "2", "--out", str(tmp_path / "ddp"), cwd=tmp_path)
+    assert_same_history(history(tmp_path / "ddp"), history(single.run_dir), 1e-5)
+    assert json.loads((tmp_path / "ddp" / "model.json").read_text())["task"] == "multi-label"

@@ -88,10 +88,9 @@ def test_train_writes_thresholds_and_every_command_reads_them(tagged_run, tmp_pa
     with open(run / "split.csv") as f:
         rows = list(csv.DictReader(f))
     assert {r["label"] for r in rows} >= {"clear", "clear road water"}
-    # predict: id,tags with the labels above their thresholds, onnx (auto) and torch alike (without "unknown":
-    # a picture whose score sits on the threshold may fall either side of it in float32)
-    assert main(["-q", "predict", str(run), str(pictures), "--no-unknown", "--out", str(tmp_path / "auto.csv")]) == 0
-    assert main(["-q", "predict", str(run), str(pictures), "--no-unknown", "--out", str(tmp_path / "torch.csv"),
+    # predict: id,tags with the labels above their thresholds, onnx (auto) and torch alike
+    assert main(["-q", "predict", str(run), str(pictures), "--out", str(tmp_path / "auto.csv")]) == 0
+    assert main(["-q", "predict", str(run), str(pictures), "--out", str(tmp_path / "torch.csv"),
                  "--backend", "torch"]) == 0
     auto, torch_rows = (list(csv.DictReader(open(tmp_path / f))) for f in ("auto.csv", "torch.csv"))
     assert list(auto[0]) == ["id", "tags"] and [r["tags"] for r in auto] == [r["tags"] for r in torch_rows]
@@ -196,7 +195,7 @@ def test_mixing_sampling_and_per_label_calibration_train_and_predict(tmp_path: P
     assert "one temperature per label" in page and "worst_pictures.png" in page
     # The thresholds moved with the temperatures: the calibrated run decides the validation pictures as
     # its uncalibrated probabilities (val_predictions.csv) did.
-    assert main(["-q", "predict", str(run), str(pictures), "--no-unknown", "--out", str(tmp_path / "tags.csv"),
+    assert main(["-q", "predict", str(run), str(pictures), "--out", str(tmp_path / "tags.csv"),
                  "--backend", "torch"]) == 0
     decided = {r["id"]: r["tags"] for r in csv.DictReader(open(tmp_path / "tags.csv"))}
     validated = list(csv.DictReader(open(run / "val_predictions.csv")))
@@ -206,7 +205,7 @@ def test_mixing_sampling_and_per_label_calibration_train_and_predict(tmp_path: P
         assert main(["-q", "predict", str(run), str(pictures), "--proba", "--backend", backend,
                      "--out", str(tmp_path / f"{backend}.csv")]) == 0
     onnx_rows, torch_rows = (list(csv.DictReader(open(tmp_path / f"{b}.csv"))) for b in ("onnx", "torch"))
-    assert list(onnx_rows[0]) == ["id", *TAGS, "ood_score"] and len(onnx_rows) == 48
+    assert list(onnx_rows[0]) == ["id", *TAGS] and len(onnx_rows) == 48
     assert np.allclose([[float(r[t]) for t in TAGS] for r in onnx_rows],
                        [[float(r[t]) for t in TAGS] for r in torch_rows], atol=1e-4)
     contract = json.loads((run / "model.onnx.json").read_text())["output"]

@@ -86,21 +86,21 @@ def test_a_two_class_run_answers_unknown_for_a_third_kind(two_colours, tmp_path:
     assert card["format"] == "imgcls-model/3" and card["ood"]["method"] == "mahalanobis" and card["ood"]["threshold"] == 0.95
     assert card["conformal"]["coverage"] == 0.9 and (run / "ood.safetensors").is_file()
     open_set = json.loads((run / "metrics.json").read_text())["open_set"]
-    assert open_set["ood"]["validation_rejected"] <= 0.2 and "held_out" in open_set["conformal"]
+    assert open_set["ood"]["validation_rejected"] <= 0.2 and "cross_fitted" in open_set["conformal"]
     page = (run / "report.html").read_text()
     assert "ood.png" in page and "coverage.png" in page and "Out-of-distribution score" in page
-    # predict: green pictures are unknown; the closest class with --no-unknown; torch and onnx agree
+    # predict --unknown: green pictures are unknown; the closest class without it; torch and onnx agree
     for backend in ("torch", "onnx"):
-        assert main(["-q", "predict", str(run), str(green), "--proba", "--sets", "--backend", backend,
+        assert main(["-q", "predict", str(run), str(green), "--proba", "--unknown", "--sets", "--backend", backend,
                      "--out", str(tmp_path / f"{backend}.csv")]) == 0
     rows = {b: list(csv.DictReader(open(tmp_path / f"{b}.csv"))) for b in ("torch", "onnx")}
     assert list(rows["onnx"][0]) == ["id", "blue", "red", "ood_score", "set"]
     assert np.allclose([float(r["ood_score"]) for r in rows["onnx"]], [float(r["ood_score"]) for r in rows["torch"]],
                        atol=0.06)  # one validation picture's step on the percentile scale
-    assert main(["-q", "predict", str(run), str(green), "--out", str(tmp_path / "labels.csv")]) == 0
+    assert main(["-q", "predict", str(run), str(green), "--unknown", "--out", str(tmp_path / "labels.csv")]) == 0
     labels = [r["label"] for r in csv.DictReader(open(tmp_path / "labels.csv"))]
     assert labels.count("unknown") >= 18, labels
-    assert main(["-q", "predict", str(run), str(green), "--no-unknown", "--out", str(tmp_path / "closest.csv")]) == 0
+    assert main(["-q", "predict", str(run), str(green), "--out", str(tmp_path / "closest.csv")]) == 0
     assert {r["label"] for r in csv.DictReader(open(tmp_path / "closest.csv"))} <= {"red", "blue"}
     # evaluate: in-distribution coverage and rejection, and how well the score separates the green ones
     capsys.readouterr()
@@ -159,7 +159,7 @@ def test_mistakes_and_runs_from_before_say_why_in_one_line(two_colours, tmp_path
         err = capsys.readouterr().err.strip()
         assert expected in err and "\n" not in err and "Traceback" not in err, err
     # a run from before still predicts as it did: no score, no unknown
-    assert main(["-q", "predict", str(legacy), str(green), "--proba", "--out", str(tmp_path / "old.csv")]) == 0
+    assert main(["-q", "predict", str(legacy), str(green), "--proba", "--unknown", "--out", str(tmp_path / "old.csv")]) == 0
     assert "ood_score" not in open(tmp_path / "old.csv").readline()
 
 
@@ -182,11 +182,11 @@ def test_several_labels_answer_unknown_only_where_no_label_passes(tmp_path: Path
                  "--epochs", "6", "--lr", "0.01", "--out", str(run)]) == 0
     card = json.loads((run / "model.json").read_text())
     assert card["ood"]["method"] == "mahalanobis" and "conformal" not in card  # sets: one class per picture only
-    assert main(["-q", "predict", str(run), str(outside), "--proba", "--out", str(tmp_path / "out.csv")]) == 0
+    assert main(["-q", "predict", str(run), str(outside), "--proba", "--unknown", "--out", str(tmp_path / "out.csv")]) == 0
     rows = list(csv.DictReader(open(tmp_path / "out.csv")))
     assert all(float(r["ood_score"]) > card["ood"]["threshold"] for r in rows)
-    assert main(["-q", "predict", str(run), str(outside), "--out", str(tmp_path / "tags.csv")]) == 0
-    assert main(["-q", "predict", str(run), str(pictures), "--out", str(tmp_path / "inside.csv")]) == 0
+    assert main(["-q", "predict", str(run), str(outside), "--unknown", "--out", str(tmp_path / "tags.csv")]) == 0
+    assert main(["-q", "predict", str(run), str(pictures), "--unknown", "--out", str(tmp_path / "inside.csv")]) == 0
     tags = [r["tags"] for r in csv.DictReader(open(tmp_path / "tags.csv"))]
     assert tags.count("unknown") >= 5, tags
     inside = [r["tags"] for r in csv.DictReader(open(tmp_path / "inside.csv"))]

@@ -68,6 +68,8 @@ NOT_RUN = {
     "python bench/gpu.py 'cifar10|sweep|resnet50'": "needs a CUDA GPU (CI has none); figures in bench/RESULTS.md",
     "python bench/multilabel.py": "trainings on mosaics of the real CIFAR-10 pictures (about 20 minutes); figures in "
                                   "bench/RESULTS.md",
+    "python bench/openset.py": "Lite0 trainings on the real Dogs vs. Cats pictures, asked about CIFAR-10, Fashion-MNIST "
+                               "and digits pictures (about 30 minutes); figures in bench/RESULTS.md",
     "python bench/faults.py": "the fault sweep over every command (about an hour; tests/test_faults.py runs its fast "
                               "cases); figures in bench/RESULTS.md",
 }
@@ -138,6 +140,10 @@ def write_tiny_datasets(root: Path) -> None:
     for i in range(1, 7):
         _noisy(rng, COLOURS[0 if i % 2 else 2], 64).save(dvc / "test1" / f"{i}.jpg")
     _noisy(rng, COLOURS[0], 64).save(root / "cat.jpg")  # what the README's curl uploads
+    for name in ("other-photos", "more-photos"):  # pictures of neither class (--outliers)
+        (root / name).mkdir()
+        for i in range(4):
+            _noisy(rng, COLOURS[1], 64).save(root / name / f"{i}.jpg")
     write_tiny_planet(root / "planet", rng)
 
 

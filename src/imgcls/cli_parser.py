@@ -250,9 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--template", metavar="SAMPLE.csv", help="follow this CSV's ids and column names")
     p.add_argument("--sets", action="store_true", help="add a column with each picture's conformal set: the classes "
                    "that hold the true one with the run's promised probability (train --coverage)")
-    p.add_argument("--unknown", action=argparse.BooleanOptionalAction, default=True,
+    p.add_argument("--unknown", action="store_true",
                    help="answer 'unknown' for a picture the run's out-of-distribution score puts outside the classes "
-                        "(default); --no-unknown: the closest class always (competition files)")
+                        "(with --proba: an ood_score column); without it, the closest class, as competition files want")
     p.add_argument("--label-format", default="name", choices=LABEL_FORMATS,
                    help="name (default) or index: the class's position 0..K-1 (a run with --class-names whose "
                         "submission wants the number)")

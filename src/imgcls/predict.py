@@ -106,12 +106,13 @@ def ensemble_probabilities(run_dirs: list[str | Path], paths: list[str], *, batc
 def predict(run_dir: str | Path | list, images: str | Path, out: str | Path, *, proba: str | bool | None = None,
             template: str | Path | None = None, batch_size: int | None = None, device: str = "auto",
             tta: bool = False, cache: CacheSettings | None = None, backend: str = "auto",
-            label_format: str = "name", sets: bool = False, unknown: bool = True) -> dict:
+            label_format: str = "name", sets: bool = False, unknown: bool = False) -> dict:
     """Write `id,label` per picture (submission.write_submission: numeric ids in numeric order,
     proba=CLASS for P(CLASS), proba=True for a column per class (and ood_score), template=CSV for its ids
     and columns, label_format="index" for class positions, sets=True a column with each picture's
-    conformal set). A run with an out-of-distribution score answers "unknown" above its threshold
-    (unknown=False: the closest class always, as competition files want). tta=True averages each
+    conformal set). unknown=True: a picture the run's out-of-distribution score puts beyond its
+    threshold is labelled "unknown" and proba=True adds an ood_score column (off by default: a
+    competition file wants a class on every row). tta=True averages each
     picture's probabilities with its mirror image's. Several run folders (or a --folds folder): their
     mean probabilities."""
     run_dirs = [r for one in (run_dir if isinstance(run_dir, (list, tuple)) else [run_dir]) for r in expand_runs(one)]

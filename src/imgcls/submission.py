@@ -36,7 +36,7 @@ def _read_template(path: str | Path) -> tuple[list[str], list[str]]:
 
 def write_submission(answers, kept: list[str], skipped: list[dict], card, images: str | Path,
                      out: str | Path, *, proba: str | bool | None = None, template: str | Path | None = None,
-                     label_format: str = "name", sets: bool = False, unknown: bool = True) -> dict:
+                     label_format: str = "name", sets: bool = False, unknown: bool = False) -> dict:
     """Write `id,label` per picture (id = file name without extension, numeric ids in numeric order),
     the label as the run's task decides it (card: the run's model card): one class, or for a
     multi-label run `id,tags` with the labels above their thresholds, space-separated (Planet's format).
@@ -47,9 +47,9 @@ def write_submission(answers, kept: list[str], skipped: list[dict], card, images
     label_format="index" writes the class's position (0..K-1) instead of its name: what Fashion-MNIST's
     submission wants from a run whose classes got names (--class-names).
 
-    `answers` (artifact.predictor.Answers): with the run's out-of-distribution score, a picture above its
-    threshold is labelled "unknown" (unknown=False: never) and proba=True adds its ood_score column;
-    sets=True adds a `set` column, the conformal set's classes.
+    `answers` (artifact.predictor.Answers): unknown=True with the run's out-of-distribution score labels
+    a picture above its threshold "unknown", and proba=True then adds its ood_score column; sets=True
+    adds a `set` column, the conformal set's classes.
     """
     from .openset.decide import UNKNOWN
     from .openset.decide import unknown as rejected
@@ -64,7 +64,7 @@ def write_submission(answers, kept: list[str], skipped: list[dict], card, images
         raise UserError(f"Received: IMAGES {images} where several pictures share a file name; expected unique ids")
     uniform = f"{1 / len(classes) if task.name == 'single-label' else 0.5:.6f}"  # nothing known about the picture
     extra = []  # further columns: (name, value per picture, value for a picture that could not be read)
-    if proba is True and answers.ood is not None:
+    if unknown and proba is True and answers.ood is not None:
         extra.append(("ood_score", [f"{v:.6f}" for v in answers.ood], ""))
     if sets:
         extra.append(("set", [" ".join(c for c, chosen in zip(classes, row) if chosen) for row in answers.sets], ""))

@@ -235,12 +235,16 @@ def _fit_open_set(config: TrainConfig, built: Built, data: PreparedData, card: M
     card and ood.safetensors; None when both are off."""
     if config.ood == "none" and (not config.coverage or card.task != "single-label"):
         return None
-    from .openset.fit import fit_open_set
+    from .openset.fit import fit_open_set, outputs_from_cache
 
+    cached = None
+    if built.cached_train is not None:
+        ordered = FeatureLoader(built.cached_train.features, 512, shuffle=False, device=built.cached_train.device)
+        cached = outputs_from_cache(built.model, config.cache_before_last, ordered, built.val_loader)
     fit = fit_open_set(built.model, card, data.train, data.val, get_task(card.task).calibrated(probs, card),
                        method=config.ood, reject_rate=config.reject_rate, coverage=config.coverage,
                        outliers=_outlier_pictures(config, card) if config.outliers else None,
-                       seed=config.data.seed, device=next(built.model.parameters()).device)
+                       seed=config.data.seed, device=next(built.model.parameters()).device, cached=cached)
     if folder.writes:
         if fit.tensors:
             save_tensors(folder.path / OOD, fit.tensors)

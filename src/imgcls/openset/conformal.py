@@ -43,5 +43,5 @@ def prediction_sets(probs: np.ndarray, u: np.ndarray, threshold: float) -> np.nd
 
 
 def coverage_and_size(sets: np.ndarray, labels: np.ndarray) -> dict:
-    return {"coverage": round(float(sets[np.arange(len(labels)), labels].mean()), 6) if len(labels) else None,
-            "mean_set_size": round(float(sets.sum(1).mean()), 4) if len(labels) else None}
+    return {"coverage": round(float(sets[np.arange(len(labels)), labels].mean()), 6) if len(labels) else 0.0,
+            "mean_set_size": round(float(sets.sum(1).mean()), 4) if len(labels) else 0.0}

@@ -8,6 +8,7 @@ can be averaged over an ensemble; a picture is "unknown" above the card's thresh
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,6 +49,30 @@ def _outputs(model: torch.nn.Module, batches) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(features), np.concatenate(logits)
 
 
+def outputs_from_cache(model: torch.nn.Module, keep_last: int, train_loader, val_loader):
+    """(training features, (validation features, logits)) from the frozen-feature cache's prefix outputs:
+    only the blocks after the cached ones run (none when the whole backbone is frozen), so fitting does
+    not pass the pictures through the frozen backbone again. None for a model whose pooled features are
+    not its blocks' output (fusion concatenates its members')."""
+    from ..models.base import Classifier
+
+    if type(model).forward_features is not Classifier.forward_features:
+        return None
+    k = model.frozen_prefix(keep_last)
+    model.eval()
+
+    def outputs(loader) -> tuple[np.ndarray, np.ndarray]:
+        features, logits = [], []
+        with torch.inference_mode():
+            for z, _ in loader:
+                f = model.forward_blocks(z, k)
+                features.append(f.float().cpu().numpy())
+                logits.append(model.forward_head(f).float().cpu().numpy())
+        return np.concatenate(features), np.concatenate(logits)
+
+    return outputs(train_loader)[0], outputs(val_loader)
+
+
 def _loader(card, data, device) -> list:
     p = card.preprocess
     loader = BatchLoader(data, inference_batch_size(p.channels, p.size), p.mean, p.std, shuffle=False, device=device)
@@ -64,23 +89,30 @@ def _best_threshold(val_pct: np.ndarray, out_pct: np.ndarray) -> float:
 
 def fit_open_set(model: torch.nn.Module, card, train, val, val_probs: np.ndarray, *, method: str,
                  reject_rate: float, coverage: float | None, outliers: np.ndarray | None = None,
-                 seed: int = 0, device: torch.device = torch.device("cpu")) -> OpenSetFit:
+                 seed: int = 0, device: torch.device = torch.device("cpu"), cached=None) -> OpenSetFit:
     """Fit the score (`method`, or with "auto" the best on `outliers` when given, else DEFAULT_METHOD) on
     the training split's features, its threshold on validation, and the conformal threshold on half of
     the validation pictures (the other half measures it). `val_probs`: the probabilities predict gives
-    (calibrated as the card says); `outliers`: uint8 pictures known to be outside the classes."""
+    (calibrated as the card says); `outliers`: uint8 pictures known to be outside the classes; `cached`:
+    outputs_from_cache's features, when the run has them."""
+    start = time.perf_counter()
     metrics: dict = {}
     tensors: dict = {}
     fitted = None
     if method != "none":
-        train_features, _ = _outputs(model, _loader(card, train, device))
-        val_features, val_logits = _outputs(model, _loader(card, val, device))
+        candidates = OOD_SCORES if method == "auto" and outliers is not None else \
+            [DEFAULT_METHOD if method == "auto" else method]
+        # msp and energy read the logits only: the training pictures are passed through only for the others.
+        needs_training = any(name in ("mahalanobis", "knn") for name in candidates)
+        if cached is not None:
+            train_features, (val_features, val_logits) = cached
+        else:
+            train_features = _outputs(model, _loader(card, train, device))[0] if needs_training else np.zeros((0, 0))
+            val_features, val_logits = _outputs(model, _loader(card, val, device))
         if outliers is not None:
             normalised = (card.preprocess.normalise_torch(torch.from_numpy(outliers[i:i + 256]), device)
                           for i in range(0, len(outliers), 256))
             out_features, out_logits = _outputs(model, normalised)
-        candidates = OOD_SCORES if method == "auto" and outliers is not None else \
-            [DEFAULT_METHOD if method == "auto" else method]
         raw = {}
         for name in candidates:
             score = fit_score(name, card.task, train_features, train.labels.numpy(), seed).to(device)
@@ -113,29 +145,36 @@ def fit_open_set(model: torch.nn.Module, card, train, val, val_probs: np.ndarray
         metrics["conformal"] = _fit_conformal(card, val, val_probs, coverage, seed)
         card = card.with_(conformal={k: metrics["conformal"][k] for k in ("method", "coverage", "threshold",
                                                                           "calibration_pictures")})
+    if "ood" in metrics:
+        metrics["ood"]["fit_seconds"] = round(time.perf_counter() - start, 3)
     return OpenSetFit(card, tensors, metrics, raw[name][0] if fitted else None,
                       raw[name][1] if fitted and outliers is not None else None)
 
 
 def _fit_conformal(card, val, val_probs: np.ndarray, coverage: float, seed: int) -> dict:
-    """The APS threshold on a seeded half of the validation pictures; coverage and mean set size measured
-    on the other half, at the asked level and along CURVE_LEVELS."""
+    """The APS threshold on every validation picture (the more calibration pictures, the less the
+    promise wobbles: its spread is about sqrt(coverage (1 - coverage) / n)); the coverage and mean set
+    size it gives are measured by cross-fitting: calibrated on one seeded half, measured on the other,
+    both ways, at the asked level and along CURVE_LEVELS."""
     labels = val.labels.numpy()
     u = conformal.uniform_draws(val.pictures(np.arange(len(val))).numpy())
     order = np.random.default_rng(seed).permutation(len(labels))
-    calib, held = np.sort(order[: len(order) // 2]), np.sort(order[len(order) // 2:])
-    threshold = conformal.calibrate(val_probs[calib], labels[calib], u[calib], coverage)
-    measured = conformal.coverage_and_size(conformal.prediction_sets(val_probs[held], u[held], threshold), labels[held])
-    curve = []
-    for level in CURVE_LEVELS:
-        t = conformal.calibrate(val_probs[calib], labels[calib], u[calib], level)
-        curve.append({"level": level, **conformal.coverage_and_size(
-            conformal.prediction_sets(val_probs[held], u[held], t), labels[held])})
-    log.info("conformal sets (APS) at %.2f: threshold %.4f on %d validation pictures; on the other %d: coverage "
-             "%.3f, mean set size %.2f", coverage, threshold, len(calib), len(held), measured["coverage"] or 0,
-             measured["mean_set_size"] or 0)
-    return {"method": "aps", "coverage": coverage, "threshold": round(threshold, 6), "calibration_pictures": len(calib),
-            "held_out_pictures": len(held), "held_out": measured, "curve": curve}
+    halves = (np.sort(order[: len(order) // 2]), np.sort(order[len(order) // 2:]))
+
+    def measured(level: float) -> dict:
+        both = [conformal.coverage_and_size(conformal.prediction_sets(
+            val_probs[held], u[held], conformal.calibrate(val_probs[fit], labels[fit], u[fit], level)), labels[held])
+            for fit, held in (halves, halves[::-1])]
+        return {k: round(float(np.mean([b[k] for b in both])), 6) for k in both[0]}
+
+    threshold = conformal.calibrate(val_probs, labels, u, coverage)
+    cross = measured(coverage)
+    curve = [{"level": level, **measured(level)} for level in CURVE_LEVELS]
+    log.info("conformal sets (APS) at %.2f: threshold %.4f on %d validation pictures; cross-fitted on their halves: "
+             "coverage %.3f, mean set size %.2f", coverage, threshold, len(labels), cross["coverage"],
+             cross["mean_set_size"])
+    return {"method": "aps", "coverage": coverage, "threshold": round(threshold, 6), "calibration_pictures": len(labels),
+            "cross_fitted": cross, "curve": curve}
 
 
 def with_score(model: torch.nn.Module, card, tensors: dict) -> torch.nn.Module:

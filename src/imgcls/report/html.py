@@ -77,11 +77,11 @@ def _open_set_text(open_set: dict) -> list:
                           f" and {seen:.1%} of --outliers" if seen is not None else ""))
     sets = open_set.get("conformal")
     if sets:
-        held = sets["held_out"]
-        parts.append(html("Conformal sets (APS) promising {:.0%} coverage, calibrated on {} validation pictures: on the "
-                          "other {} they covered <b>{:.1%}</b> with <b>{:.2f}</b> classes on average (predict --sets).",
-                          sets["coverage"], sets["calibration_pictures"], sets["held_out_pictures"],
-                          held["coverage"] or 0, held["mean_set_size"] or 0))
+        cross = sets["cross_fitted"]
+        parts.append(html("Conformal sets (APS) promising {:.0%} coverage, calibrated on the {} validation pictures; "
+                          "calibrated on one half and measured on the other (both ways) they covered <b>{:.1%}</b> "
+                          "with <b>{:.2f}</b> classes on average (predict --sets).", sets["coverage"],
+                          sets["calibration_pictures"], cross["coverage"], cross["mean_set_size"]))
     return parts
 
 
