@@ -158,9 +158,18 @@ def test_mistakes_and_runs_from_before_say_why_in_one_line(two_colours, tmp_path
         assert main(argv) == 2, argv
         err = capsys.readouterr().err.strip()
         assert expected in err and "\n" not in err and "Traceback" not in err, err
-    # a run from before still predicts as it did: no score, no unknown
-    assert main(["-q", "predict", str(legacy), str(green), "--proba", "--unknown", "--out", str(tmp_path / "old.csv")]) == 0
+    capsys.readouterr()
+    assert main(["predict", str(legacy), str(green), "--unknown", "--out", str(tmp_path / "u.csv")]) == 2
+    assert "--unknown" in capsys.readouterr().err
+    # a run from before still predicts as it did: no score column
+    assert main(["-q", "predict", str(legacy), str(green), "--proba", "--out", str(tmp_path / "old.csv")]) == 0
     assert "ood_score" not in open(tmp_path / "old.csv").readline()
+    # a run folder that lost its score's file says so in one line
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    (copy / "ood.safetensors").unlink()
+    assert main(["predict", str(copy), str(green), "--backend", "torch", "--out", str(tmp_path / "c.csv")]) == 2
+    assert "ood.safetensors" in capsys.readouterr().err
 
 
 def test_several_labels_answer_unknown_only_where_no_label_passes(tmp_path: Path):

@@ -224,7 +224,7 @@ def test_a_run_without_report_writes_no_plots(tmp_path: Path):
     result = train(source=str(data), model="simple-cnn", img_size=16, epochs=1, out=str(tmp_path / "run"), report=False)
     written = sorted(p.name for p in result.run_dir.iterdir())
     assert written == ["config.yaml", "data.json", "history.csv", "metrics.json", "model.json", "model.safetensors",
-                       "resume.pt", "split.csv", "val_predictions.csv"]
+                       "ood.safetensors", "resume.pt", "split.csv", "val_predictions.csv"]
 
 
 CGROUP = Path("/sys/fs/cgroup/memory")

@@ -79,7 +79,10 @@ def export(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = None
     # leaves a truncated model.onnx that looks current to the onnx backend.
     final, out = out, out.with_name(f".{out.name}.{os.getpid()}.tmp{out.suffix}")
     try:
-        difference, relative = _write_checked(run, fmt, out, example, sample, opset)
+        difference, relative, score_relative = _write_checked(run, fmt, out, example, sample, opset)
+        if score_relative is not None and score_relative > 1e-3:
+            raise UserError(f"Received: an exported model whose out-of-distribution score differs by {score_relative:.2e} "
+                            "of its scale from PyTorch's; expected at most 1e-3 (please report this model)")
         if relative > 1e-3:
             raise UserError(f"Received: an exported model whose logits differ by {difference:.2e} from PyTorch's; "
                             "expected at most 1e-3 of their scale (please report this model)")
@@ -90,7 +93,8 @@ def export(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = None
     write_json(Path(str(out) + ".json"), contract(card, fmt))  # model.onnx.json: never the run's model.json
     log.info("exported %s → %s; largest difference of the logits on a batch of 5: %.2e (relative %.2e)",
              run.run_dir, out, difference, relative)
-    result = {"path": str(out), "max_abs_diff": difference, "max_rel_diff": relative}
+    result = {"path": str(out), "max_abs_diff": difference, "max_rel_diff": relative,
+              **({"ood_score_rel_diff": score_relative} if score_relative is not None else {})}
     if quantize:
         from .quantize import quantize_int8
 
@@ -99,9 +103,9 @@ def export(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = None
 
 
 def _write_checked(run, fmt: str, out: Path, example: torch.Tensor, sample: torch.Tensor,
-                   opset: int) -> tuple[float, float]:
+                   opset: int) -> tuple[float, float, float | None]:
     """Write the model to `out` in `fmt`; the largest difference of its logits from PyTorch's on
-    `sample`, absolute and relative to their scale."""
+    `sample`, absolute and relative to their scale, and the out-of-distribution score's relative one."""
     names = ["logits", "ood_score"] if run.card.ood else ["logits"]  # the score in the same graph (openset/)
     with torch.no_grad():
         expected = _as_list(run.graph(sample))
@@ -127,8 +131,8 @@ def _write_checked(run, fmt: str, out: Path, example: torch.Tensor, sample: torc
     differences = [float(np.abs(g - e).max()) for g, e in zip(got, expected)]
     # Relative to each output's scale (at least 1): float32 keeps about 7 digits, so a model whose logits
     # reach 1e4 cannot agree to 1e-4 in absolute terms, only in relative ones.
-    relative = max(d / max(1.0, float(np.abs(e).max())) for d, e in zip(differences, expected))
-    return differences[0], relative
+    relative = [d / max(1.0, float(np.abs(e).max())) for d, e in zip(differences, expected)]
+    return differences[0], relative[0], relative[1] if len(relative) > 1 else None
 
 
 def _as_list(out) -> list[np.ndarray]:

@@ -125,11 +125,16 @@ def predict(run_dir: str | Path | list, images: str | Path, out: str | Path, *, 
                                                             tta=tta, cache=cache, backend=backend)
         log.info("ensemble of %d runs: mean probabilities", len(run_dirs))
         check_proba(proba, run.classes)
+        if unknown and answers.ood is None:
+            raise UserError(f"Received: --unknown for an ensemble of {len(run_dirs)} runs, not all of which have an "
+                            "out-of-distribution score; expected runs trained with --ood")
     else:
         run = load_run(run_dirs[0], device, backend)
         check_proba(proba, run.classes)  # before any picture is decoded
         if sets:
             require_sets(run.card, str(run_dirs[0]))
+        if unknown:
+            require_score(run.card, str(run_dirs[0]), "--unknown")
         paths, skipped = list_pictures(images)
         answers, kept, failed = answer_images(run, paths, batch_size, tta, cache)
     return write_submission(answers, kept, skipped + failed, run.card, images, out, proba=proba, template=template,

@@ -59,6 +59,9 @@ class Predictor:
         if card.ood:
             from safetensors.numpy import load_file
 
+            if not (run_dir / OOD).is_file():
+                raise UserError(f"Received: RUN_DIR {run_dir} whose model.json names an out-of-distribution score "
+                                f"but has no {OOD}; expected the whole run folder as train wrote it")
             self.val_sorted = load_file(str(run_dir / OOD))["val_sorted"]
 
     @property

@@ -28,7 +28,7 @@ def require_sets(card, where: str) -> None:
                         "these existed, or with --coverage none); expected a run trained with --coverage (train it again)")
 
 
-def require_score(card, where: str) -> None:
+def require_score(card, where: str, flag: str = "--outliers") -> None:
     if not card.ood:
-        raise UserError(f"Received: --outliers for {where}, a run without an out-of-distribution score (trained "
+        raise UserError(f"Received: {flag} for {where}, a run without an out-of-distribution score (trained "
                         "before it existed, or with --ood none); expected a run trained with --ood (train it again)")

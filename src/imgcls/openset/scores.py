@@ -58,14 +58,39 @@ class Energy(OodScore):
 class Mahalanobis(OodScore):
     method = "mahalanobis"
 
-    def __init__(self, means: torch.Tensor, precision: torch.Tensor):
+    def __init__(self, means: torch.Tensor, precision: torch.Tensor, scale: torch.Tensor):
         super().__init__()
+        # Fitted on features divided by `scale` (their RMS) with a variance floor (RIDGE): raw features of
+        # 1e-2 whose pictures of a class agree to float32 rounding (an untrained model) gave a precision of
+        # 1e18, which turned that rounding into scores torch and onnxruntime disagreed on by 100x.
         self.register_buffer("means", means.float())
         self.register_buffer("precision", precision.float())
+        self.register_buffer("scale", scale.float().reshape(()))
 
     def forward(self, features, logits):
-        diff = features.float().unsqueeze(1) - self.means.unsqueeze(0)  # (N, K, D)
+        diff = (features.float() / self.scale).unsqueeze(1) - self.means.unsqueeze(0)  # (N, K, D)
         return ((diff @ self.precision) * diff).sum(-1).amin(1)
+
+
+RIDGE = 1e-6  # a variance floor, in units of the features' mean square: far below a trained model's spread
+
+
+def shrunk_precision(centred: np.ndarray, ridge: float = 0.0) -> np.ndarray:
+    """The inverse of the Ledoit-Wolf covariance (1 - s) XᵀX / n + (s·μ + ridge)·I of centred rows X: inverted
+    directly when there are at least as many pictures as features, else through the Woodbury identity
+    on the n x n side (a 4,096-feature fusion model on a few hundred pictures: no 4,096² inversion)."""
+    from sklearn.covariance import ledoit_wolf_shrinkage
+
+    n, d = centred.shape
+    shrinkage = float(ledoit_wolf_shrinkage(centred, assume_centered=True))
+    mu = max(float((centred ** 2).sum()) / (n * d), 1e-12)
+    a, c = shrinkage * mu + ridge, (1 - shrinkage) / n
+    if c == 0:
+        return np.eye(d) / a
+    if d <= n:
+        return np.linalg.inv(a * np.eye(d) + c * (centred.T @ centred))
+    inner = np.linalg.inv((a / c) * np.eye(n) + centred @ centred.T)
+    return (np.eye(d) - centred.T @ inner @ centred) / a
 
 
 class NearestNeighbour(OodScore):
@@ -90,16 +115,15 @@ def fit_score(method: str, task: str, features: np.ndarray, labels: np.ndarray, 
         return Energy(task)
     features = features.astype(np.float64)
     if method == "mahalanobis":
-        from sklearn.covariance import LedoitWolf
-
         hot = labels.astype(bool) if labels.ndim == 2 else np.eye(labels.max() + 1, dtype=bool)[labels]
         present = hot.any(0)
         means = np.stack([features[hot[:, k]].mean(0) for k in np.flatnonzero(present)])
         # Each picture centred on its own class (the first of its labels); a picture with none on the mean.
         own = np.where(hot.any(1), np.argmax(hot[:, present], 1), -1)
         centred = features - np.where(own[:, None] >= 0, means[np.maximum(own, 0)], features.mean(0))
-        precision = LedoitWolf(assume_centered=True).fit(centred).precision_
-        return Mahalanobis(torch.from_numpy(means), torch.from_numpy(precision))
+        scale = float(np.sqrt((features ** 2).mean())) or 1.0
+        return Mahalanobis(torch.from_numpy(means / scale), torch.from_numpy(shrunk_precision(centred / scale, RIDGE)),
+                           torch.tensor(scale))
     if method == "knn":
         rng = np.random.default_rng(seed)
         chosen = np.sort(rng.choice(len(features), min(BANK_SIZE, len(features)), replace=False))
@@ -112,7 +136,7 @@ def empty_score(method: str, task: str, tensors: dict[str, torch.Tensor]) -> Ood
     if method in ("msp", "energy"):
         return fit_score(method, task, np.zeros((0, 0)), np.zeros(0))
     if method == "mahalanobis":
-        return Mahalanobis(tensors["means"], tensors["precision"])
+        return Mahalanobis(tensors["means"], tensors["precision"], tensors["scale"])
     return NearestNeighbour(tensors["bank"])
 
 

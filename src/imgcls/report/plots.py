@@ -280,7 +280,7 @@ def plot_coverage(curve: list[dict], asked: float) -> Figure:
         left.plot([min(levels), 1], [min(levels), 1], "k--", lw=1, label="promised")
         left.axvline(asked, color="grey", lw=1)
         left.set_xlabel("promised coverage")
-        left.set_ylabel("coverage (held out)")
+        left.set_ylabel("coverage (cross-fitted halves)")
         left.legend(fontsize=8)
         right.plot(levels, [c["mean_set_size"] for c in curve], "o-")
         right.axvline(asked, color="grey", lw=1)
