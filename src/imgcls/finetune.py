@@ -21,6 +21,7 @@ from .engine.checkpoint import write_csv, write_json
 from .engine.optim import DEFAULT_LR
 from .errors import UserError
 from .runs import new_run_dir
+from .tasks import get_task
 from .train import RunResult, train
 
 log = logging.getLogger(__name__)
@@ -67,25 +68,27 @@ def _finetune_folder(base: TrainConfig, settings: dict) -> Path:
     return new_run_dir(base.out, f"finetune-{base.model}")
 
 
-def _run_stage(config: TrainConfig) -> RunResult:
+def _run_stage(config: TrainConfig, report: bool = True) -> RunResult:
     """Train one stage into config.out; a finished stage is reused, an interrupted one finished."""
     folder = Path(config.out)
-    if (folder / METRICS).is_file() and (folder / REPORT).is_file():
+    if (folder / METRICS).is_file() and ((folder / REPORT).is_file() or not report):
         metrics = json.loads((folder / METRICS).read_text(encoding="utf-8"))
         log.info("finetune: %s already finished", folder)
-        return RunResult(folder, metrics["best_epoch"], metrics["validation"]["accuracy"],
-                         metrics["validation"]["log_loss"], metrics["train_seconds"])
+        name, value = get_task(metrics.get("task", "single-label")).headline(metrics["validation"])
+        return RunResult(folder, metrics["best_epoch"], value, metrics["validation"]["log_loss"],
+                         metrics["train_seconds"], name)
     if (folder / "config.yaml").is_file():
-        return train(resume=folder)
-    return train(config)
+        return train(resume=folder, report=report)
+    return train(config, report=report)
 
 
 def finetune(config: TrainConfig | None = None, *, stage1_epochs: int = 5, stage2_epochs: int = 3,
-             unfreeze_last: int = 2, drop_implausible: int = 0, **overrides) -> FinetuneResult:
+             unfreeze_last: int = 2, drop_implausible: int = 0, report: bool = True, **overrides) -> FinetuneResult:
     """Run both stages into OUT/stage1 and OUT/stage2 (OUT: config.out or runs/finetune-<model>).
 
     `config` (or the overrides, TrainConfig/DataConfig field names) gives the data, model and the
     stage-1 learning rate. Stage 1 starts from the pretrained weights unless `weights` is given.
+    report=False: no plots or report.html in the stages (as train's report=False).
     """
     base = config_from_dict(overrides, config)
     base.pretrained = not base.weights
@@ -111,7 +114,7 @@ def finetune(config: TrainConfig | None = None, *, stage1_epochs: int = 5, stage
                                  momentum=0.91, scheduler="plateau", epochs=stage1_epochs, lr=lr,
                                  cache_before_last=unfreeze_last, out=str(out / "stage1"))
     log.info("finetune stage 1: head only, %d epochs, SGD lr %g momentum 0.91, plateau", stage1_epochs, lr)
-    first = _run_stage(stage1)
+    first = _run_stage(stage1, report)
     if stage2_epochs == 0:
         return FinetuneResult(first, first, [])
     data = dataclasses.replace(base.data, split_file=str(first.run_dir / "split.csv"))
@@ -125,7 +128,7 @@ def finetune(config: TrainConfig | None = None, *, stage1_epochs: int = 5, stage
                                  freeze="backbone", unfreeze_last=unfreeze_last, lr=lr / 10,
                                  epochs=stage2_epochs, out=str(out / "stage2"))
     log.info("finetune stage 2: last %d blocks of each backbone unfrozen, lr %g", unfreeze_last, lr / 10)
-    second = _run_stage(stage2)
+    second = _run_stage(stage2, report)
     log.info("stage 1 val log loss %.5f → stage 2 %.5f; final model: %s", first.val_log_loss,
              second.val_log_loss, second.run_dir)
     return FinetuneResult(first, second, dropped)
