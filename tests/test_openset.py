@@ -142,6 +142,19 @@ def test_outliers_choose_the_score_and_its_threshold(two_colours, tmp_path: Path
     assert "conformal" not in card
 
 
+def test_the_score_and_its_rate_from_the_command_line(two_colours, tmp_path: Path):
+    run, data, green = two_colours
+    assert main(["-q", "train", str(data), "--model", "simple-cnn", "--img-size", "16", "--epochs", "1",
+                 "--ood", "knn", "--reject-rate", "0.1", "--coverage", "0.8", "--out", str(tmp_path / "run")]) == 0
+    card = json.loads((tmp_path / "run" / "model.json").read_text())
+    assert card["ood"]["method"] == "knn" and card["ood"]["threshold"] == pytest.approx(0.9)
+    assert card["conformal"]["coverage"] == 0.8
+    assert main(["-q", "train", str(data), "--model", "simple-cnn", "--img-size", "16", "--epochs", "1",
+                 "--ood", "none", "--coverage", "none", "--out", str(tmp_path / "bare")]) == 0
+    bare = json.loads((tmp_path / "bare" / "model.json").read_text())
+    assert "ood" not in bare and "conformal" not in bare and not (tmp_path / "bare" / "ood.safetensors").exists()
+
+
 def test_mistakes_and_runs_from_before_say_why_in_one_line(two_colours, tmp_path: Path, capsys):
     run, data, green = two_colours
     legacy = tmp_path / "legacy"
