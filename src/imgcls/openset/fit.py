@@ -37,13 +37,15 @@ class OpenSetFit:
     outlier_raw: np.ndarray | None = None
 
 
-def _outputs(model: torch.nn.Module, batches) -> tuple[np.ndarray, np.ndarray]:
-    """Pooled features and logits of every normalised batch, in order."""
+def _outputs(model: torch.nn.Module, batches, features_of=None) -> tuple[np.ndarray, np.ndarray]:
+    """Pooled features and logits of every batch, in order: `features_of(batch)` (default: the model's
+    forward_features on normalised pictures) then the head."""
+    features_of = features_of or model.forward_features
     features, logits = [], []
     model.eval()
     with torch.inference_mode():
-        for images in batches:
-            f = model.forward_features(images)
+        for batch in batches:
+            f = features_of(batch)
             features.append(f.float().cpu().numpy())
             logits.append(model.forward_head(f).float().cpu().numpy())
     return np.concatenate(features), np.concatenate(logits)
@@ -59,21 +61,15 @@ def outputs_from_cache(model: torch.nn.Module, keep_last: int, train_loader, val
     if type(model).forward_features is not Classifier.forward_features:
         return None
     k = model.frozen_prefix(keep_last)
-    model.eval()
 
-    def outputs(loader) -> tuple[np.ndarray, np.ndarray]:
-        features, logits = [], []
-        with torch.inference_mode():
-            for z, _ in loader:
-                f = model.forward_blocks(z, k)
-                features.append(f.float().cpu().numpy())
-                logits.append(model.forward_head(f).float().cpu().numpy())
-        return np.concatenate(features), np.concatenate(logits)
+    def rest(z: torch.Tensor) -> torch.Tensor:
+        return model.forward_blocks(z, k)
 
-    return outputs(train_loader)[0], outputs(val_loader)
+    return (_outputs(model, (z for z, _ in train_loader), rest)[0],
+            _outputs(model, (z for z, _ in val_loader), rest))
 
 
-def _loader(card, data, device) -> list:
+def _loader(card, data, device):
     p = card.preprocess
     loader = BatchLoader(data, inference_batch_size(p.channels, p.size), p.mean, p.std, shuffle=False, device=device)
     return (images for images, _ in loader)
@@ -91,8 +87,8 @@ def fit_open_set(model: torch.nn.Module, card, train, val, val_probs: np.ndarray
                  reject_rate: float, coverage: float | None, outliers: np.ndarray | None = None,
                  seed: int = 0, device: torch.device = torch.device("cpu"), cached=None) -> OpenSetFit:
     """Fit the score (`method`, or with "auto" the best on `outliers` when given, else DEFAULT_METHOD) on
-    the training split's features, its threshold on validation, and the conformal threshold on half of
-    the validation pictures (the other half measures it). `val_probs`: the probabilities predict gives
+    the training split's features, its threshold on validation, and the conformal threshold on every
+    validation picture (measured by cross-fitting its halves). `val_probs`: the probabilities predict gives
     (calibrated as the card says); `outliers`: uint8 pictures known to be outside the classes; `cached`:
     outputs_from_cache's features, when the run has them."""
     start = time.perf_counter()
