@@ -170,7 +170,7 @@ def evaluate(run_dir: str | Path, source: str, *, labels: str | None = None, id_
         metrics["conformal"] = {"coverage_promised": card.conformal["coverage"],
                                 **conformal.coverage_and_size(answers.sets, truth)}
     if answers.ood is not None:
-        metrics["ood"] = _rejection(run, truth, answers)
+        metrics["ood"] = _rejection(run, truth, answers, run.task.headline(metrics)[0])
         if outliers is not None:
             outside, _, _ = answer_images(run, outlier_list, batch_size, tta, cache)
             metrics["ood"].update(separation(answers.ood, outside.ood), outliers=len(outside),
@@ -183,11 +183,11 @@ def evaluate(run_dir: str | Path, source: str, *, labels: str | None = None, id_
     return metrics
 
 
-def _rejection(run: Predictor, truth: np.ndarray, answers: Answers) -> dict:
-    """The share of these (in-distribution) pictures answered "unknown", and the headline score on the rest."""
+def _rejection(run: Predictor, truth: np.ndarray, answers: Answers, name: str) -> dict:
+    """The share of these (in-distribution) pictures answered "unknown", and the headline score `name` on
+    the rest."""
     card, task = run.card, run.task
     rejected = unknown(card, task.decide(answers.probs, card), answers.ood)
-    name, _ = task.headline(task.metrics(truth[:1], answers.probs[:1], card.classes, card))
     kept = ~rejected
     after = task.headline(task.metrics(truth[kept], answers.probs[kept], card.classes, card))[1] if kept.any() else None
     return {"method": card.ood["method"], "threshold": card.ood["threshold"],
