@@ -1,6 +1,6 @@
 """The README as a test: every command in its code blocks and in its tables' code runs, in README order,
-against tiny data written at the same relative paths (fashion-mnist/, cifar10/, dogs-vs-cats/, birds/, DATA),
-so the paths stay as written. What changes is listed here and nowhere else:
+against tiny data written at the same relative paths (fashion-mnist/, cifar10/, dogs-vs-cats/, birds/,
+flowers/, DATA), so the paths stay as written. What changes is listed here and nowhere else:
 
 - sizes: the flags in TINY get the tiny values (--epochs stays as written: on a few dozen pictures an
   epoch is one or two batches); a train/finetune/tune/audit command without --epochs gets --epochs 1;
@@ -120,7 +120,8 @@ def write_tiny_datasets(root: Path) -> None:
     (fashion / "sample_submission.csv").write_text("id,label\n" + "".join(f"{i},0\n" for i in range(37, 46)))
     # cifar10 and birds: class folders of colour JPEGs
     for name, per_class, size in (("cifar10/train", 8, 32), ("cifar10/test", 3, 32), ("birds", 6, 48),
-                                  ("DATA", 6, 40)):
+                                  ("DATA", 6, 40), ("flowers/train", 6, 32), ("flowers/val", 2, 32),
+                                  ("flowers/test", 3, 32)):
         for c, cls in enumerate(("airplane", "bird", "cat")[:3 if name != "DATA" else 2]):
             (root / name / cls).mkdir(parents=True)
             for i in range(per_class):
@@ -219,7 +220,8 @@ def dataset_of(argv: list[str]) -> str | None:
     """The first folder of the command's data path (the argument after RUN_DIR, or after the sub-command)."""
     positional = [a for i, a in enumerate(argv[2:], 2) if not a.startswith("-") and not argv[i - 1].startswith("--")]
     for arg in positional:
-        if arg.split("/")[0] in ("fashion-mnist", "cifar10", "dogs-vs-cats", "birds", "DATA", "digits", "planet"):
+        if arg.split("/")[0] in ("fashion-mnist", "cifar10", "dogs-vs-cats", "birds", "DATA", "digits", "planet",
+                                     "flowers"):
             return arg.split("/")[0]
     return None
 

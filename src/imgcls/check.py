@@ -9,7 +9,8 @@ import numpy as np
 from .config import DataConfig
 from .data.decode import decode_all
 from .data.quality import UNLABELLED, scan
-from .data.sources import Samples, list_pictures, load_samples
+from .data.sources import Samples, list_pictures, load_samples, resolve_source
+from .data.split_folders import find_split_folders
 from .data.store import CacheSettings
 from .engine.checkpoint import write_csv, write_json
 from .errors import UserError
@@ -20,17 +21,27 @@ log = logging.getLogger(__name__)
 
 def check(data: DataConfig, *, min_pixels: int = 3600, out: str | Path = "runs/check",
           cache: CacheSettings | None = None) -> tuple[list[dict], dict]:
-    """Scan DATA (and data.val, if given, as the other side of the split); write the three reports.
-    Findings are kept in the persistent cache: a second check of the same pictures reads them."""
-    samples = _load_any(data.source, data)
-    sides = None
-    if data.val:
-        val = _load_any(data.val, data, test_set=True)
-        sides = ["train"] * len(samples) + ["val"] * len(val)
-        # One label space for both sides, matched by class name.
-        classes = sorted(set(samples.classes) | set(val.classes))
+    """Scan DATA (and data.val, if given, as the other side of the split; a root of train/, val/, test/
+    folders as its splits); write the three reports. Findings are kept in the persistent cache: a second
+    check of the same pictures reads them."""
+    found = None if data.val or data.labels or data.label_pattern else find_split_folders(resolve_source(data.source))
+    if found is not None:
+        parts = [(name, str(folder)) for name, folder in (("train", found.train), ("val", found.val),
+                                                          ("test", found.test)) if folder is not None]
+        log.info("%s holds split folders: checking %s, and duplicates across them", data.source,
+                 ", ".join(folder for _, folder in parts))
+    else:
+        parts = [("train", data.source)] + ([("val", data.val)] if data.val else [])
+    loaded = [_load_any(source, data, test_set=i > 0) for i, (_, source) in enumerate(parts)]
+    samples, sides = loaded[0], None
+    if len(loaded) > 1:
+        sides = [name for (name, _), part in zip(parts, loaded) for _ in part.paths]
+        # One label space for every side, matched by class name.
+        classes = sorted(set().union(*(part.classes for part in loaded)))
         remap = lambda s: np.array([classes.index(s.classes[l]) for l in s.labels], dtype=np.int64)  # noqa: E731
-        samples = Samples(samples.paths + val.paths, np.concatenate([remap(samples), remap(val)]), classes)
+        samples = Samples([p for part in loaded for p in part.paths],
+                          np.concatenate([remap(part) for part in loaded]), classes,
+                          [item for part in loaded for item in part.skipped])
     rows, summary = scan(samples, min_pixels=min_pixels, sides=sides, cache=cache)
     # What the listing itself left out: an id with two labels, a link cycle, an id without a picture.
     summary["not_listed"] = samples.skipped

@@ -154,7 +154,10 @@ def lr_find(config: TrainConfig | None = None, *, out: str | Path | None = None,
     from .models.registry import get_spec
     from .runs import RunFolder
 
+    from .data.split_folders import for_training
+
     config = config_from_dict(overrides, config)
+    config.data = for_training(config.data)
     config.validate()
     if config.lr == "auto":
         config.lr = None

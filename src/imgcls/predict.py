@@ -14,6 +14,7 @@ import numpy as np
 from .artifact.files import expand_runs, final_run_dir
 from .artifact.predictor import Answers, Predictor, check_backend, is_current, load_predictor, onnxruntime_installed
 from .data.sources import list_pictures, load_samples, outlier_paths
+from .data.split_folders import for_scoring
 from .data.store import CacheSettings, decode_rows
 from .engine.checkpoint import write_json
 from .errors import UserError
@@ -154,6 +155,8 @@ def evaluate(run_dir: str | Path, source: str, *, labels: str | None = None, id_
     if outliers is not None:
         require_score(card, str(run_dir))
         outlier_list = outlier_paths(outliers)  # a folder with no picture ends here
+    if not (labels or label_pattern):
+        source = for_scoring(source)  # a root of train/, val/, test/ folders: its test/
     # Matched by the data's own labels (a run with --class-names knows them as given_classes).
     samples = load_samples(source, labels, id_col, label_col, ext, label_pattern,
                            classes=card.given_classes or card.classes, multi_label=card.task == "multi-label",

@@ -19,6 +19,7 @@ from .data.augment import BatchAugment
 from .data.dataset import DecodedImages
 from .data.prepare import PreparedData, load_training_samples, prepare_data
 from .data.sources import outlier_paths
+from .data.split_folders import for_training
 from .engine.checkpoint import load_resume, load_weights, save_tensors
 from .engine.device import resolve_device, seed_everything
 from .engine.distributed import init_distributed, shutdown
@@ -106,6 +107,7 @@ def _resolve(config: TrainConfig | None, resume: str | Path | None, overrides: d
     """The run's config (from the run folder when resuming) and the resume state, if any."""
     if resume is None:
         config = config_from_dict(overrides, config)
+        config.data = for_training(config.data)  # a root of train/, val/, test/ folders: read as those splits
         config.validate()
         return config, None
     run_dir = Path(resume)

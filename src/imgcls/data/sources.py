@@ -68,7 +68,7 @@ def id_sort_key(name: str) -> tuple[int, int | str]:
     return (0, int(stem)) if stem.isdigit() else (1, stem)
 
 
-def _is_clutter(name: str) -> bool:
+def is_clutter(name: str) -> bool:
     # Hidden files and folders (.DS_Store, .ipynb_checkpoints), OS thumbnails, and non-picture files.
     return name.startswith(".") or name.lower() in ("thumbs.db", "desktop.ini")
 
@@ -98,7 +98,7 @@ def scan_pictures(root: Path, skipped: list[dict[str, str]] | None = None,
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         kept = []
         for d in sorted(dirnames):
-            if _is_clutter(d):
+            if is_clutter(d):
                 continue
             folder = os.path.join(dirpath, d)
             folder_id = _folder_id(folder)
@@ -113,7 +113,7 @@ def scan_pictures(root: Path, skipped: list[dict[str, str]] | None = None,
             kept.append(d)
         dirnames[:] = kept
         for name in sorted(filenames):
-            if _is_clutter(name) or not name.lower().endswith(IMAGE_EXTENSIONS):
+            if is_clutter(name) or not name.lower().endswith(IMAGE_EXTENSIONS):
                 continue
             path = Path(dirpath) / name
             if not path.exists():
@@ -156,7 +156,7 @@ def _to_samples(pairs: list[tuple[str, str]], skipped: list[dict[str, str]], cla
 def from_folder(root: str | Path, classes: list[str] | None = None) -> Samples:
     """Class folders: one sub-folder per class, names sorted; pictures anywhere below each."""
     root = _existing_dir(root)
-    class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not _is_clutter(d.name))
+    class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not is_clutter(d.name))
     skipped: list[dict[str, str]] = []
     # The root and every class folder count as read from the start: a link inside one class to the
     # root or to another class would otherwise file that class's pictures under this one.
