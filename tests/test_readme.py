@@ -295,9 +295,14 @@ def run_imgcls(argv: list[str], cwd: Path) -> tuple[int, str]:
     return done.returncode, done.stdout + done.stderr[-3000:]
 
 
-def start_server(argv: list[str], workspace: Workspace) -> None:
+def start_server(argv: list[str], workspace: Workspace, env: dict[str, str]) -> None:
+    if workspace.server is not None:  # the README's previous server, on the same port
+        workspace.server.kill()
+        workspace.server.wait()
+        workspace.server = None
     process = subprocess.Popen([sys.executable, "-m", "imgcls", *argv[1:]], cwd=workspace.root,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, **env})
     deadline = time.time() + 120
     while time.time() < deadline:
         assert process.poll() is None, process.stderr.read()[-2000:]
@@ -310,6 +315,24 @@ def start_server(argv: list[str], workspace: Workspace) -> None:
             time.sleep(0.3)
     process.kill()
     raise AssertionError("imgcls serve did not answer /health within 120 s")
+
+
+def check_curl_answer(command: str, stdout: str) -> None:
+    """What each of the README's curl examples must answer."""
+    url = re.search(r"http://\S+", command).group(0).strip("'")
+    if url.endswith("/metrics"):
+        assert 'imgcls_requests_total{endpoint="/predict",status="200"}' in stdout, stdout[:500]
+        return
+    answer = json.loads(stdout)
+    if "/health" in url:
+        assert answer["status"] in ("alive", "ready"), stdout
+    elif "/admin/reload" in url:
+        assert answer["previous"] == answer["version"], stdout  # the same weights, loaded again
+    else:
+        for one in answer.get("results", [answer]):  # /predict/batch answers a list
+            assert one["filename"] == "cat.jpg" and len(one["top"]) >= 2, stdout
+        if "explain=1" in command:
+            assert answer["explain"]["overlay"].startswith("data:image/png;base64,"), stdout[:300]
 
 
 COMMANDS = readme_commands()
@@ -325,18 +348,18 @@ def test_readme_command(command: str, workspace: Workspace):
     if command in NOT_RUN:
         pytest.skip(NOT_RUN[command])
     argv = tiny_argv(command, workspace)
+    env = {}  # a shell's NAME=value prefix
+    while re.fullmatch(r"[A-Z_]+=\S*", argv[0]):
+        name, value = argv.pop(0).split("=", 1)
+        env[name] = value
     assert argv[0] in ("imgcls", "curl", sys.executable), f"a README command this test cannot run: {command}"
     if argv[:2] == ["imgcls", "serve"]:
-        start_server(argv, workspace)
+        start_server(argv, workspace, env)
         return
     if argv[0] == "curl":
         assert workspace.server is not None, "curl before imgcls serve"
         done = subprocess.run(argv, cwd=workspace.root, capture_output=True, text=True, timeout=60)
-        answer = json.loads(done.stdout)
-        for one in answer.get("results", [answer]):  # /predict/batch answers a list
-            assert one["filename"] == "cat.jpg" and len(one["top"]) >= 2, done.stdout
-        if "explain=1" in command:
-            assert answer["explain"]["overlay"].startswith("data:image/png;base64,"), done.stdout[:300]
+        check_curl_answer(command, done.stdout)
         return
     if workspace.server is not None:  # the commands after the curl examples
         workspace.server.kill()

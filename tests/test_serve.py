@@ -99,7 +99,8 @@ def test_page_in_headless_chromium(run_dir: Path, tmp_path: Path):
 
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "imgcls", "serve", str(run_dir), "--port", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              env={**os.environ, "IMGCLS_API_KEY": "page-key"})  # the page shows a key field
     url = f"http://127.0.0.1:{port}"
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
@@ -120,6 +121,7 @@ def test_page_in_headless_chromium(run_dir: Path, tmp_path: Path):
         driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
         driver.get(url)
         assert "imgcls" in driver.title
+        driver.find_element(By.ID, "key").send_keys("page-key")
         picture = tmp_path / "blue.png"
         picture.write_bytes(picture_bytes((40, 60, 220)))
         driver.find_element(By.ID, "file").send_keys(str(picture))
@@ -173,7 +175,7 @@ def test_concurrent_requests_are_batched_and_match_one_at_a_time(run_dir: Path):
 
     with ThreadPoolExecutor(6) as pool:
         answers = list(pool.map(post, pictures))
-    batcher = client.app.state.batcher
+    batcher = client.app.state.models.current.batcher
     assert batcher.batches < 6  # some requests shared a model call
     run = load_run(run_dir, "cpu")
     import io

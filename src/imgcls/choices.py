@@ -27,3 +27,4 @@ QUANTIZE = ("int8",)
 EXPLAIN_METHODS = ("auto", "gradcam", "gradcam++", "hirescam")  # gradcam.py
 RUN_SORTS = ("accuracy", "log_loss", "time", "date", "name")  # experiments.py
 CACHE_ACTIONS = ("list", "clear")
+LOG_FORMATS = ("text", "json")  # serve's access log (serve/telemetry.py)

@@ -253,9 +253,10 @@ def _cmd_serve(args: argparse.Namespace) -> None:
     # cores from the decoding threads and the event loop (airnet, 1 client: 102 → 281 requests/s).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from .serve import serve
-    serve(args.run_dir, args.host, args.port, int(args.max_mb * 2**20), backend=args.backend, device=args.device,
-          max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_pending=args.max_pending,
-          max_pixels=int(args.max_pixels * 1e6))
+    serve(args.run_dir, args.host, args.port, drain_s=args.drain_s, api_key=args.api_key,
+          max_bytes=int(args.max_mb * 2**20), backend=args.backend, device=args.device, max_batch=args.max_batch,
+          max_wait_ms=args.max_wait_ms, max_pending=args.max_pending, max_pixels=int(args.max_pixels * 1e6),
+          cors_origins=args.cors_origin, log_format=args.log_format)
 
 
 def _cmd_runs(args: argparse.Namespace) -> None:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 import yaml
 
 from .artifact import BACKENDS
 from .choices import (AUGMENT_PRESETS, CACHE_ACTIONS, CHANNELS, CLASS_WEIGHTS, DEVICES, EXPLAIN_METHODS, EXPORT_FORMATS,
-                      FREEZE, LABEL_FORMATS, OOD_METHODS, OPTIMIZERS, ORDERS, PRECISIONS, QUANTIZE, RESIZE_MODES, RUN_SORTS,
+                      FREEZE, LABEL_FORMATS, LOG_FORMATS, OOD_METHODS, OPTIMIZERS, ORDERS, PRECISIONS, QUANTIZE, RESIZE_MODES, RUN_SORTS,
                       SCHEDULERS, SPLITS, TRAIN_SAMPLERS, TUNE_SAMPLERS)
 from .config import RECIPES
 
@@ -54,6 +55,18 @@ def _coverage(text: str) -> float | None:
         return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a probability such as 0.9, or none; got {text!r}") from None
+
+
+def _batch_ceiling(text: str) -> int | None:
+    if text == "auto":
+        return None  # chosen by timing batches at start (serve/models.py)
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1 or auto, received {text!r}")
+    return value
 
 
 def _names(text: str) -> list[str]:
@@ -289,14 +302,24 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--max-mb", type=float, default=10.0, help="largest upload accepted (default: 10)")
     _add_backend_flag(w)
     w.add_argument("--device", default="auto", choices=DEVICES)
-    w.add_argument("--max-batch", type=int, default=16, metavar="N",
-                   help="pictures of concurrent requests run together, at most N (default: 16; 1: no batching)")
+    w.add_argument("--max-batch", type=_batch_ceiling, default=None, metavar="N|auto",
+                   help="pictures of concurrent requests run together, at most N (default: auto, the batch "
+                        "size past which this machine gets no faster per picture, timed at start; 1: no batching)")
     w.add_argument("--max-wait-ms", type=float, default=5.0, metavar="MS",
                    help="how long a request waits for others to join its batch (default: 5)")
     w.add_argument("--max-pending", type=int, default=64, metavar="N",
                    help="pictures waiting at most; beyond, 503 with Retry-After (default: 64)")
     w.add_argument("--max-pixels", type=float, default=40.0, metavar="MP",
                    help="largest picture in megapixels, read from its header before decoding (default: 40)")
+    w.add_argument("--api-key", metavar="KEY", default=os.environ.get("IMGCLS_API_KEY") or None,
+                   help="require Authorization: Bearer KEY on /predict and /admin (default: $IMGCLS_API_KEY; "
+                        "the health probes and /metrics stay open)")
+    w.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                   help="let pages from ORIGIN call the server from a browser (repeatable)")
+    w.add_argument("--drain-s", type=float, default=10.0, metavar="S",
+                   help="on SIGTERM: not ready at once, stop once idle, at most S seconds (default: 10)")
+    w.add_argument("--log-format", default="text", choices=LOG_FORMATS,
+                   help="the access log, one line per request: text or json (default: text)")
 
     m = sub.add_parser("models", help="list the models, or summarise one layer by layer")
     m.add_argument("name", nargs="?", metavar="NAME")

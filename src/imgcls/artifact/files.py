@@ -50,3 +50,19 @@ def expand_runs(run_dir: str | Path) -> list[Path]:
     if (run_dir / AUDIT).is_file() and (run_dir / "folds").is_dir():
         return sorted(p.parent for p in (run_dir / "folds").glob(f"fold*/{CARD}"))
     return [run_dir]
+
+
+def run_version(run_dir: str | Path) -> str:
+    """A short fingerprint of what a run answers with (its card, weights and fitted score): the same files
+    give the same version, so a server can say which model answered and a reload can be seen."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    run_dir = Path(run_dir)
+    for name in (CARD, WEIGHTS, OOD):
+        path = run_dir / name
+        if path.is_file():
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()[:12]

@@ -28,11 +28,12 @@ class Saturated(Exception):
 
 class MicroBatcher:
     def __init__(self, infer: Callable[[np.ndarray], np.ndarray], *, max_batch: int = 16, max_wait_ms: float = 5.0,
-                 max_pending: int = 64):
+                 max_pending: int = 64, on_batch: Callable[[int], None] | None = None):
         if max_batch < 1 or max_wait_ms < 0 or max_pending < 1:
             raise ValueError("max_batch >= 1, max_wait_ms >= 0 and max_pending >= 1 expected")
         self.infer, self.max_batch, self.max_wait = infer, max_batch, max_wait_ms / 1000
         self.max_pending = max_pending
+        self.on_batch = on_batch  # told each batch's size (the server's metrics)
         self.pending = 0
         self.incoming = 0  # requests being read or decoded, not submitted yet
         self.batches = 0  # batches run, for the log and the tests
@@ -57,9 +58,11 @@ class MicroBatcher:
         self._queue.put((pictures, loop, future))
         return await future
 
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
+        """Stop after the pictures already submitted have their answers."""
         self._queue.put(None)
-        self._worker.join(timeout=10)
+        if wait:
+            self._worker.join(timeout=10)
 
     def _collect(self) -> list | None:
         first = self._queue.get()
@@ -95,6 +98,8 @@ class MicroBatcher:
             except Exception as exc:  # handed to every waiting request: the server answers for each
                 results, error = [None] * len(items), exc
             self.batches += 1
+            if self.on_batch is not None:
+                self.on_batch(sum(sizes))
             with self._lock:
                 self.pending -= sum(sizes)
             for (_, loop, future), result in zip(items, results):
