@@ -91,7 +91,7 @@ def test_a_run_folder_from_before_exports_its_contract_and_serves(legacy_run: Pa
     import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        from fastapi.testclient import TestClient
+        from starlette.testclient import TestClient
     from imgcls.serve import create_app
     picture = next((_recorded_pictures(tmp_path / "pictures") / "red").iterdir()).read_bytes()
     answer = TestClient(create_app(legacy_run)).post("/predict", files={"file": ("0.png", picture, "image/png")})

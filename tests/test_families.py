@@ -84,7 +84,7 @@ def test_family_through_every_command(family: str, data: Path, tagged: tuple[Pat
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        from fastapi.testclient import TestClient
+        from starlette.testclient import TestClient
     from imgcls.serve import create_app
     picture = io.BytesIO()
     coloured_picture(np.random.default_rng(3), (220, 40, 40), size).save(picture, "PNG")
@@ -121,7 +121,7 @@ def _several_labels(family: str, weights: str, tagged: tuple[Path, Path], tmp_pa
     assert contract["output"]["activation"] == "sigmoid" and len(contract["output"]["thresholds"]) == 3
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        from fastapi.testclient import TestClient
+        from starlette.testclient import TestClient
     from imgcls.serve import create_app
     answer = TestClient(create_app(out)).post("/predict", files={"file": ("p6.png", (pictures / "p6.png").read_bytes(),
                                                                           "image/png")})

@@ -119,7 +119,7 @@ def test_serve_explain_and_audit_answer_with_labels(tagged_run, tmp_path: Path):
     run, pictures, labels = tagged_run
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        from fastapi.testclient import TestClient
+        from starlette.testclient import TestClient
     from imgcls.serve import create_app
     answer = TestClient(create_app(run)).post("/predict", files={"file": ("p6.png", (pictures / "p6.png").read_bytes(),
                                                                           "image/png")})

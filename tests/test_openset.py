@@ -117,7 +117,7 @@ def test_a_two_class_run_answers_unknown_for_a_third_kind(two_colours, tmp_path:
     # serve: class unknown with its score; a red picture keeps its class and gets a set
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        from fastapi.testclient import TestClient
+        from starlette.testclient import TestClient
     from imgcls.serve import create_app
     client = TestClient(create_app(run))
     first = sorted(green.iterdir())[0]

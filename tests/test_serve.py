@@ -32,7 +32,7 @@ def client(run_dir: Path):
     import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # starlette's note about httpx versions
-        from fastapi.testclient import TestClient
+        from starlette.testclient import TestClient
     from imgcls.serve import create_app
     return TestClient(create_app(run_dir, max_bytes=20_000))
 
@@ -150,7 +150,7 @@ def make_client(run_dir: Path, **options):
     import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        from fastapi.testclient import TestClient
+        from starlette.testclient import TestClient
     from imgcls.serve import create_app
     return TestClient(create_app(run_dir, **options))
 

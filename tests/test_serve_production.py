@@ -42,7 +42,7 @@ def client_for(run_dir: Path, **options):
     import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        from fastapi.testclient import TestClient
+        from starlette.testclient import TestClient
     from imgcls.serve import create_app
     return TestClient(create_app(run_dir, **options))
 

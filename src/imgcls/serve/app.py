@@ -33,9 +33,12 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
-from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse, Response
 from markupsafe import escape
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
 
 from ..artifact.card import read_card
 from ..errors import UserError
@@ -52,8 +55,8 @@ def create_app(run_dir: str | Path, *, max_bytes: int = MAX_BYTES, top_k: int = 
                backend: str = "auto", max_batch: int | None = None, max_wait_ms: float = 5.0, max_pending: int = 64,
                max_pixels: int = MAX_PIXELS, max_files: int = MAX_FILES, api_key: str | None = None,
                cors_origins: tuple[str, ...] | list[str] = (), log_format: str = "text",
-               load_in_background: bool = False) -> FastAPI:
-    """A FastAPI app around one run folder (fastapi is imported only by `imgcls serve`).
+               load_in_background: bool = False) -> Starlette:
+    """A Starlette app around one run folder (starlette is imported only by `imgcls serve`).
     max_batch=1 turns micro-batching off; None chooses the ceiling by timing batches (models.choose_max_batch).
     api_key: prediction and admin endpoints require `Authorization: Bearer <key>` (probes and metrics stay
     open). load_in_background: the app answers /health/live at once and /health/ready once the model is
@@ -70,26 +73,16 @@ def create_app(run_dir: str | Path, *, max_bytes: int = MAX_BYTES, top_k: int = 
     decode_pool = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="imgcls-decode")
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI):
+    async def lifespan(app: Starlette):
         if load_in_background:
             threading.Thread(target=_load_quietly, args=(models,), name="imgcls-load", daemon=True).start()
         yield
         models.close()
         decode_pool.shutdown(wait=False)
 
-    app = FastAPI(title="imgcls", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
-    app.state.models, app.state.telemetry = models, telemetry
     if not load_in_background:
         models.load()
-    if cors_origins:
-        from starlette.middleware.cors import CORSMiddleware
 
-        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
-                           allow_headers=["Authorization", "Content-Type"])
-    app.add_middleware(Observe, telemetry=telemetry, log_format=log_format,
-                       version=lambda: models.current.version if models.current else "-")
-
-    @app.exception_handler(Rejected)
     async def rejected(request: Request, error: Rejected) -> JSONResponse:
         return JSONResponse({"detail": error.message}, status_code=error.status, headers=error.headers)
 
@@ -109,37 +102,33 @@ def create_app(run_dir: str | Path, *, max_bytes: int = MAX_BYTES, top_k: int = 
         except NotReady as error:
             raise Rejected(503, f"not ready: {error}", {"Retry-After": "1"}) from None
 
-    @app.get("/", response_class=HTMLResponse)
-    def page() -> str:
+    async def page(request: Request) -> HTMLResponse:
         card = models.current.card if models.current else first_card
-        return (PAGE.replace("{{architecture}}", str(escape(card.architecture)))
-                .replace("{{classes}}", str(card.num_classes)).replace("{{max_mb}}", f"{max_bytes / 2**20:.0f}")
-                .replace("{{key_display}}", "inline" if key else "none"))
+        return HTMLResponse(PAGE.replace("{{architecture}}", str(escape(card.architecture)))
+                            .replace("{{classes}}", str(card.num_classes))
+                            .replace("{{max_mb}}", f"{max_bytes / 2**20:.0f}")
+                            .replace("{{key_display}}", "inline" if key else "none"))
 
     # The probes are async and wait for nothing: answered on the event loop, never behind the model.
-    @app.get("/health/live")
-    async def live():
+    async def live(request: Request) -> JSONResponse:
         if models.state == "failed":
             return JSONResponse({"status": "failed", "detail": models.error}, status_code=503)
-        return {"status": "alive"}
+        return JSONResponse({"status": "alive"})
 
-    @app.get("/health/ready")
-    async def ready():
+    async def ready(request: Request) -> JSONResponse:
         if models.ready:
-            return {"status": "ready", "version": models.current.version}
+            return JSONResponse({"status": "ready", "version": models.current.version})
         return _not_ready(models)
 
-    @app.get("/health")
-    async def health():
+    async def health(request: Request) -> JSONResponse:
         if not models.ready:
             return _not_ready(models)
         m = models.current
-        return {"status": "ok", "classes": m.card.num_classes, "architecture": m.card.architecture,
-                "task": m.card.task, "backend": m.run.backend, "version": m.version, "pending": m.batcher.pending,
-                "max_batch": m.batcher.max_batch}
+        return JSONResponse({"status": "ok", "classes": m.card.num_classes, "architecture": m.card.architecture,
+                             "task": m.card.task, "backend": m.run.backend, "version": m.version,
+                             "pending": m.batcher.pending, "max_batch": m.batcher.max_batch})
 
-    @app.get("/metrics")
-    async def metrics() -> Response:
+    async def metrics(request: Request) -> Response:
         if models.current is not None:
             m = models.current
             telemetry.serving(m.version, m.card.architecture, m.run.backend)
@@ -196,9 +185,20 @@ def create_app(run_dir: str | Path, *, max_bytes: int = MAX_BYTES, top_k: int = 
                 "peak": [round(e.peak[0], 1), round(e.peak[1], 1)],
                 "overlay": "data:image/png;base64," + base64.b64encode(png_bytes(overlay)).decode("ascii")}
 
-    @app.post("/predict")
-    async def predict(request: Request, top_k: int = top_k, explain: bool = False):
+    def top_k_of(request: Request) -> int:
+        text = request.query_params.get("top_k")
+        if text is None:
+            return top_k
+        if not text.isdigit():
+            raise Rejected(400, f"top_k={text!r}; expected a whole number such as 5")
+        return int(text)
+
+    # Plain Starlette endpoints: FastAPI's parameter validation, response encoding and routing cost about
+    # 0.4 ms a request, a third of what a 28 px model's request may cost at 1,000 requests/s on 2 cores.
+    async def predict(request: Request) -> JSONResponse:
         authorize(request)
+        k = top_k_of(request)
+        explain = request.query_params.get("explain", "").lower() in ("1", "true", "yes", "on")
         with held() as loaded:
             preprocess = loaded.card.preprocess
             with loaded.batcher.arriving():
@@ -207,16 +207,16 @@ def create_app(run_dir: str | Path, *, max_bytes: int = MAX_BYTES, top_k: int = 
                 decoded = await decode_upload(upload, decode, decode_pool, max_pixels)
             picture, geometry = decoded if explain else (decoded, None)
             result = {"filename": upload.filename, "version": loaded.version,
-                      **answer(loaded, await classify(loaded, picture[None]), top_k)}
+                      **answer(loaded, await classify(loaded, picture[None]), k)}
             if explain:
                 result["explain"] = await asyncio.to_thread(heatmap, loaded, picture, geometry, upload.data)
-        return result
+        return JSONResponse(result)
 
-    @app.post("/predict/batch")
-    async def predict_batch(request: Request, top_k: int = top_k):
+    async def predict_batch(request: Request) -> JSONResponse:
         import numpy as np
 
         authorize(request)
+        k = top_k_of(request)
         with held() as loaded:
             with loaded.batcher.arriving():
                 uploads = await read_uploads(request, limits, "files")
@@ -226,12 +226,11 @@ def create_app(run_dir: str | Path, *, max_bytes: int = MAX_BYTES, top_k: int = 
                 pictures = np.stack([await decode_upload(u, loaded.card.preprocess.decode, decode_pool, max_pixels)
                                      for u in uploads])
             answers = await classify(loaded, pictures)
-            return {"version": loaded.version,
-                    "results": [{"filename": u.filename, **answer(loaded, answers[i:i + 1], top_k)}
-                                for i, u in enumerate(uploads)]}
+            return JSONResponse({"version": loaded.version,
+                                 "results": [{"filename": u.filename, **answer(loaded, answers[i:i + 1], k)}
+                                             for i, u in enumerate(uploads)]})
 
-    @app.post("/admin/reload")
-    async def reload(request: Request):
+    async def reload(request: Request) -> JSONResponse:
         if key is None:
             raise Rejected(403, "reloading over HTTP needs a key: start imgcls serve with --api-key (or "
                                 "IMGCLS_API_KEY), or send the process SIGHUP")
@@ -255,9 +254,22 @@ def create_app(run_dir: str | Path, *, max_bytes: int = MAX_BYTES, top_k: int = 
             raise Rejected(status, f"reload failed, still serving {models.current.version}: "
                                    f"{str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__}") from None
         telemetry.reloads.labels("ok").inc()
-        return {"version": new.version, "previous": old.version, "run_dir": str(new.run_dir),
-                "seconds": round(time.perf_counter() - start, 3)}
+        return JSONResponse({"version": new.version, "previous": old.version, "run_dir": str(new.run_dir),
+                             "seconds": round(time.perf_counter() - start, 3)})
 
+    routes = [Route("/", page), Route("/health/live", live), Route("/health/ready", ready), Route("/health", health),
+              Route("/metrics", metrics), Route("/predict", predict, methods=["POST"]),
+              Route("/predict/batch", predict_batch, methods=["POST"]),
+              Route("/admin/reload", reload, methods=["POST"])]
+    middleware = [Middleware(Observe, telemetry=telemetry, paths={r.endpoint: r.path for r in routes},
+                             log_format=log_format, version=lambda: models.current.version if models.current else "-")]
+    if cors_origins:
+        from starlette.middleware.cors import CORSMiddleware
+
+        middleware.append(Middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
+                                     allow_headers=["Authorization", "Content-Type"]))
+    app = Starlette(routes=routes, middleware=middleware, exception_handlers={Rejected: rejected}, lifespan=lifespan)
+    app.state.models, app.state.telemetry = models, telemetry
     return app
 
 

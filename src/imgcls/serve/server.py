@@ -19,7 +19,7 @@ import uvicorn
 
 from .app import create_app
 from .models import Models
-from .telemetry import Telemetry
+from .telemetry import Telemetry, log_off_the_loop
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,11 @@ def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, *, dra
                             timeout_graceful_shutdown=max(1.0, drain_s))
     log.info("serving %s on http://%s:%d (loading the model; /health/ready answers 200 once it is warm)",
              run_dir, host, port)
-    _DrainingServer(config, models, telemetry, drain_s).run()
+    stop_logging = log_off_the_loop()
+    try:
+        _DrainingServer(config, models, telemetry, drain_s).run()
+    finally:
+        stop_logging()
 
 
 class _DrainingServer(uvicorn.Server):
