@@ -267,3 +267,16 @@ def test_the_dockerfile_command_and_healthcheck_serve_a_run(runs, tmp_path: Path
     finally:
         if server.poll() is None:
             server.kill()
+
+
+def test_max_batch_auto_takes_the_largest_batch_within_the_latency_budget(runs):
+    from imgcls.predict import load_run
+    from imgcls.serve.models import choose_max_batch
+
+    run = load_run(runs[0], "cpu", "torch")
+    assert choose_max_batch(run, budget_s=0.0) == 1  # no batch runs in no time: one picture per call
+    assert choose_max_batch(run, ceiling=16, budget_s=60.0) == 16
+    chosen = choose_max_batch(run)
+    assert chosen in (1, 2, 4, 8, 16, 32, 64)
+    client = client_for(runs[0])  # the default is auto
+    assert client.get("/health").json()["max_batch"] in (1, 2, 4, 8, 16, 32, 64)

@@ -303,8 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_backend_flag(w)
     w.add_argument("--device", default="auto", choices=DEVICES)
     w.add_argument("--max-batch", type=_batch_ceiling, default=None, metavar="N|auto",
-                   help="pictures of concurrent requests run together, at most N (default: auto, the batch "
-                        "size past which this machine gets no faster per picture, timed at start; 1: no batching)")
+                   help="pictures of concurrent requests run together, at most N (default: auto, the largest "
+                        "batch this machine runs within 20 ms, timed at start; 1: no batching)")
     w.add_argument("--max-wait-ms", type=float, default=5.0, metavar="MS",
                    help="how long a request waits for others to join its batch (default: 5)")
     w.add_argument("--max-pending", type=int, default=64, metavar="N",
