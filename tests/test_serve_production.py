@@ -280,3 +280,25 @@ def test_max_batch_auto_takes_the_largest_batch_within_the_latency_budget(runs):
     assert chosen in (1, 2, 4, 8, 16, 32, 64)
     client = client_for(runs[0])  # the default is auto
     assert client.get("/health").json()["max_batch"] in (1, 2, 4, 8, 16, 32, 64)
+
+
+def test_binding_beyond_loopback_without_a_key_warns(runs, tmp_path: Path):
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "IMGCLS_API_KEY"}
+    server = subprocess.Popen([sys.executable, "-m", "imgcls", "serve", str(runs[0]), "--host", "0.0.0.0",
+                               "--port", str(port)], stdout=subprocess.DEVNULL,
+                              stderr=open(tmp_path / "server.log", "w"), env=env)
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                if _get(port, "/health/ready")[0] == 200:
+                    break
+            except OSError:
+                pass
+            assert time.time() < deadline and server.poll() is None, (tmp_path / "server.log").read_text()
+            time.sleep(0.1)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert "serving on 0.0.0.0 without a key" in (tmp_path / "server.log").read_text()
