@@ -9,7 +9,7 @@ TORCH  := torch==2.14.1 torchvision==0.29.1
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet $(TORCH)
-	$(PYTHON) -m pip install --quiet -e '.[test,offline-weights]' $(TORCH)
+	$(PYTHON) -m pip install --quiet -e '.[test,offline-weights,timm]' $(TORCH)
 	touch $@
 
 install: $(VENV)/.installed

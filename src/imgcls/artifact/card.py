@@ -93,6 +93,7 @@ class ModelCard:
     ood: dict | None = None  # the out-of-distribution score: method, threshold (openset/fit.py)
     conformal: dict | None = None  # conformal sets: method, coverage, threshold (openset/conformal.py)
     best_epoch: int | None = None
+    pretrained_cfg: dict | None = None  # timm/ models: the pretrained config the preprocessing came from
     imgcls_version: str | None = None
     config: dict = field(default_factory=dict)  # the resolved training config (config.yaml's content)
 
@@ -122,6 +123,7 @@ class ModelCard:
                 **({"ood": dict(self.ood)} if self.ood else {}),
                 **({"conformal": dict(self.conformal)} if self.conformal else {}),
                 **({"best_epoch": self.best_epoch} if self.best_epoch is not None else {}),
+                **({"pretrained_cfg": dict(self.pretrained_cfg)} if self.pretrained_cfg else {}),
                 "config": self.config}
         return data
 
@@ -138,7 +140,7 @@ class ModelCard:
                        model_args=dict(data.get("model_args") or {}), task=data.get("task", "single-label"),
                        temperature=_temperature(data.get("temperature", 1.0)), thresholds=data.get("thresholds"),
                        given_classes=data.get("given_classes"), best_epoch=data.get("best_epoch"),
-                       ood=data.get("ood"), conformal=data.get("conformal"),
+                       ood=data.get("ood"), conformal=data.get("conformal"), pretrained_cfg=data.get("pretrained_cfg"),
                        imgcls_version=data.get("imgcls_version"), config=data.get("config") or {})
         except (KeyError, TypeError, ValueError) as error:
             raise UserError(f"Received: {where} without a valid {error}; expected a model card written by "

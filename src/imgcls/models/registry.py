@@ -27,6 +27,7 @@ class ModelSpec:
     defaults: dict = field(default_factory=dict)
     size_from_args: Callable[[dict], int] | None = None  # e.g. fusion: the largest member's size
     fits_pictures: bool = False  # any size and channel count: train at the pictures' own (see train.py)
+    pretrained_cfg: dict | None = None  # where the preprocessing came from (timm's pretrained config), for the card
 
     def size_for(self, model_args: dict) -> int:
         return self.size_from_args(model_args) if self.size_from_args else self.input_size
@@ -50,7 +51,7 @@ def register(name: str, *, input_size: int, channels: int,
     return decorate
 
 
-# torchvision models by name, built the first time each is asked for; kept apart from the registered
+# torchvision and timm models by name, built the first time each is asked for; kept apart from the registered
 # families so that listings and error messages do not depend on what this process looked up before.
 _TORCHVISION: dict[str, ModelSpec] = {}
 
@@ -61,10 +62,12 @@ def get_spec(name: str) -> ModelSpec:
         return _REGISTRY[name]
     if name not in _TORCHVISION:
         from .backbones import torchvision_spec
-        spec = torchvision_spec(name)
+        from .timm_models import timm_spec
+        spec = timm_spec(name) or torchvision_spec(name)
         if spec is None:
-            raise UserError(f"Received: model {name!r}; expected one of {', '.join(sorted(_REGISTRY))} "
-                            "or a torchvision classification model name (resnet18, efficientnet_b0, ...)")
+            raise UserError(f"Received: model {name!r}; expected one of {', '.join(sorted(_REGISTRY))}, "
+                            "a torchvision classification model name (resnet18, efficientnet_b0, ...) or timm/<name> "
+                            "(timm/convnext_tiny, ...)")
         _TORCHVISION[name] = spec
     return _TORCHVISION[name]
 
