@@ -1,6 +1,6 @@
 """The README as a test: every command in its code blocks and in its tables' code runs, in README order,
 against tiny data written at the same relative paths (fashion-mnist/, cifar10/, dogs-vs-cats/, birds/,
-flowers/, DATA), so the paths stay as written. What changes is listed here and nowhere else:
+flowers/, shards/, hub-data/, DATA), so the paths stay as written. What changes is listed here and nowhere else:
 
 - sizes: the flags in TINY get the tiny values (--epochs stays as written: on a few dozen pictures an
   epoch is one or two batches); a train/finetune/tune/audit command without --epochs gets --epochs 1;
@@ -147,6 +147,9 @@ def write_tiny_datasets(root: Path) -> None:
         for i in range(4):
             _noisy(rng, COLOURS[1], 64).save(root / name / f"{i}.jpg")
     write_tiny_planet(root / "planet", rng)
+    from .test_archives import write_parquet, write_shards
+    write_shards(root / "shards")  # train-000000..000001.tar, and a truncated train-000002.tar
+    write_parquet(root / "hub-data")
 
 
 def write_tiny_planet(planet: Path, rng: np.random.Generator) -> None:
@@ -222,7 +225,7 @@ def dataset_of(argv: list[str]) -> str | None:
     positional = [a for i, a in enumerate(argv[2:], 2) if not a.startswith("-") and not argv[i - 1].startswith("--")]
     for arg in positional:
         if arg.split("/")[0] in ("fashion-mnist", "cifar10", "dogs-vs-cats", "birds", "DATA", "digits", "planet",
-                                     "flowers"):
+                                     "flowers", "shards", "hub-data"):
             return arg.split("/")[0]
     return None
 
