@@ -64,11 +64,11 @@ def _load_any(source: str, data: DataConfig, test_set: bool = False) -> Samples:
     try:
         # clean: an id with two labels is a finding to list here, not a reason to stop
         return load_samples(source, data.labels, data.id_col, data.label_col, data.ext, data.label_pattern,
-                            clean=True)
+                            clean=True, image_col=data.image_col, label_key=data.label_key)
     except UserError:
         if not Path(source).is_dir() or not test_set and (data.labels or data.label_pattern):
             raise
-        paths, skipped = list_pictures(source)
+        paths, skipped = list_pictures(source, data.image_col)
         return Samples(paths, np.zeros(len(paths), dtype=np.int64), [UNLABELLED], skipped)
 
 

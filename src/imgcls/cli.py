@@ -197,7 +197,8 @@ def _cmd_check(args: argparse.Namespace) -> None:
     from .check import check
     from .config import DataConfig
     data = DataConfig(source=args.data, labels=args.labels, id_col=args.id_col, label_col=args.label_col,
-                      ext=args.ext, label_pattern=args.label_pattern, val=args.val)
+                      ext=args.ext, label_pattern=args.label_pattern, val=args.val, image_col=args.image_col,
+                      label_key=args.label_key)
     _, summary = check(data, min_pixels=args.min_pixels, out=args.out, cache=_cache_settings(args))
     print(f"{summary['pictures_with_issues']} of {summary['pictures']} pictures have issues: "
           f"{json.dumps(summary['issues'])}; class imbalance {summary['class_imbalance']}\n"
@@ -209,6 +210,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     from .tasks import get_task
     metrics = evaluate(args.run_dir, args.data, labels=args.labels, id_col=args.id_col,
                        label_col=args.label_col, ext=args.ext, label_pattern=args.label_pattern,
+                       image_col=args.image_col, label_key=args.label_key,
                        out=args.out, device=args.device, tta=args.tta, cache=_cache_settings(args),
                        backend=args.backend, outliers=args.outliers)
     print(json.dumps(get_task(metrics.get("task", "single-label")).summary(metrics)))

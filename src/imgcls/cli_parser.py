@@ -25,6 +25,10 @@ def _add_data_flags(p: argparse.ArgumentParser, *, optional: bool = False) -> No
     p.add_argument("--label-col", **label_col, help="label column of --labels (default: label)")
     p.add_argument("--ext", help="picture extension for --labels ids (default: any picture format)")
     p.add_argument("--label-pattern", metavar="REGEX", help="label = first group of REGEX on the file name")
+    image_col, label_key = ({}, {}) if optional else ({"default": "image"}, {"default": "label"})
+    p.add_argument("--image-col", **image_col, help="parquet / save_to_disk: the picture bytes column (default: image)")
+    p.add_argument("--label-key", **label_key, help="WebDataset: the key of a sample's .json holding its label "
+                                                     "(default: label)")
     if optional:  # what is learnt; evaluate and predict read it from the run's model card
         p.add_argument("--multi-label", action="store_true", default=argparse.SUPPRESS,
                        help="several labels per picture: the CSV's label cell holds them (e.g. 'car bicycle')")

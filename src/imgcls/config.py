@@ -52,6 +52,8 @@ class DataConfig:
     label_pattern: str | None = None  # regex on the file name; its first group is the label
     multi_label: bool = False  # several labels per picture: the CSV's label cell holds them (tasks/multi_label.py)
     label_sep: str = " "  # between the labels of one cell (Planet's `agriculture clear road`); ";" or "|" too
+    image_col: str = "image"  # parquet / save_to_disk: the column of picture bytes (data/archives.py)
+    label_key: str = "label"  # WebDataset: the key of a sample's .json that holds its label
     val: str | None = None  # a separate validation folder (same layout flags)
     val_split: float = 0.2
     split: str = "stratified"

@@ -145,7 +145,8 @@ def predict(run_dir: str | Path | list, images: str | Path, out: str | Path, *, 
 def evaluate(run_dir: str | Path, source: str, *, labels: str | None = None, id_col: str = "id",
              label_col: str = "label", ext: str | None = None, label_pattern: str | None = None,
              out: str | Path | None = None, batch_size: int | None = None, device: str = "auto", tta: bool = False,
-             cache: CacheSettings | None = None, backend: str = "auto", outliers: str | Path | None = None) -> dict:
+             cache: CacheSettings | None = None, backend: str = "auto", outliers: str | Path | None = None,
+             image_col: str = "image", label_key: str = "label") -> dict:
     """Score a saved run on labelled pictures (same layouts as train); classes are matched by name. Where
     the run has them: its conformal sets' coverage and size, the share answered "unknown" and the score
     on the rest; outliers=DIR (pictures outside the classes, never used to fit anything): how well the
@@ -160,7 +161,7 @@ def evaluate(run_dir: str | Path, source: str, *, labels: str | None = None, id_
     # Matched by the data's own labels (a run with --class-names knows them as given_classes).
     samples = load_samples(source, labels, id_col, label_col, ext, label_pattern,
                            classes=card.given_classes or card.classes, multi_label=card.task == "multi-label",
-                           label_sep=card.label_sep)
+                           label_sep=card.label_sep, image_col=image_col, label_key=label_key)
     if not len(samples):
         raise UserError(f"Received: {source} with no picture of the run's classes; expected some of "
                         f"{', '.join(card.classes)}")

@@ -42,6 +42,13 @@ def split_virtual(path: str) -> tuple[str, str]:
     return container, member
 
 
+def picture_id(path: str) -> str:
+    """A picture's id in a submission: its file name without the extension; inside a shard, the member's
+    (a tar member's name, a table's row number)."""
+    name = split_virtual(path)[1] if SEP in path else path
+    return Path(name).stem
+
+
 def expand_braces(pattern: str) -> list[str]:
     """`train-{000000..000009}.tar` → ten names, zero-padded as written (WebDataset's and the shell's
     brace ranges); `{a,b}` lists too; then glob patterns."""
@@ -70,28 +77,27 @@ def archive_kind(source: str) -> str | None:
     if names and all(n.endswith(".parquet") for n in names):
         return "parquet"
     folder = Path(source)
-    if folder.is_dir():
-        if (folder / "dataset_info.json").is_file() and list(folder.glob("data-*.arrow")):
-            return "arrow"
-        if list(folder.glob("**/*.parquet")) and not any(True for _ in _pictures_in(folder)):
-            return "parquet"
-        if list(folder.glob("*.tar")) and not any(True for _ in _pictures_in(folder)):
-            return "tar"
+    if not folder.is_dir():
+        return None
+    # Only the top level (and a hub dataset's data/) is looked at: a folder of class folders with a
+    # million pictures must not be walked twice to learn that it is one.
+    if (folder / "dataset_info.json").is_file() and next(folder.glob("data-*.arrow"), None) is not None:
+        return "arrow"
+    with os.scandir(folder) as entries:  # the entry's type, no stat per file
+        subfolders = {e.name for e in entries if e.is_dir() and not e.name.startswith(".")}
+    if subfolders <= {"data"} and next(folder.glob("*.parquet"), next(folder.glob("data/*.parquet"), None)):
+        return "parquet"
+    if not subfolders and next(folder.glob("*.tar"), None) is not None:
+        return "tar"
     return None
-
-
-def _pictures_in(folder: Path):
-    for path in folder.rglob("*"):
-        if path.suffix.lower() in PICTURE_SUFFIXES:
-            yield path
 
 
 def archive_files(source: str, kind: str) -> list[str]:
     """The shard files `source` stands for (braces and globs expanded, or a folder's), each existing."""
     folder = Path(source)
     if folder.is_dir():
-        pattern = {"tar": "*.tar", "parquet": "**/*.parquet", "arrow": "data-*.arrow"}[kind]
-        files = sorted(str(p) for p in folder.glob(pattern))
+        patterns = {"tar": ["*.tar"], "parquet": ["*.parquet", "data/*.parquet"], "arrow": ["data-*.arrow"]}[kind]
+        files = sorted(str(p) for pattern in patterns for p in folder.glob(pattern))
     else:
         files = expand_braces(source)
     missing = [f for f in files if not os.path.isfile(f)]

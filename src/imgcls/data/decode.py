@@ -23,6 +23,7 @@ from PIL import Image, ImageOps
 
 from .. import stopping
 from ..choices import RESIZES
+from .archives import picture_file
 
 
 class DecodeError(Exception):
@@ -107,7 +108,7 @@ def open_picture(path: str | BinaryIO, draft: tuple[str, int] | None = None,
     draft=(mode, size) lets a JPEG decode at a reduced scale no smaller than size (much faster).
     """
     try:
-        with Image.open(path) as img:  # reads the header only
+        with Image.open(picture_file(path)) as img:  # reads the header only
             check_pixel_count(img.size, max_pixels)
             if draft is not None and img.format == "JPEG":
                 img.draft(draft[0], (draft[1], draft[1]))
@@ -167,7 +168,7 @@ def decode_with_geometry(path: str | BinaryIO, channels: int, size: int, trim: b
     img = open_picture(path, draft=("L" if channels == 1 else "RGB", size), max_pixels=max_pixels)
     if not isinstance(path, str):
         path.seek(0)
-    with Image.open(path) as header:  # the full size: a JPEG may have been drafted to a smaller scale
+    with Image.open(picture_file(path)) as header:  # the full size: a JPEG may have been drafted to a smaller scale
         width, height = header.size
         if header.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF orientations that swap the sides
             width, height = height, width
@@ -235,7 +236,7 @@ def probe_pictures(paths: list[str], count: int = 32) -> tuple[int, int]:
     grey, sides = True, []
     for path in paths[::step][:count]:
         try:
-            with Image.open(path) as img:  # reads the header only
+            with Image.open(picture_file(path)) as img:  # reads the header only
                 grey &= img.mode in GREY_MODES
                 sides.append(max(img.size))
         except Exception:  # a broken picture says nothing here; decoding reports it

@@ -58,7 +58,8 @@ class PreparedData:
 
 def _data_kwargs(d: DataConfig, source: str) -> dict:
     return dict(source=source, labels=d.labels, id_col=d.id_col, label_col=d.label_col, ext=d.ext,
-                label_pattern=d.label_pattern, clean=d.clean, multi_label=d.multi_label, label_sep=d.label_sep)
+                label_pattern=d.label_pattern, clean=d.clean, multi_label=d.multi_label, label_sep=d.label_sep,
+                image_col=d.image_col, label_key=d.label_key)
 
 
 def load_training_samples(data: DataConfig, class_names: str | list[str] | None = None) -> tuple[Samples, list[str]]:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
+from .archives import archive_files, archive_kind, list_table_samples, list_tar_samples
 
 log = logging.getLogger(__name__)
 
@@ -334,11 +335,15 @@ def resolve_source(source: str) -> Path:
 def load_samples(source: str, labels: str | None = None, id_col: str = "id", label_col: str = "label",
                  ext: str | None = None, label_pattern: str | None = None,
                  classes: list[str] | None = None, clean: bool = False, multi_label: bool = False,
-                 label_sep: str = " ") -> Samples:
+                 label_sep: str = " ", image_col: str = "image", label_key: str = "label") -> Samples:
     """The one entry point: picks the layout from the arguments given. `clean`: leave out (and list)
-    what is ambiguous, such as an id with two labels, instead of stopping."""
+    what is ambiguous, such as an id with two labels, instead of stopping. Shards (WebDataset tars,
+    parquet, save_to_disk folders: archives.py) hold their labels beside each picture."""
     if labels and label_pattern:
         raise UserError("Received: both --labels and --label-pattern; expected at most one")
+    kind = None if labels or label_pattern else archive_kind(source)
+    if kind is not None:
+        return from_archive(source, kind, classes, image_col=image_col, label_col=label_col, label_key=label_key)
     root = resolve_source(source)
     if labels:
         return from_csv(root, labels, id_col, label_col, ext, classes, clean, multi_label, label_sep)
@@ -350,6 +355,30 @@ def load_samples(source: str, labels: str | None = None, id_col: str = "id", lab
     return from_folder(root, classes)
 
 
+def from_archive(source: str, kind: str, classes: list[str] | None = None, *, image_col: str = "image",
+                 label_col: str = "label", label_key: str = "label") -> Samples:
+    """Pictures in shards with their labels: a WebDataset sample's .cls, .txt or .json[label_key], or a
+    table's `label_col` (named by Hugging Face's ClassLabel names where the files carry them). A picture
+    without a label, a damaged member or a truncated shard is listed in skipped."""
+    files = archive_files(source, kind)
+    if kind == "tar":
+        found, skipped = list_tar_samples(files, label_key)
+    else:
+        found, skipped, _ = list_table_samples(files, image_col, label_col)
+    pairs = []
+    for path, label in found:
+        if label is None:
+            skipped.append({"path": path, "reason": "no label beside the picture (.cls, .txt or .json "
+                                                    f"{label_key!r})" if kind == "tar" else "no label"})
+        else:
+            pairs.append((path, label))
+    if not pairs:
+        raise UserError(f"Received: DATA {source} with no labelled picture in {len(files)} shard file(s); expected "
+                        "pictures with a label beside them (WebDataset: <key>.jpg + <key>.cls; tables: --image-col "
+                        "and --label-col)")
+    return _to_samples(pairs, skipped, classes)
+
+
 def outlier_paths(folder: str | Path) -> list[str]:
     """The pictures of an --outliers folder (pictures known to be outside the classes)."""
     try:
@@ -359,8 +388,17 @@ def outlier_paths(folder: str | Path) -> list[str]:
                         "the classes") from None
 
 
-def list_pictures(path: str | Path) -> tuple[list[str], list[dict[str, str]]]:
-    """Pictures to predict: one file, or every picture under a folder, sorted by id."""
+def list_pictures(path: str | Path, image_col: str = "image") -> tuple[list[str], list[dict[str, str]]]:
+    """Pictures to predict: one file, or every picture under a folder, sorted by id; in shards, every
+    picture in their order."""
+    kind = archive_kind(str(path))
+    if kind is not None:
+        files = archive_files(str(path), kind)
+        if kind == "tar":
+            found, skipped = list_tar_samples(files)
+        else:
+            found, skipped, _ = list_table_samples(files, image_col, None)
+        return [p for p, _ in found], skipped
     path = Path(path)
     if path.is_file():
         return [str(path)], []

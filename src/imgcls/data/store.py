@@ -35,6 +35,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from ..errors import UserError
+from .archives import signature
 from .locking import entry_lock
 
 log = logging.getLogger(__name__)
@@ -91,11 +92,8 @@ def available_memory() -> int:
 
 
 def _signature(path: str) -> list[int] | None:
-    try:
-        stat = os.stat(path)
-    except OSError:
-        return None
-    return [stat.st_size, stat.st_mtime_ns]
+    """(size, mtime) of the file, or of the shard holding a picture inside one (archives.py)."""
+    return signature(path)
 
 
 def absolute(paths: list[str]) -> list[str]:
