@@ -79,6 +79,8 @@ def test_webdataset_shards_through_train_evaluate_predict_and_check(tmp_path: Pa
     assert any(name.endswith("::broken.png") for name in reasons), reasons  # listed like a broken file
     assert any("truncated" in r for r in reasons.values()), reasons
     assert 24 <= counted <= 24 + 3  # both whole shards, and what the cut one kept before the damage
+    from imgcls.data.store import cache_root
+    assert len(list((cache_root() / "shards").glob("*.json"))) >= 3  # each shard's listing, for later commands
     # a second run decodes nothing: the cache is keyed by shard, size, mtime and member
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="imgcls"):
