@@ -141,3 +141,21 @@ def test_run_files_follow_the_users_umask(class_folder: Path, tmp_path: Path, um
     written = [p for p in result.run_dir.rglob("*") if p.is_file()] + [tmp_path / "submission.csv"]
     assert len(written) > 10
     assert {oct(p.stat().st_mode & 0o777) for p in written} == {oct(mode)}
+
+
+@pytest.mark.parametrize("keep", ["best-loss", "best-accuracy", "last"])
+def test_keep_chooses_the_epoch_whose_weights_the_run_keeps(class_folder: Path, tmp_path: Path, keep: str):
+    from imgcls.cli_parser import build_parser
+
+    assert build_parser().parse_args(["train", str(class_folder), "--keep", keep]).keep == keep
+    result = small_run(class_folder, tmp_path / keep, epochs=4, lr=0.05, keep=keep, report=False)
+    with open(result.run_dir / "history.csv", newline="") as f:
+        history = [(int(r["epoch"]), float(r["val_loss"]), float(r["val_acc"])) for r in csv.DictReader(f)]
+    expected = {"best-loss": min(history, key=lambda h: (h[1], h[0]))[0],
+                "best-accuracy": min(history, key=lambda h: (-h[2], h[1], h[0]))[0],
+                "last": history[-1][0]}[keep]
+    assert result.best_epoch == expected
+    assert json.loads((result.run_dir / "model.json").read_text())["best_epoch"] == expected
+    # the saved weights are that epoch's: their validation loss is the one history recorded for it
+    metrics = json.loads((result.run_dir / "metrics.json").read_text())
+    assert metrics["validation"]["log_loss"] == pytest.approx(dict((h[0], h[1]) for h in history)[expected], abs=2e-3)

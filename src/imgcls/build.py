@@ -99,7 +99,7 @@ def make_trainer(config: TrainConfig, built: Built, optimizer: torch.optim.Optim
                    batch_transform=batch_mixer(config.mixup, config.cutmix, built.card.num_classes,
                                                  built.card.task == "multi-label"),
                    callbacks=callbacks, train_model=built.train_model, eval_model=built.eval_model,
-                   task=get_task(built.card.task),
+                   task=get_task(built.card.task), keep=config.keep,
                    autocast=_autocast_dtype(config.precision, device))
 
 

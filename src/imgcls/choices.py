@@ -27,4 +27,5 @@ QUANTIZE = ("int8",)
 EXPLAIN_METHODS = ("auto", "gradcam", "gradcam++", "hirescam")  # gradcam.py
 RUN_SORTS = ("accuracy", "log_loss", "time", "date", "name")  # experiments.py
 CACHE_ACTIONS = ("list", "clear")
+KEEP_EPOCHS = ("best-loss", "best-accuracy", "last")  # train --keep (engine/trainer.py)
 LOG_FORMATS = ("text", "json")  # serve's access log (serve/telemetry.py)

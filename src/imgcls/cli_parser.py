@@ -9,7 +9,7 @@ import yaml
 
 from .artifact import BACKENDS
 from .choices import (AUGMENT_PRESETS, CACHE_ACTIONS, CHANNELS, CLASS_WEIGHTS, DEVICES, EXPLAIN_METHODS, EXPORT_FORMATS,
-                      FREEZE, LABEL_FORMATS, LOG_FORMATS, OOD_METHODS, OPTIMIZERS, ORDERS, PRECISIONS, QUANTIZE, RESIZE_MODES, RUN_SORTS,
+                      FREEZE, KEEP_EPOCHS, LABEL_FORMATS, LOG_FORMATS, OOD_METHODS, OPTIMIZERS, ORDERS, PRECISIONS, QUANTIZE, RESIZE_MODES, RUN_SORTS,
                       SCHEDULERS, SPLITS, TRAIN_SAMPLERS, TUNE_SAMPLERS)
 from .config import RECIPES
 
@@ -124,6 +124,8 @@ def _add_train_flags(parser: argparse.ArgumentParser, *, search: bool = False) -
                      ("--cutmix", dict(type=float, metavar="ALPHA", help="CutMix alpha (default: 0 = off)")),
                      ("--label-smoothing", dict(type=float, metavar="F", help="default: 0, or the recipe's")),
                      ("--early-stop", dict(type=int, metavar="N", help="stop after N epochs without a better val loss")),
+                     ("--keep", dict(choices=KEEP_EPOCHS, help="the epoch whose weights the run keeps: best-loss (the "
+                                     "default: lowest validation loss), best-accuracy or last")),
                      ("--train-batches", dict(type=int, metavar="N", help="only N batches per epoch (smoke runs)")),
                      ("--device", dict(choices=DEVICES, help="default: auto")),
                      ("--precision", dict(choices=PRECISIONS, help="auto: bf16 autocast on CUDA, "

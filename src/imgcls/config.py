@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from .choices import (AUGMENT_PRESETS, CHANNELS, CLASS_WEIGHTS, DEVICES, FREEZE, OPTIMIZERS, ORDERS, PRECISIONS,
-                      OOD_METHODS, RESIZE_MODES, SCHEDULERS, SPLITS, TRACKERS, TRAIN_SAMPLERS)
+                      KEEP_EPOCHS, OOD_METHODS, RESIZE_MODES, SCHEDULERS, SPLITS, TRACKERS, TRAIN_SAMPLERS)
 from .errors import UserError
 
 
@@ -100,6 +100,7 @@ class TrainConfig:
     norm_weight_decay: float | None = None  # norm layers' weights and biases; None: weight_decay (engine/optim.py)
     scheduler: str = "none"
     early_stop: int = 0  # stop after this many epochs without a better val loss; 0 = never
+    keep: str = "best-loss"  # the epoch whose weights the run keeps: best-loss, best-accuracy or last
     augment: str = "none"  # none, light, standard, strong (choices.AUGMENT_PRESETS)
     mixup: float = 0.0  # Beta(alpha, alpha) mixing of picture pairs; 0 = off
     cutmix: float = 0.0  # alpha of CutMix; 0 = off (with mixup too, one of the two per batch)
@@ -207,6 +208,7 @@ class TrainConfig:
         if self.data.img_size is not None and self.data.img_size < 8:
             raise UserError(f"Received: img-size={self.data.img_size}; expected an integer >= 8")
         _choice("ood", self.ood, OOD_METHODS)
+        _choice("keep", self.keep, KEEP_EPOCHS)
         if not 0 <= self.reject_rate < 1:
             raise UserError(f"Received: reject-rate={self.reject_rate}; expected a share in [0, 1) such as 0.05")
         if self.coverage and not 0 < self.coverage < 1:

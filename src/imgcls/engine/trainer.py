@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from .. import stopping
+from ..choices import KEEP_EPOCHS as KEEP
 from ..tasks import get_task
 from .distributed import all_reduce_sum, global_count, world_size
 from .optim import Schedule
@@ -26,7 +27,8 @@ class TrainState:
 
     epoch: int = 0  # epochs completed
     best_loss: float = math.inf
-    best_epoch: int = 0
+    best_score: float = -math.inf  # the best validation headline (accuracy; micro-F1 for several labels)
+    best_epoch: int = 0  # the epoch kept (--keep)
     bad_epochs: int = 0
     stopped_early: bool = False
     history: list[dict] = field(default_factory=list)
@@ -83,7 +85,11 @@ class Trainer:
                  generator: torch.Generator | None = None, label_smoothing: float = 0.0,
                  batch_transform: Callable | None = None, train_model: nn.Module | None = None,
                  eval_model: nn.Module | None = None, autocast: torch.dtype | None = None,
-                 class_weight: torch.Tensor | None = None, ema_decay: float = 0.0, task=None):
+                 class_weight: torch.Tensor | None = None, ema_decay: float = 0.0, task=None,
+                 keep: str = "best-loss"):
+        if keep not in KEEP:
+            raise ValueError(f"keep={keep!r}; expected one of {', '.join(KEEP)}")
+        self.keep = keep  # which epoch's weights are the run's (KEEP)
         self.task = task or get_task("single-label")
         self.model = model
         self.optimizer = optimizer
@@ -163,13 +169,20 @@ class Trainer:
             self.schedule.after_epoch(val_loss)
             state = self.state
             state.epoch += 1
-            improved = val_loss < state.best_loss
-            if improved:
-                state.best_loss, state.best_epoch, state.bad_epochs = val_loss, state.epoch, 0
-                self.best_val_probs = val_probs
+            lower_loss = val_loss < state.best_loss
+            # The epoch kept: the lowest validation loss, the best headline (ties: the lower loss), or the last.
+            improved = {"best-loss": lower_loss, "last": True,
+                        "best-accuracy": val_acc > state.best_score or val_acc == state.best_score and lower_loss
+                        }[self.keep]
+            state.best_score = max(state.best_score, val_acc)
+            if lower_loss:  # early stopping always watches the validation loss
+                state.best_loss, state.bad_epochs = val_loss, 0
             else:
                 state.bad_epochs += 1
                 state.stopped_early = bool(self.early_stop) and state.bad_epochs >= self.early_stop
+            if improved:
+                state.best_epoch = state.epoch
+                self.best_val_probs = val_probs
             row = {"epoch": state.epoch, "train_loss": round(train_loss, 6), "train_acc": round(train_acc, 6),
                    "val_loss": round(val_loss, 6), "val_acc": round(val_acc, 6), "lr": lr,
                    "seconds": round(time.perf_counter() - start, 3)}
