@@ -25,9 +25,23 @@ def test_temperature_undoes_overconfidence():
     assert (scaled(probs, temperature).argmax(1) == probs.argmax(1)).all()  # accuracy unchanged
 
 
+def test_calibration_refuses_to_sharpen_on_a_handful_of_errors():
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 2, 300)
+    confidence = rng.uniform(0.7, 0.9, 300)  # right and underconfident, but for one picture
+    probs = np.where(labels[:, None] == np.arange(2), confidence[:, None], 1 - confidence[:, None])
+    probs[0] = probs[0, ::-1]  # the one error
+    free = fit_temperature(probs, labels, min_errors=0)
+    assert free < 0.5  # the log loss alone would sharpen a lot on this set
+    assert fit_temperature(probs, labels) == 1.0  # one error is too few to trust that (MIN_ERRORS_TO_SHARPEN)
+    softened = fit_temperature(probs ** 3 / (probs ** 3).sum(1, keepdims=True), labels)
+    assert softened >= 1.0  # a temperature over 1 (softening) is never refused
+
+
 def test_calibrated_run_uses_its_temperature_everywhere(class_folder: Path, tmp_path: Path):
+    # min errors 0: this easy set has none, and the point here is where a fitted temperature is used
     result = train(source=str(class_folder), model="simple-cnn", img_size=16, channels=3, epochs=4, batch_size=8,
-                   lr=0.02, out=str(tmp_path / "run"), calibrate=True)
+                   lr=0.02, out=str(tmp_path / "run"), calibrate=True, calibrate_min_errors=0)
     run_dir = result.run_dir
     metrics = json.loads((run_dir / "metrics.json").read_text())
     calibration = metrics["calibration"]

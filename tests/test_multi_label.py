@@ -185,7 +185,7 @@ def test_mixing_sampling_and_per_label_calibration_train_and_predict(tmp_path: P
     pictures, labels = write_tagged(tmp_path, 48)
     run = tmp_path / "run"
     assert main(["-q", "train", str(pictures), "--labels", str(labels), *TRAIN, "--epochs", "10", "--lr", "0.01",
-                 "--mixup", "0.2", "--cutmix", "1.0", "--sampler", "balanced", "--calibrate", "--out", str(run)]) == 0
+                 "--mixup", "0.2", "--cutmix", "1.0", "--sampler", "balanced", "--calibrate", "--calibrate-min-errors", "0", "--out", str(run)]) == 0
     card = json.loads((run / "model.json").read_text())
     metrics = json.loads((run / "metrics.json").read_text())
     temperatures = card["temperature"]

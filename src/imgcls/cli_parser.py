@@ -153,6 +153,9 @@ def _add_train_flags(parser: argparse.ArgumentParser, *, search: bool = False) -
                                     "exponential moving average of the weights (default decay 0.999)")),
                      ("--calibrate", dict(action="store_true", help="fit a temperature on the validation "
                                           "split after training; evaluate, predict, export and serve use it")),
+                     ("--calibrate-min-errors", dict(type=int, metavar="N", help="with --calibrate: never sharpen "
+                                                     "(T < 1) on fewer than N validation errors (default: 30; 0: "
+                                                     "always fit)")),
                      ("--threshold", dict(type=float, metavar="P", help="with --multi-label: predict a label when its "
                                           "probability reaches P (default: a threshold per class, best F1 on "
                                           "validation)")),

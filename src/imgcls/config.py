@@ -119,6 +119,7 @@ class TrainConfig:
     sampler: str = "uniform"  # uniform, balanced: every class drawn equally often (with replacement)
     ema: float = 0.0  # decay of an exponential moving average of the weights, evaluated and saved; 0: off
     calibrate: bool = False  # fit a temperature on the validation split after training (engine/calibration.py)
+    calibrate_min_errors: int = 30  # below this many validation errors, --calibrate never sharpens (T < 1)
     threshold: float | None = None  # multi-label: one decision threshold for every class; None: per class, by F1
     ood: str = "auto"  # the out-of-distribution score fitted after training (openset/); none: no score
     reject_rate: float = 0.05  # the share of in-distribution validation pictures answered "unknown"
@@ -209,6 +210,8 @@ class TrainConfig:
             raise UserError(f"Received: img-size={self.data.img_size}; expected an integer >= 8")
         _choice("ood", self.ood, OOD_METHODS)
         _choice("keep", self.keep, KEEP_EPOCHS)
+        if self.calibrate_min_errors < 0:
+            raise UserError(f"Received: calibrate-min-errors={self.calibrate_min_errors}; expected an integer >= 0")
         if not 0 <= self.reject_rate < 1:
             raise UserError(f"Received: reject-rate={self.reject_rate}; expected a share in [0, 1) such as 0.05")
         if self.coverage and not 0 < self.coverage < 1:

@@ -196,7 +196,7 @@ def _write_run(folder: RunFolder, built: Built, trainer: Trainer, data: Prepared
     saved = card
     if config.calibrate:
         # The files below hold the raw probabilities, so they keep the uncalibrated card's decisions.
-        saved, metrics["calibration"] = _calibrate(folder, card, labels, probs)
+        saved, metrics["calibration"] = _calibrate(folder, card, labels, probs, config.calibrate_min_errors)
     open_set = _fit_open_set(config, built, data, saved, probs, folder)
     if open_set is not None:
         metrics["open_set"] = open_set.metrics
@@ -212,12 +212,13 @@ def _write_run(folder: RunFolder, built: Built, trainer: Trainer, data: Prepared
     return RunResult(folder.path, state.best_epoch, value, val["log_loss"], seconds, name)
 
 
-def _calibrate(folder: RunFolder, card: ModelCard, labels: np.ndarray, probs: np.ndarray) -> tuple[ModelCard, dict]:
+def _calibrate(folder: RunFolder, card: ModelCard, labels: np.ndarray, probs: np.ndarray,
+               min_errors: int) -> tuple[ModelCard, dict]:
     """--calibrate: the task's temperature(s) minimising the validation log loss, kept in model.json (so
     every later command uses them); the validation figures before and after. Fitted and scored on the
     same pictures: an independent split says more (bench/)."""
     task = get_task(card.task)
-    calibrated = task.calibrate(card, labels, probs)
+    calibrated = task.calibrate(card, labels, probs, min_errors)
     before = task.metrics(labels, probs, card.classes, card)
     after = task.metrics(labels, task.calibrated(probs, calibrated), card.classes, calibrated)
     if folder.writes:

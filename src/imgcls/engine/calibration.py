@@ -4,11 +4,20 @@ the probabilities stop being over- (T > 1) or under-confident (T < 1). For sever
 one T per class on its sigmoid (each class's binary log loss). Pure numpy."""
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from ..tasks.single_label import log_softmax as _log_softmax
 
+log = logging.getLogger(__name__)
+
 LOG_T_RANGE = (-3.0, 3.0)  # T between 0.05 and 20
+# Below this many validation errors a temperature is not allowed under 1 (to sharpen): the fit is then
+# driven by a handful of mistakes. On Lite0's Dogs vs. Cats runs (3-7 errors in 320 pictures) a T fitted on
+# half the pictures raised the other half's log loss from 0.055 to 0.073 on average (300 random halves of 4
+# runs), against 0.055 kept at 1; with 1,039 errors (airnet, Fashion-MNIST) the fit is kept (0.526 → 0.478).
+MIN_ERRORS_TO_SHARPEN = 30
 
 
 def scaled(probs: np.ndarray, temperature: float) -> np.ndarray:
@@ -42,10 +51,19 @@ def _golden_minimum(loss, low: float, high: float) -> float:
     return (low + high) / 2
 
 
-def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
+def fit_temperature(probs: np.ndarray, labels: np.ndarray, min_errors: int = MIN_ERRORS_TO_SHARPEN) -> float:
     """The T minimising the log loss of `labels` under scaled(probs, T), searched on log T (the loss is
-    convex in 1/T, so one minimum)."""
-    return float(np.exp(_golden_minimum(lambda log_t: nll(probs, labels, np.exp(log_t)), *LOG_T_RANGE)))
+    convex in 1/T, so one minimum); not under 1 where the pictures hold fewer than `min_errors` mistakes."""
+    t = float(np.exp(_golden_minimum(lambda log_t: nll(probs, labels, np.exp(log_t)), *LOG_T_RANGE)))
+    return _refuse_to_sharpen(t, int((probs.argmax(1) != labels).sum()), min_errors)
+
+
+def _refuse_to_sharpen(t: float, errors: int, min_errors: int, what: str = "") -> float:
+    if t >= 1.0 or errors >= min_errors:
+        return t
+    log.info("calibration%s: T %.3f would sharpen on %d error(s), fewer than %d; kept at 1", what, t, errors,
+             min_errors)
+    return 1.0
 
 
 def _logit(probs: np.ndarray) -> np.ndarray:
@@ -67,9 +85,11 @@ def binary_nll(probs: np.ndarray, targets: np.ndarray, temperature: float) -> fl
     return float(np.mean(np.logaddexp(0, z) - targets * z))
 
 
-def fit_binary_temperatures(probs: np.ndarray, targets: np.ndarray) -> list[float]:
+def fit_binary_temperatures(probs: np.ndarray, targets: np.ndarray,
+                            min_errors: int = MIN_ERRORS_TO_SHARPEN) -> list[float]:
     """One temperature per class (column), each minimising that class's binary log loss; 1.0 for a class
-    that never occurs or always does on these pictures (nothing to fit it on)."""
+    that never occurs or always does on these pictures (nothing to fit it on), and not under 1 for a
+    class with fewer than `min_errors` wrong decisions at 0.5."""
     temperatures = []
     for k in range(probs.shape[1]):
         y = targets[:, k].astype(np.float64)
@@ -77,5 +97,6 @@ def fit_binary_temperatures(probs: np.ndarray, targets: np.ndarray) -> list[floa
             temperatures.append(1.0)
             continue
         log_t = _golden_minimum(lambda v: binary_nll(probs[:, k], y, np.exp(v)), *LOG_T_RANGE)
-        temperatures.append(float(np.exp(log_t)))
+        errors = int(((probs[:, k] >= 0.5) != (y == 1)).sum())
+        temperatures.append(_refuse_to_sharpen(float(np.exp(log_t)), errors, min_errors, f" of class {k}"))
     return temperatures

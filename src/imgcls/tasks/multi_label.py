@@ -56,12 +56,12 @@ class MultiLabel:
 
         return scaled_binary(probs, card.temperature)
 
-    def calibrate(self, card, targets: np.ndarray, probs: np.ndarray):
+    def calibrate(self, card, targets: np.ndarray, probs: np.ndarray, min_errors: int = 30):
         """train --calibrate: one temperature per class (its binary log loss on these pictures), and each
         class's threshold moved with it so that every decision stays as it was (the scaling is monotone)."""
         from ..engine.calibration import fit_binary_temperatures, scaled_binary
 
-        temperatures = [round(t, 6) for t in fit_binary_temperatures(probs, targets)]
+        temperatures = [round(t, 6) for t in fit_binary_temperatures(probs, targets, min_errors)]
         thresholds = scaled_binary(self.thresholds(card, probs.shape[1])[None, :], temperatures)[0]
         return card.with_(temperature=temperatures, thresholds=[round(float(t), 6) for t in thresholds])
 

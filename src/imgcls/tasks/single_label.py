@@ -26,11 +26,12 @@ class SingleLabel:
 
         return scaled(probs, card.temperature)
 
-    def calibrate(self, card, labels: np.ndarray, probs: np.ndarray):
-        """train --calibrate: the card with the temperature that minimises these pictures' log loss."""
+    def calibrate(self, card, labels: np.ndarray, probs: np.ndarray, min_errors: int = 30):
+        """train --calibrate: the card with the temperature that minimises these pictures' log loss (never
+        under 1 on fewer than `min_errors` errors: engine/calibration.py)."""
         from ..engine.calibration import fit_temperature
 
-        return card.with_(temperature=round(fit_temperature(probs, labels), 6))
+        return card.with_(temperature=round(fit_temperature(probs, labels, min_errors), 6))
 
     def decide(self, probs: np.ndarray, card=None) -> np.ndarray:
         """The predicted class index per picture."""
