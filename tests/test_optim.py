@@ -36,3 +36,49 @@ def test_a_norm_weight_decay_run(tmp_path):
     result = train(source="digits", model="simple-cnn", img_size=12, epochs=1, weight_decay=0.05,
                    norm_weight_decay=0.0, optimizer="adamw", out=str(tmp_path / "run"), report=False)
     assert result.best_epoch == 1 and torch.isfinite(torch.tensor(result.val_log_loss))
+
+
+def test_lookahead_syncs_the_slow_weights_every_k_steps():
+    import torch
+
+    from imgcls.engine.optim import Lookahead, build_optimizer
+
+    weight = torch.nn.Parameter(torch.zeros(2))
+    optimizer = Lookahead(torch.optim.SGD([weight], lr=1.0), alpha=0.5, k=3)
+    seen = []
+    for _ in range(6):
+        optimizer.zero_grad()
+        weight.grad = torch.full((2,), -1.0)  # each base step adds 1
+        optimizer.step()
+        seen.append(weight.detach()[0].item())
+    # steps 1-2 run ahead (1, 2); step 3 reaches 3, then goes back half way to the start (0): 1.5;
+    # steps 4-5 run ahead (2.5, 3.5); step 6 reaches 4.5 and goes half way back to 1.5: 3.0
+    assert seen == [1.0, 2.0, 1.5, 2.5, 3.5, 3.0]
+    # the slow weights and the step count are saved and resumed with the optimiser
+    state = optimizer.state_dict()
+    again = Lookahead(torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=1.0), alpha=0.5, k=3)
+    again.load_state_dict(state)
+    assert again.steps == 6 and float(again.slow[0][0]) == 3.0
+    # a schedule drives it like any optimiser
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=4)
+    optimizer.step()
+    scheduler.step()
+    assert optimizer.param_groups[0]["lr"] < 1.0
+    nesterov = build_optimizer([torch.nn.Parameter(torch.zeros(1))], "sgd", 0.1, 0.9, nesterov=True)
+    assert nesterov.param_groups[0]["nesterov"]
+
+
+def test_nesterov_and_lookahead_from_the_command_line(class_folder, tmp_path):
+    import json
+
+    from imgcls.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", str(class_folder), "--model", "simple-cnn", "--img-size", "16", "--channels", "3",
+                 "--optimizer", "sgd", "--nesterov", "--lookahead", "2", "--epochs", "2", "--batch-size", "8",
+                 "--out", str(run)]) == 0
+    config = (run / "config.yaml").read_text()
+    assert "nesterov: true" in config and "lookahead: 2" in config
+    assert json.loads((run / "metrics.json").read_text())["epochs_run"] == 2
+    assert main(["train", str(class_folder), "--optimizer", "adam", "--nesterov", "--epochs", "1",
+                 "--out", str(tmp_path / "refused")]) == 2

@@ -115,6 +115,9 @@ def _add_train_flags(parser: argparse.ArgumentParser, *, search: bool = False) -
                      ("--lr", dict(type=_lr, help="a number, or auto: the learning-rate finder's suggestion "
                                    "(default: 1e-3, sgd: 1e-2, or the recipe's)")),
                      ("--momentum", dict(type=float, help="SGD momentum (default: 0.9)")),
+                     ("--nesterov", dict(action=argparse.BooleanOptionalAction, help="SGD's Nesterov momentum")),
+                     ("--lookahead", dict(type=int, metavar="K", help="Lookahead: every K steps the weights go back "
+                                          "half way to where they were K steps before (default: 0 = off)")),
                      ("--weight-decay", dict(type=float, help="default: 0")),
                      ("--norm-weight-decay", dict(type=float, metavar="F", help="weight decay of norm layers and "
                                                   "biases (default: --weight-decay's; 0: none, as timm does)")),

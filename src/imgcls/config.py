@@ -96,6 +96,8 @@ class TrainConfig:
     optimizer: str = "adam"
     lr: float | str | None = None  # None: the optimiser's usual default (engine.optim); "auto": lr_find.py's suggestion
     momentum: float = 0.9
+    nesterov: bool = False  # SGD's Nesterov momentum (airbench's)
+    lookahead: int = 0  # > 0: Lookahead every this many steps, alpha 0.5 (engine/optim.py; airbench's)
     weight_decay: float = 0.0
     norm_weight_decay: float | None = None  # norm layers' weights and biases; None: weight_decay (engine/optim.py)
     scheduler: str = "none"
@@ -210,6 +212,11 @@ class TrainConfig:
             raise UserError(f"Received: img-size={self.data.img_size}; expected an integer >= 8")
         _choice("ood", self.ood, OOD_METHODS)
         _choice("keep", self.keep, KEEP_EPOCHS)
+        if self.nesterov and (self.optimizer != "sgd" or self.momentum <= 0):
+            raise UserError(f"Received: --nesterov with optimizer={self.optimizer}, momentum={self.momentum}; "
+                            "expected sgd with a momentum above 0")
+        if self.lookahead < 0:
+            raise UserError(f"Received: lookahead={self.lookahead}; expected the steps between syncs (0: off)")
         if self.calibrate_min_errors < 0:
             raise UserError(f"Received: calibrate-min-errors={self.calibrate_min_errors}; expected an integer >= 0")
         if not 0 <= self.reject_rate < 1:

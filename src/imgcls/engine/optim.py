@@ -32,9 +32,19 @@ def param_groups(model: nn.Module, lr: float, backbone_lr_mult: float = 1.0, wei
 
 def build_optimizer(params, name: str, lr: float | None, momentum: float = 0.9,
                     weight_decay: float = 0.0, backbone_lr_mult: float = 1.0,
-                    norm_weight_decay: float | None = None) -> torch.optim.Optimizer:
+                    norm_weight_decay: float | None = None, nesterov: bool = False,
+                    lookahead: int = 0) -> torch.optim.Optimizer:
     """`params` is a model (its trainable parameters, the backbone's at lr * backbone_lr_mult, norm
-    layers and biases at norm_weight_decay) or a list of parameter groups."""
+    layers and biases at norm_weight_decay) or a list of parameter groups. nesterov: SGD's Nesterov
+    momentum; lookahead=k > 0 wraps the optimiser in Lookahead (every k steps, airbench's use)."""
+    base = _base_optimizer(params, name, lr, momentum, weight_decay, backbone_lr_mult, norm_weight_decay, nesterov)
+    return Lookahead(base, k=lookahead) if lookahead else base
+
+
+def _base_optimizer(params, name, lr, momentum, weight_decay, backbone_lr_mult, norm_weight_decay, nesterov):
+    if nesterov and (name != "sgd" or momentum <= 0):
+        raise UserError(f"Received: --nesterov with optimizer={name}, momentum={momentum}; expected sgd with a "
+                        "momentum above 0")
     lr = lr if lr is not None else DEFAULT_LR.get(name, 1e-3)
     if isinstance(params, nn.Module):
         params = param_groups(params, lr, backbone_lr_mult, weight_decay, norm_weight_decay)
@@ -43,10 +53,56 @@ def build_optimizer(params, name: str, lr: float | None, momentum: float = 0.9,
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
     if name == "rmsprop":
         return torch.optim.RMSprop(params, lr=lr, momentum=0.0, weight_decay=weight_decay)
     raise UserError(f"Received: optimizer={name}; expected one of {', '.join(DEFAULT_LR)}")
+
+
+class Lookahead(torch.optim.Optimizer):
+    """Lookahead (Zhang et al. 2019, "k steps forward, 1 step back"; airbench uses it): the base optimiser
+    takes the steps, and every `k` of them the slow weights move `alpha` of the way to the fast ones and
+    the fast weights start again from them. The slow weights start at the initial weights and are saved
+    with the optimiser's state (resume continues them). Shares the base's param_groups, so schedules and
+    per-group learning rates work unchanged (timm's Lookahead does the same)."""
+
+    def __init__(self, base: torch.optim.Optimizer, alpha: float = 0.5, k: int = 5):
+        # torch.optim.Optimizer.__init__ is not called on purpose: the groups and state are the base's.
+        self._optimizer_step_pre_hooks, self._optimizer_step_post_hooks = {}, {}
+        if k < 1 or not 0 < alpha <= 1:
+            raise UserError(f"Received: lookahead k={k}, alpha={alpha}; expected k >= 1 and 0 < alpha <= 1")
+        self.base, self.alpha, self.k, self.steps = base, alpha, k, 0
+        self.param_groups, self.defaults, self.state = base.param_groups, base.defaults, base.state
+        self.slow = [p.detach().clone() for p in self._params()]
+
+    def _params(self) -> list[torch.Tensor]:
+        return [p for group in self.param_groups for p in group["params"]]
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = self.base.step(closure)
+        self.steps += 1
+        if self.steps % self.k == 0:
+            for fast, slow in zip(self._params(), self.slow):
+                slow.add_(fast - slow, alpha=self.alpha)
+                fast.copy_(slow)
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.base.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict:
+        return {**self.base.state_dict(), "lookahead": {"steps": self.steps, "slow": [s.clone() for s in self.slow]}}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        state_dict = dict(state_dict)
+        kept = state_dict.pop("lookahead", None)
+        self.base.load_state_dict(state_dict)
+        self.param_groups = self.base.param_groups
+        if kept is not None:
+            self.steps = int(kept["steps"])
+            for slow, saved in zip(self.slow, kept["slow"]):
+                slow.copy_(saved)
 
 
 class Schedule:
