@@ -128,3 +128,26 @@ def test_auto_uses_onnxruntime_and_predicting_imports_neither_training_nor_torch
                            capture_output=True, text=True, check=True)
     assert light.stdout.strip().splitlines()[-1] == "False"
     assert (tmp_path / "light.csv").read_text() == (tmp_path / "first.csv").read_text()
+
+
+def test_tta_views_are_the_mirror_and_one_pixel_shifts():
+    import numpy as np
+
+    from imgcls.artifact.predictor import tta_views
+    from imgcls.errors import UserError
+
+    batch = np.arange(2 * 1 * 4 * 5, dtype=np.uint8).reshape(2, 1, 4, 5)
+    assert [(v.tolist(), w) for v, w in tta_views(batch, False)] == [(batch.tolist(), 1.0)]
+    two = tta_views(batch, True)
+    assert [w for _, w in two] == [0.5, 0.5] and (two[1][0] == batch[..., ::-1]).all()
+    six = tta_views(batch, 6)
+    assert sum(w for _, w in six) == 1.0 and [w for _, w in six] == [0.25, 0.25] + [0.125] * 4
+    up_left, down_right = six[2][0], six[4][0]
+    # inside the picture a shifted view shows the neighbour one pixel up-left (down-right) of each pixel
+    assert (up_left[..., 1:, 1:] == batch[..., :-1, :-1]).all()
+    assert (down_right[..., :-1, :-1] == batch[..., 1:, 1:]).all()
+    # at the border, the reflected row and column (reflect padding, airbench's)
+    assert (up_left[..., 0, 1:] == batch[..., 1, :-1]).all() and (down_right[..., -1, :-1] == batch[..., -2, 1:]).all()
+    assert (six[3][0] == up_left[..., ::-1]).all() and (six[5][0] == down_right[..., ::-1]).all()
+    with pytest.raises(UserError, match="--tta 3"):
+        tta_views(batch, 3)

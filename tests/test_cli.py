@@ -212,3 +212,14 @@ def test_every_command_has_one_handler():
     parser = build_parser()
     commands = next(a for a in parser._actions if a.dest == "command").choices
     assert set(commands) == set(COMMANDS)
+
+
+def test_predict_and_evaluate_with_multi_crop_tta(trained, tmp_path: Path):
+    data, run = trained
+    done = imgcls("evaluate", run, data, "--tta", "6")
+    assert json.loads(done.stdout.splitlines()[0])["accuracy"] > 0.8
+    imgcls("predict", run, data / "red", "--tta", "6", "--out", tmp_path / "six.csv")
+    assert [r[1] for r in list(csv.reader(open(tmp_path / "six.csv")))[1:]] == ["red"] * 12
+    refused = imgcls("predict", run, data / "red", "--tta", "3", "--out", tmp_path / "three.csv", check=False)
+    assert refused.returncode == 2 and "--tta 3" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "three.csv").exists()

@@ -259,7 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("run_dir", metavar="RUN_DIR")
     _add_data_flags(e)
     e.add_argument("--out", metavar="JSON", help="write the metrics here")
-    e.add_argument("--tta", action="store_true", help="average with the horizontally flipped picture")
+    e.add_argument("--tta", type=int, nargs="?", const=2, default=0, metavar="VIEWS",
+                   help="average over views of each picture: 2 (alone: the picture and its mirror image) or 6 "
+                        "(also both shifted by a pixel each way, airbench's multi-crop)")
     e.add_argument("--outliers", metavar="DIR", help="pictures outside the classes (never used to fit anything): how "
                    "well the run's out-of-distribution score separates them (AUROC, FPR at 95 %% TPR)")
     e.add_argument("--device", default="auto", choices=DEVICES)
@@ -281,7 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-format", default="name", choices=LABEL_FORMATS,
                    help="name (default) or index: the class's position 0..K-1 (a run with --class-names whose "
                         "submission wants the number)")
-    p.add_argument("--tta", action="store_true", help="average with the horizontally flipped picture")
+    p.add_argument("--tta", type=int, nargs="?", const=2, default=0, metavar="VIEWS",
+                   help="average over views of each picture: 2 (alone: the picture and its mirror image) or 6 "
+                        "(also both shifted by a pixel each way, airbench's multi-crop)")
     p.add_argument("--device", default="auto", choices=DEVICES)
     _add_backend_flag(p)
     _add_cache_flags(p)

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from .artifact.files import expand_runs, final_run_dir
-from .artifact.predictor import Answers, Predictor, check_backend, is_current, load_predictor, onnxruntime_installed
+from .artifact.predictor import (Answers, Predictor, check_backend, check_tta, is_current, load_predictor,
+                                 onnxruntime_installed)
 from .data.sources import list_pictures, load_samples, outlier_paths
 from .data.split_folders import for_scoring
 from .data.store import CacheSettings, decode_rows
@@ -56,7 +57,7 @@ def load_run(run_dir: str | Path, device: str = "auto", backend: str = "torch") 
     return load_predictor(run_dir, prepare_backend(run_dir, backend), device)
 
 
-def answer_images(predictor: Predictor, paths: list[str], batch_size: int | None = None, tta: bool = False,
+def answer_images(predictor: Predictor, paths: list[str], batch_size: int | None = None, tta: bool | int = False,
                   cache: CacheSettings | None = None) -> tuple[Answers, list[str], list[dict]]:
     """The answers (probabilities, and the run's scores and sets) for the pictures that decode, their
     paths, and the skipped ones."""
@@ -66,7 +67,7 @@ def answer_images(predictor: Predictor, paths: list[str], batch_size: int | None
     return predictor.answers(pictures, tta=tta, batch_size=batch_size), [paths[i] for i in ok], skipped
 
 
-def predict_images(predictor: Predictor, paths: list[str], batch_size: int | None = None, tta: bool = False,
+def predict_images(predictor: Predictor, paths: list[str], batch_size: int | None = None, tta: bool | int = False,
                    cache: CacheSettings | None = None) -> tuple[np.ndarray, list[str], list[dict]]:
     """Probabilities (N, classes) for the pictures that decode, their paths, and the skipped ones."""
     answers, kept, skipped = answer_images(predictor, paths, batch_size, tta, cache)
@@ -74,7 +75,7 @@ def predict_images(predictor: Predictor, paths: list[str], batch_size: int | Non
 
 
 def ensemble_probabilities(run_dirs: list[str | Path], paths: list[str], *, batch_size: int | None = None,
-                           device: str = "auto", tta: bool = False, cache: CacheSettings | None = None,
+                           device: str = "auto", tta: bool | int = False, cache: CacheSettings | None = None,
                            backend: str = "auto") -> tuple[Answers, list[str], list[dict], Predictor]:
     """The mean of several runs' probabilities (each with its own input size, preprocessing and
     calibration) for the pictures every run could read, and of their out-of-distribution scores where
@@ -106,16 +107,17 @@ def ensemble_probabilities(run_dirs: list[str | Path], paths: list[str], *, batc
 
 def predict(run_dir: str | Path | list, images: str | Path, out: str | Path, *, proba: str | bool | None = None,
             template: str | Path | None = None, batch_size: int | None = None, device: str = "auto",
-            tta: bool = False, cache: CacheSettings | None = None, backend: str = "auto",
+            tta: bool | int = False, cache: CacheSettings | None = None, backend: str = "auto",
             label_format: str = "name", sets: bool = False, unknown: bool = False) -> dict:
     """Write `id,label` per picture (submission.write_submission: numeric ids in numeric order,
     proba=CLASS for P(CLASS), proba=True for a column per class (and ood_score), template=CSV for its ids
     and columns, label_format="index" for class positions, sets=True a column with each picture's
     conformal set). unknown=True: a picture the run's out-of-distribution score puts beyond its
     threshold is labelled "unknown" and proba=True adds an ood_score column (off by default: a
-    competition file wants a class on every row). tta=True averages each
-    picture's probabilities with its mirror image's. Several run folders (or a --folds folder): their
-    mean probabilities."""
+    competition file wants a class on every row). tta=True (or 2) averages each
+    picture's probabilities with its mirror image's, tta=6 also over one-pixel shifts (tta_views).
+    Several run folders (or a --folds folder): their mean probabilities."""
+    check_tta(tta)  # a wrong number of views ends here, before any picture is read
     run_dirs = [r for one in (run_dir if isinstance(run_dir, (list, tuple)) else [run_dir]) for r in expand_runs(one)]
     if len(run_dirs) > 1:
         if sets:
@@ -144,13 +146,14 @@ def predict(run_dir: str | Path | list, images: str | Path, out: str | Path, *, 
 
 def evaluate(run_dir: str | Path, source: str, *, labels: str | None = None, id_col: str = "id",
              label_col: str = "label", ext: str | None = None, label_pattern: str | None = None,
-             out: str | Path | None = None, batch_size: int | None = None, device: str = "auto", tta: bool = False,
+             out: str | Path | None = None, batch_size: int | None = None, device: str = "auto", tta: bool | int = False,
              cache: CacheSettings | None = None, backend: str = "auto", outliers: str | Path | None = None,
              image_col: str = "image", label_key: str = "label") -> dict:
     """Score a saved run on labelled pictures (same layouts as train); classes are matched by name. Where
     the run has them: its conformal sets' coverage and size, the share answered "unknown" and the score
     on the rest; outliers=DIR (pictures outside the classes, never used to fit anything): how well the
     score separates them (AUROC, FPR at 95 % TPR) and the share of them answered "unknown"."""
+    check_tta(tta)
     run = load_run(run_dir, device, backend)
     card = run.card
     if outliers is not None:

@@ -75,9 +75,10 @@ class Predictor:
     def logits(self, pictures: np.ndarray) -> np.ndarray:
         return self.outputs(pictures)[0]
 
-    def answers(self, pictures: np.ndarray, *, tta: bool = False, batch_size: int | None = None) -> Answers:
-        """Probabilities, scores and sets of every picture; tta=True averages each picture's probabilities
-        (and raw score) with its mirror image's (for softmax, the same as averaging in log space)."""
+    def answers(self, pictures: np.ndarray, *, tta: bool | int = False, batch_size: int | None = None) -> Answers:
+        """Probabilities, scores and sets of every picture; tta averages each picture's probabilities (and
+        raw score) over views of it (tta_views: True or 2, with its mirror image; 6, airbench's multi-crop:
+        also both shifted by one pixel each way)."""
         from ..openset import conformal
         from ..openset.scale import percentile
 
@@ -87,12 +88,12 @@ class Predictor:
         for start in range(0, len(pictures), step):
             stopping.check()
             batch = np.ascontiguousarray(pictures[start:start + step])
-            logits, score = self.outputs(batch)
-            batch_probs = self.task.probabilities(logits)
-            if tta:
-                flipped, flipped_score = self.outputs(np.ascontiguousarray(batch[..., ::-1]))
-                batch_probs = (batch_probs + self.task.probabilities(flipped)) / 2
-                score = None if score is None else (score + flipped_score) / 2
+            batch_probs, score = 0.0, None
+            for view, weight in tta_views(batch, tta):
+                logits, view_score = self.outputs(np.ascontiguousarray(view))
+                batch_probs = batch_probs + weight * self.task.probabilities(logits)
+                if view_score is not None:
+                    score = weight * view_score if score is None else score + weight * view_score
             probs.append(batch_probs)
             raw.append(score)
         probs = np.concatenate(probs) if probs else np.zeros((0, self.card.num_classes), dtype=np.float32)
@@ -179,6 +180,34 @@ class OnnxPredictor(Predictor):
         names = ["logits", "ood_score"] if self.card.ood else ["logits"]
         out = self.session.run(names, {"input": self.card.preprocess.normalise(pictures)})
         return out[0], (out[1] if self.card.ood else None)
+
+
+TTA_VIEWS = (1, 2, 6)  # --tta N: the picture; with its mirror image; and both shifted by a pixel each way
+
+
+def check_tta(tta: bool | int) -> int:
+    """The number of views `tta` asks for (False: 1, True: 2); any other number than TTA_VIEWS is refused."""
+    views = 2 if tta is True else int(tta or 1)
+    if views not in TTA_VIEWS:
+        raise UserError(f"Received: --tta {views}; expected one of {', '.join(map(str, TTA_VIEWS))} views")
+    return views
+
+
+def tta_views(batch: np.ndarray, tta: bool | int) -> list[tuple[np.ndarray, float]]:
+    """(view, weight) pairs of a batch of (N, C, H, W) pictures whose weighted mean is the prediction.
+    2 views: the picture and its mirror image. 6 (airbench's multi-crop TTA): those, weighted 1/4 each,
+    and the pair shifted one pixel up-left and one down-right (reflect-padded), 1/8 each."""
+    views = check_tta(tta)
+    if views == 1:
+        return [(batch, 1.0)]
+    mirrored = [(batch, 0.5), (batch[..., ::-1], 0.5)]
+    if views == 2:
+        return mirrored
+    height, width = batch.shape[-2:]
+    padded = np.pad(batch, ((0, 0), (0, 0), (1, 1), (1, 1)), mode="reflect")
+    shifted = [padded[..., :height, :width], padded[..., 2:height + 2, 2:width + 2]]
+    return ([(view, weight / 2) for view, weight in mirrored]
+            + [(v, 0.125) for picture in shifted for v in (picture, picture[..., ::-1])])
 
 
 def onnx_file(run_dir: Path, backend: str = "onnx") -> Path:
