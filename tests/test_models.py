@@ -56,3 +56,36 @@ def test_the_torch_free_listing_matches_the_registry():
         assert entry.params == sum(p.numel() for p in model.parameters()), spec.name
         shape = "pictures'" if spec.fits_pictures else f"{spec.input_size}x{spec.input_size}x{spec.channels}"
         assert entry.input == shape and entry.description == spec.description, spec.name
+
+
+def test_the_whitening_layer_makes_its_training_patches_covariance_the_identity(tmp_path):
+    import json
+
+    import torch
+
+    from imgcls.cli import main
+    from imgcls.models.registry import create_model
+
+    from .conftest import write_class_folders
+
+    torch.manual_seed(0)
+    mixing = torch.randn(12, 12)  # correlated pixels, as in photos
+    pictures = (torch.randn(4000, 12) @ mixing).reshape(4000, 3, 2, 2)  # 2x2 pictures: one patch each
+    model = create_model("airnet", 10, 3, 32, whiten=1)
+    model.fit_whitening(pictures, eps=0.0)
+    conv = model.features.whiten[0]
+    assert not conv.weight.requires_grad and conv.bias.requires_grad  # the filters stay fitted, the bias trains
+    out = torch.nn.functional.conv2d(pictures, conv.weight[:12]).reshape(-1, 12)  # one output pixel per 2x2 picture
+    covariance = out.T @ out / len(out)
+    assert torch.allclose(covariance, torch.eye(12), atol=1e-3)
+    assert torch.equal(conv.weight[12:], -conv.weight[:12])  # and the negatives (airbench's 2x the channels)
+
+    # end to end: fitted at the start of a run, saved with the weights, used as saved by predict
+    data = write_class_folders(tmp_path / "data", per_class=6)
+    run = tmp_path / "run"
+    assert main(["train", str(data), "--model", "airnet", "--model-arg", "whiten=1", "--model-arg", "widths=8,16",
+                 "--model-arg", "second_conv=0,0", "--img-size", "16", "--epochs", "1", "--out", str(run)]) == 0
+    from safetensors.torch import load_file
+    saved = load_file(str(run / "model.safetensors"))["features.whiten.0.weight"]
+    assert saved.abs().sum() > 0 and torch.equal(saved[:12], -saved[12:])
+    assert json.loads((run / "model.json").read_text())["model_args"]["whiten"] == 1

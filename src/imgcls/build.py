@@ -7,6 +7,7 @@ import json
 import logging
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from . import __version__
@@ -56,6 +57,8 @@ def build_model(config: TrainConfig, data: PreparedData, device: torch.device, g
     card = model_card(config, data)
     p = card.preprocess
     model = _build_model(config, len(data.classes), data.channels, data.size).to(device)
+    if hasattr(model, "fit_whitening") and not (config.weights or config.pretrained):
+        _fit_whitening(model, data, p, device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     cached = _feature_cache(config, model, data, card, device, generator, ranks.active)
@@ -101,6 +104,16 @@ def make_trainer(config: TrainConfig, built: Built, optimizer: torch.optim.Optim
                    callbacks=callbacks, train_model=built.train_model, eval_model=built.eval_model,
                    task=get_task(built.card.task), keep=config.keep,
                    autocast=_autocast_dtype(config.precision, device))
+
+
+def _fit_whitening(model: torch.nn.Module, data: PreparedData, p, device: torch.device) -> None:
+    """A model with a data-fitted first layer (airnet whiten=1) sets it from up to 5,000 training pictures,
+    evenly spaced so that every torchrun rank picks the same ones (resuming, the saved weights replace it)."""
+    from .models.airnet import WHITEN_PICTURES
+
+    count = min(len(data.train), WHITEN_PICTURES)
+    idx = np.linspace(0, len(data.train) - 1, count).astype(np.int64)
+    model.fit_whitening(p.normalise_torch(data.train.pictures(idx), device))
 
 
 def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
