@@ -61,6 +61,8 @@ NOT_RUN = {
     "python bench/serve_load.py": "a loopback load test of imgcls serve (minutes); figures in bench/RESULTS.md",
     "python bench/calibration_rule.py RUN ...": "needs run folders of real trainings (bench/out); figures in "
                                                 "bench/RESULTS.md",
+    "python bench/airbench_parts.py": "six CIFAR-10 trainings on 10,000 real pictures (minutes); figures in "
+                                      "bench/RESULTS.md",
     "python bench/sources.py": "CIFAR-10 pictures written as folders, shards and parquet (minutes); figures in "
                                "bench/RESULTS.md",
     "python bench/speed.py 'matmul|overhead|layout|pipeline|decode|predict|fashion|cifar10|startup'":
