@@ -183,6 +183,18 @@ def _get(port: int, path: str) -> tuple[int, dict]:
     return answer.status, json.loads(answer.read() or b"{}") if path != "/metrics" else answer.read()
 
 
+def wait_until_ready(server: subprocess.Popen, port: int, log: Path, seconds: float = 60) -> None:
+    deadline = time.time() + seconds
+    while True:
+        try:
+            if _get(port, "/health/ready")[0] == 200:
+                return
+        except OSError:
+            pass
+        assert time.time() < deadline and server.poll() is None, log.read_text()
+        time.sleep(0.1)
+
+
 def test_sighup_reloads_and_sigterm_drains_a_real_server(runs, tmp_path: Path):
     a, _ = runs
     port = free_port()
@@ -190,15 +202,7 @@ def test_sighup_reloads_and_sigterm_drains_a_real_server(runs, tmp_path: Path):
                                "--log-format", "json", "--drain-s", "20"],
                               stdout=subprocess.DEVNULL, stderr=open(tmp_path / "server.log", "w"))
     try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                if _get(port, "/health/ready")[0] == 200:
-                    break
-            except OSError:
-                pass
-            assert time.time() < deadline and server.poll() is None, (tmp_path / "server.log").read_text()
-            time.sleep(0.1)
+        wait_until_ready(server, port, tmp_path / "server.log")
         server.send_signal(signal.SIGHUP)  # the same folder again: a reload, same version
         deadline = time.time() + 30
         while b'imgcls_reloads_total{outcome="ok"} 1.0' not in _get(port, "/metrics")[1]:
@@ -289,15 +293,7 @@ def test_binding_beyond_loopback_without_a_key_warns(runs, tmp_path: Path):
                                "--port", str(port)], stdout=subprocess.DEVNULL,
                               stderr=open(tmp_path / "server.log", "w"), env=env)
     try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                if _get(port, "/health/ready")[0] == 200:
-                    break
-            except OSError:
-                pass
-            assert time.time() < deadline and server.poll() is None, (tmp_path / "server.log").read_text()
-            time.sleep(0.1)
+        wait_until_ready(server, port, tmp_path / "server.log")
     finally:
         server.terminate()
         server.wait(timeout=30)
