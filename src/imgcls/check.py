@@ -9,7 +9,8 @@ import numpy as np
 from .config import DataConfig
 from .data.decode import decode_all
 from .data.quality import UNLABELLED, scan
-from .data.sources import Samples, list_pictures, load_samples, resolve_source
+from .data.builtin import resolve_source
+from .data.sources import Samples, list_pictures, load_samples
 from .data.split_folders import find_split_folders
 from .data.store import CacheSettings
 from .engine.checkpoint import write_csv, write_json

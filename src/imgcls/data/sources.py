@@ -16,11 +16,11 @@ import numpy as np
 
 from ..errors import UserError
 from .archives import archive_files, archive_kind, list_table_samples, list_tar_samples
+from .builtin import BUILTIN, builtin, resolve_source  # noqa: F401 (builtin: part of this module's API)
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
-BUILTIN = ("digits",)
 
 
 @dataclass
@@ -295,41 +295,6 @@ def from_filenames(root: str | Path, pattern: str, classes: list[str] | None = N
         raise UserError(f"Received: --label-pattern {pattern!r} that matches no file name in {root}; "
                         "expected a regex whose first group is the label")
     return _to_samples(pairs, skipped, classes)
-
-
-def builtin(name: str) -> Path:
-    """Write a built-in dataset once as class folders of PNGs under the cache, and return its folder."""
-    if name != "digits":
-        raise UserError(f"Received: built-in dataset {name!r}; expected one of {', '.join(BUILTIN)}")
-    from PIL import Image
-    from sklearn.datasets import load_digits
-
-    from .store import cache_root
-
-    root = cache_root() / "digits"  # beside the decoded cache: one folder, one variable ($IMGCLS_CACHE_DIR)
-    if (root / ".complete").exists():
-        return root
-    digits = load_digits()
-    tmp = root.with_name(f"digits.tmp{os.getpid()}")
-    for i, (image, target) in enumerate(zip(digits.images, digits.target)):
-        folder = tmp / str(target)
-        folder.mkdir(parents=True, exist_ok=True)
-        # sklearn's digits are ink intensities 0..16; scale to 0..255 (bright ink on black, as MNIST).
-        Image.fromarray((image * (255 / 16)).round().astype(np.uint8)).save(folder / f"{i:04d}.png")
-    (tmp / ".complete").touch()
-    try:
-        tmp.rename(root)
-    except OSError:  # another process finished first; use its copy
-        import shutil
-        shutil.rmtree(tmp, ignore_errors=True)
-    return root
-
-
-def resolve_source(source: str) -> Path:
-    """A folder path, or a built-in dataset's folder when `source` names one and no such folder exists."""
-    if source in BUILTIN and not Path(source).exists():
-        return builtin(source)
-    return Path(source)
 
 
 def load_samples(source: str, labels: str | None = None, id_col: str = "id", label_col: str = "label",

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from ..config import DataConfig
 from ..errors import UserError
-from .sources import IMAGE_EXTENSIONS, is_clutter, resolve_source
+from .builtin import resolve_source
+from .sources import IMAGE_EXTENSIONS, is_clutter
 
 log = logging.getLogger(__name__)
 
