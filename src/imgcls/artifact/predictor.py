@@ -19,7 +19,7 @@ import numpy as np
 
 from .. import stopping
 from ..data.decode import inference_batch_size
-from ..errors import UserError
+from ..errors import UserError, first_line
 from ..tasks import get_task
 from . import BACKENDS
 from .card import ModelCard, read_card
@@ -172,8 +172,7 @@ class OnnxPredictor(Predictor):
         try:
             self.session = onnxruntime.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         except Exception as error:  # onnxruntime's own types: a damaged or foreign file
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise UserError(f"Received: {self.path} that onnxruntime cannot load ({reason}); expected an ONNX "
+            raise UserError(f"Received: {self.path} that onnxruntime cannot load ({first_line(error)}); expected an ONNX "
                             f"file written by imgcls export (write it again: imgcls export {run_dir})") from None
 
     def outputs(self, pictures: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:

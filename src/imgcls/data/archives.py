@@ -33,10 +33,6 @@ LABEL_SUFFIXES = (".cls", ".txt", ".json")  # in this order of preference
 
 
 # ------------------------------------------------------------------------------------------ naming
-def is_virtual(path: str) -> bool:
-    return SEP in path
-
-
 def split_virtual(path: str) -> tuple[str, str]:
     container, _, member = path.partition(SEP)
     return container, member

@@ -41,7 +41,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from ..artifact.card import read_card
-from ..errors import UserError
+from ..errors import UserError, first_line
 from ..openset.decide import UNKNOWN, unknown
 from .batcher import Saturated
 from .models import Loaded, Models, NotReady, check_run_dir
@@ -251,8 +251,7 @@ def create_app(run_dir: str | Path, *, max_bytes: int = MAX_BYTES, top_k: int = 
         except Exception as error:  # a run folder that does not load: the old model keeps answering
             telemetry.reloads.labels("failed").inc()
             status = 400 if isinstance(error, (UserError, OSError)) else 500
-            raise Rejected(status, f"reload failed, still serving {models.current.version}: "
-                                   f"{str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__}") from None
+            raise Rejected(status, f"reload failed, still serving {models.current.version}: {first_line(error)}") from None
         telemetry.reloads.labels("ok").inc()
         return JSONResponse({"version": new.version, "previous": old.version, "run_dir": str(new.run_dir),
                              "seconds": round(time.perf_counter() - start, 3)})

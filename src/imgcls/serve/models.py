@@ -20,6 +20,7 @@ import numpy as np
 
 from ..artifact.files import final_run_dir, run_version
 from ..artifact.predictor import Predictor
+from ..errors import first_line
 from .batcher import MicroBatcher
 
 log = logging.getLogger(__name__)
@@ -111,7 +112,7 @@ class Models:
                     if self.state == "loading":
                         self.state = "ready"
         except Exception as error:  # the server stays alive to say why: /health/ready and the log
-            self.state, self.error = "failed", _one_line(error)
+            self.state, self.error = "failed", first_line(error)
             log.error("serve: could not load %s: %s", self.run_dir, self.error)
             raise
         log.info("serving %s, version %s (%s backend, batches of up to %d)", loaded.run_dir, loaded.version,
@@ -157,11 +158,6 @@ class Models:
     def close(self) -> None:
         if self.current is not None:
             self.current.batcher.close()
-
-
-def _one_line(error: Exception) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
 
 
 def check_run_dir(run_dir: str | Path) -> Path:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import uvicorn
 
+from ..errors import first_line
 from .app import create_app
 from .models import Models
 from .telemetry import Telemetry, log_off_the_loop
@@ -84,7 +85,7 @@ def _reload(models: Models, telemetry: Telemetry) -> None:
     except Exception as error:  # the old model keeps answering
         telemetry.reloads.labels("failed").inc()
         log.error("SIGHUP reload failed, still serving %s: %s", models.current.version if models.current else "-",
-                  str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__)
+                  first_line(error))
 
 
 def _is_loopback(host: str) -> bool:

@@ -37,6 +37,7 @@ class Telemetry:
         self.queue = Gauge("imgcls_queue_pictures", "Pictures waiting for the model or in it", registry=r)
         self.queue.set_function(queue_depth)
         self.in_flight = Gauge("imgcls_requests_in_flight", "Requests being answered", registry=r)
+        self.in_flight.set_function(lambda: self.busy)
         self.model = Gauge("imgcls_model_info", "The model answering (value 1), by version", ["version", "architecture",
                                                                                             "backend"], registry=r)
         self.reloads = Counter("imgcls_reloads", "Model reloads, by outcome", ["outcome"], registry=r)
@@ -95,14 +96,12 @@ class Observe:
 
         if not probe:
             t.busy += 1
-            t.in_flight.inc()
         try:
             await self.app(scope, receive, observed)
         finally:
             seconds = time.perf_counter() - start
             if not probe:
                 t.busy -= 1
-                t.in_flight.dec()
                 t.last_busy = time.monotonic()
             endpoint = self.paths.get(scope.get("endpoint"), "other")
             t.requests.labels(endpoint, str(status)).inc()
