@@ -10,7 +10,6 @@ Used by tests/test_faults.py (the fast cases) and bench/faults.py (the seeded sw
 """
 from __future__ import annotations
 
-import json
 import os
 import resource
 import signal
@@ -117,14 +116,18 @@ def decoding_started(cache_dir: Path, pid: int) -> bool:
 def inconsistent_cache_rows(cache_dir: Path) -> list[str]:
     """Pictures whose committed row differs from a fresh decode (of an unchanged picture)."""
     from imgcls.data.decode import DecodeError, decode_image
+    from imgcls.data.row_index import RowIndex
     from imgcls.data.store import PIXELS
 
     bad = []
-    for index_file in cache_dir.glob("decoded-*/index.json"):
-        index = json.loads(index_file.read_text())
-        shape = (index["channels"], index["size"], index["size"])
-        rows = np.memmap(index_file.parent / PIXELS, np.uint8, "r", shape=(index["rows"], *shape)) if index["rows"] else None
-        for path, (size, mtime, row, _reason) in index["pictures"].items():
+    for folder in cache_dir.glob("decoded-*"):
+        index = RowIndex.read(folder)
+        if index is None:
+            continue
+        settings = index.settings
+        shape = (settings["channels"], settings["size"], settings["size"])
+        rows = np.memmap(folder / PIXELS, np.uint8, "r", shape=(index.rows, *shape)) if index.rows else None
+        for path, (size, mtime), row in zip(index.keys, index.signatures.tolist(), index.row_of.tolist()):
             try:
                 stat = os.stat(path)
             except OSError:
@@ -132,7 +135,7 @@ def inconsistent_cache_rows(cache_dir: Path) -> list[str]:
             if row < 0 or [stat.st_size, stat.st_mtime_ns] != [size, mtime]:
                 continue
             try:
-                fresh = decode_image(path, shape[0], shape[1], index["trim"], resize=index["resize"])
+                fresh = decode_image(path, shape[0], shape[1], settings["trim"], resize=settings["resize"])
             except DecodeError:
                 bad.append(f"{path}: cached but does not decode")
                 continue

@@ -1,6 +1,5 @@
 """The persistent decoded cache: invalidation, concurrent writers, killed writers, corruption, a full disk,
 `imgcls cache` and --no-cache, on pictures the tests write."""
-import json
 import multiprocessing
 import os
 import subprocess
@@ -14,6 +13,7 @@ from PIL import Image
 
 import imgcls
 from imgcls.data.decode import decode_image
+from imgcls.data.row_index import INDEX, RowIndex
 from imgcls.data.store import DecodedStore, list_entries
 
 from .conftest import folder_snapshot, write_class_folders
@@ -88,12 +88,13 @@ def test_a_killed_writers_tail_and_damaged_entries_are_never_read_as_pixels(tmp_
     assert "truncated pixel file; rebuilding" in caplog.text and "decoded 20 new" in caplog.text
     assert np.array_equal(store.array()[rows[19]], decode_image(paths[19], 3, 8))
 
-    index = json.loads((store.dir / "index.json").read_text())
-    (store.dir / "index.json").write_text(json.dumps({**index, "format": "imgcls-decoded/0"}))  # another version
+    index = RowIndex.read(store.dir)
+    index.settings["format"] = "imgcls-decoded/0"  # another version
+    index.write(store.dir)
     caplog.clear()
     store.lookup(paths)
     assert "another imgcls version" in caplog.text and "decoded 20 new" in caplog.text
-    (store.dir / "index.json").write_text("{not json")
+    (store.dir / INDEX).write_bytes(b"PK not a zip")
     caplog.clear()
     store.lookup(paths)
     assert "unreadable index" in caplog.text
@@ -189,7 +190,7 @@ def test_check_findings_are_cached_and_a_changed_picture_is_read_again(tmp_path:
     Image.new("RGB", (40, 40), (255, 255, 255)).save(data / "green" / "0.png")  # now a copy of white.png
     os.utime(data / "green" / "0.png", ns=(1, 1))
     caplog.clear()
-    rows, _ = scan(samples, cache=cache)
+    rows, _ = scan(load_samples(str(data)), cache=cache)  # listed again: a Samples keeps the signatures it was listed with
     assert "checked 1 new or changed pictures" in caplog.text
     assert any(r["issue"] == "conflicting_labels" and r["path"].endswith("green/0.png") for r in rows)
 
@@ -206,7 +207,7 @@ def test_eviction_keeps_an_entry_another_process_holds_and_removes_the_oldest(tm
     stores = [DecodedStore(tmp_path / "cache", 3, size, trim=False) for size in (8, 9, 10)]
     for age, store in enumerate(stores):
         store.lookup(paths)
-        os.utime(store.dir / "index.json", (1000 + age, 1000 + age))  # 8 px the oldest use, 10 px the newest
+        os.utime(store.dir / INDEX, (1000 + age, 1000 + age))  # 8 px the oldest use, 10 px the newest
     sizes = {e["name"]: e["bytes"] for e in list_entries(tmp_path / "cache")}
     cap = sum(sizes.values()) - sizes[stores[1].dir.name] + 1  # room for all but one entry
     with entry_lock(stores[0].dir, shared=True):  # a reader of the oldest entry, right now

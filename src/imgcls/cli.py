@@ -23,12 +23,14 @@ def _cache_settings(args: argparse.Namespace):
 
 
 def _cmd_cache(args: argparse.Namespace) -> None:
-    from .data.store import cache_root, clear, list_entries
+    from .data.store import cache_root, clear, clear_listings, list_entries
 
     root = cache_root(args.cache_dir)
     if args.action == "clear":
         removed = clear(root, args.older_than)
-        print(f"cleared {len(removed)} entries ({sum(e['bytes'] for e in removed) / 2**20:,.1f} MB) from {root}")
+        listings = clear_listings(root, args.older_than)
+        print(f"cleared {len(removed)} entries ({sum(e['bytes'] for e in removed) / 2**20:,.1f} MB) and "
+              f"{listings} kept listings from {root}")
         return
     entries = list_entries(root)
     print(f"{root}: {len(entries)} entries, {sum(e['bytes'] for e in entries) / 2**20:,.1f} MB")

@@ -89,9 +89,10 @@ def _from_row(path: str, row: np.void) -> PictureInfo:
                        np.asarray(row["thumb"], dtype=np.float32))
 
 
-def inspect_all(paths: list[str], cache: CacheSettings | None = None) -> list[PictureInfo]:
+def inspect_all(paths: list[str], cache: CacheSettings | None = None,
+                signatures: np.ndarray | None = None) -> list[PictureInfo]:
     """inspect_picture for every path (threads), through the persistent cache unless it is off: only
-    new or changed pictures are read again."""
+    new or changed pictures are read again (`signatures`: as their listing found them, else stat'ed)."""
     from tqdm.auto import tqdm
 
     workers = min(8, (os.cpu_count() or 1) + 1)
@@ -112,7 +113,7 @@ def inspect_all(paths: list[str], cache: CacheSettings | None = None) -> list[Pi
         for start, infos in inspect_chunks([paths[i] for i in positions]):
             yield start, _to_rows(infos), [info.error for info in infos]
 
-    index, skipped = store.lookup_rows(paths, compute, "checking")
+    index, skipped = store.lookup_rows(paths, compute, "checking", signatures)
     reasons = {s["path"]: s["reason"] for s in skipped}
     table = store.array()
     return [_from_row(p, table[r]) if r >= 0 else PictureInfo(p, error=reasons[p]) for p, r in zip(paths, index)]
@@ -143,7 +144,7 @@ def scan(samples: Samples, *, min_pixels: int = 3600, sides: list[str] | None = 
          cache: CacheSettings | None = None) -> tuple[list[dict], dict]:
     """Rows of (path, issue, score, detail), and a summary. `sides` names each picture's split (train/val).
     Each picture's findings come from the persistent cache where they are there already."""
-    infos = inspect_all(samples.paths, cache)
+    infos = inspect_all(samples.paths, cache, samples.signatures)
     labels = samples.labels
     rows: list[dict] = []
 

@@ -17,10 +17,9 @@ import numpy as np
 from ..errors import UserError
 from .archives import archive_files, archive_kind, list_table_samples, list_tar_samples
 from .builtin import BUILTIN, builtin, resolve_source  # noqa: F401 (builtin: part of this module's API)
+from .listing import IMAGE_EXTENSIONS, list_tree
 
 log = logging.getLogger(__name__)
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
 
 
 @dataclass
@@ -35,16 +34,21 @@ class Samples:
     # The labels as the data spells them, when --class-names renamed the classes (CSV labels 0..9 →
     # T-shirt/top, ...); same order as `classes`. A later evaluate matches the data's labels by these.
     given_classes: list[str] | None = None
+    # Each picture's (size, mtime_ns) as its listing found them (listing.py), which the decoded cache
+    # compares with its index instead of stat'ing each picture again; None: the cache stats them.
+    signatures: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def subset(self, indices: np.ndarray) -> "Samples":
-        return Samples([self.paths[i] for i in indices], self.labels[indices], self.classes, [], self.given_classes)
+        return Samples([self.paths[i] for i in indices], self.labels[indices], self.classes, [], self.given_classes,
+                       None if self.signatures is None else self.signatures[indices])
 
     def renamed(self, names: list[str]) -> "Samples":
         """The same samples with their classes called `names` (one per class, in class order)."""
-        return Samples(self.paths, self.labels, list(names), self.skipped, self.given_classes or self.classes)
+        return Samples(self.paths, self.labels, list(names), self.skipped, self.given_classes or self.classes,
+                       self.signatures)
 
     def without(self, paths: set[str] | dict[str, str]) -> "Samples":
         """The same samples less `paths`; the list of skipped files is kept."""
@@ -69,62 +73,6 @@ def id_sort_key(name: str) -> tuple[int, int | str]:
     return (0, int(stem)) if stem.isdigit() else (1, stem)
 
 
-def is_clutter(name: str) -> bool:
-    # Hidden files and folders (.DS_Store, .ipynb_checkpoints), OS thumbnails, and non-picture files.
-    return name.startswith(".") or name.lower() in ("thumbs.db", "desktop.ini")
-
-
-def _folder_id(path: str | Path) -> tuple[int, int] | None:
-    try:
-        stat = os.stat(path)
-    except OSError:
-        return None
-    return stat.st_dev, stat.st_ino
-
-
-def scan_pictures(root: Path, skipped: list[dict[str, str]] | None = None,
-                  visited: set[tuple[int, int]] | None = None) -> list[Path]:
-    """All picture files under root (recursive), clutter ignored; broken links go to `skipped`.
-
-    Links to folders are followed (users link data in), but each real folder is read once: a link
-    back to a folder already read (a cycle such as `a/loop -> ..`, or a second route to the same
-    folder) goes to `skipped` instead of reading its pictures again under another label. `visited`
-    (device, inode) pairs are shared between calls that must not read a folder twice (class folders)."""
-    visited = set() if visited is None else visited
-    found: list[Path] = []
-    root_id = _folder_id(root)
-    if root_id is None or root_id in visited:
-        return found
-    visited.add(root_id)
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        kept = []
-        for d in sorted(dirnames):
-            if is_clutter(d):
-                continue
-            folder = os.path.join(dirpath, d)
-            folder_id = _folder_id(folder)
-            if folder_id is None:
-                continue
-            if folder_id in visited:
-                if skipped is not None:
-                    skipped.append({"path": folder, "reason": f"a link to a folder already read "
-                                    f"({os.path.realpath(folder)}): a cycle or a second route; not read again"})
-                continue
-            visited.add(folder_id)
-            kept.append(d)
-        dirnames[:] = kept
-        for name in sorted(filenames):
-            if is_clutter(name) or not name.lower().endswith(IMAGE_EXTENSIONS):
-                continue
-            path = Path(dirpath) / name
-            if not path.exists():
-                if skipped is not None:
-                    skipped.append({"path": str(path), "reason": "broken link"})
-                continue
-            found.append(path)
-    return found
-
-
 def _existing_dir(path: str | Path, what: str = "DATA") -> Path:
     path = Path(path)
     if not path.exists():
@@ -141,43 +89,45 @@ def _class_order(names: set[str]) -> list[str]:
     return sorted(names)
 
 
-def _to_samples(pairs: list[tuple[str, str]], skipped: list[dict[str, str]], classes: list[str] | None) -> Samples:
+def _to_samples(pairs: list[tuple[str, str]], skipped: list[dict[str, str]], classes: list[str] | None,
+                signatures: np.ndarray | None = None) -> Samples:
+    """(path, label) pairs (with their listing's signatures, where known) → Samples over `classes` (by
+    default the labels present); a label outside `classes` leaves its picture out, listed in skipped."""
     names = classes if classes is not None else _class_order({label for _, label in pairs})
     index = {name: i for i, name in enumerate(names)}
-    paths, labels = [], []
-    for path, label in pairs:
+    kept, labels = [], []
+    for position, (path, label) in enumerate(pairs):
         if label not in index:
             skipped.append({"path": path, "reason": f"class {label!r} is not one of the run's classes"})
             continue
-        paths.append(path)
+        kept.append(position)
         labels.append(index[label])
-    return Samples(paths, np.asarray(labels, dtype=np.int64), list(names), skipped)
+    return Samples([pairs[k][0] for k in kept], np.asarray(labels, dtype=np.int64), list(names), skipped,
+                   signatures=None if signatures is None else signatures[np.asarray(kept, dtype=np.int64)])
 
 
 def from_folder(root: str | Path, classes: list[str] | None = None) -> Samples:
     """Class folders: one sub-folder per class, names sorted; pictures anywhere below each."""
     root = _existing_dir(root)
-    class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not is_clutter(d.name))
-    skipped: list[dict[str, str]] = []
-    # The root and every class folder count as read from the start: a link inside one class to the
-    # root or to another class would otherwise file that class's pictures under this one.
-    visited = {i for i in map(_folder_id, [root, *class_dirs]) if i is not None}
-    pairs, read = [], set()
-    for d in class_dirs:
-        folder_id = _folder_id(d)
-        if folder_id in read:
-            skipped.append({"path": str(d), "reason": f"the same folder as a class already read "
-                            f"({os.path.realpath(d)}); not read again"})
-            continue
-        read.add(folder_id)
-        visited.discard(folder_id)
-        pairs += [(str(p), d.name) for p in scan_pictures(d, skipped, visited)]
-    if not pairs:
-        loose = scan_pictures(root)
+    listing = list_tree(root, by_class=True)
+    if not listing.paths:
+        loose = list_tree(root).paths
         hint = (" (pictures lie directly in it: give --labels CSV or --label-pattern REGEX)" if loose else "")
         raise UserError(f"Received: DATA {root} with no pictures in class sub-folders{hint}; "
                         "expected one sub-folder of pictures per class")
-    return _to_samples(pairs, skipped, classes)
+    # Labels by class folder with numpy: a million pictures would take a Python loop a third of a second.
+    names = classes if classes is not None else _class_order({listing.group_names[g] for g in np.unique(listing.groups)})
+    index = {name: i for i, name in enumerate(names)}
+    labels = np.asarray([index.get(name, -1) for name in listing.group_names], dtype=np.int64)[listing.groups]
+    skipped = list(listing.skipped)
+    outside = np.flatnonzero(labels < 0)
+    skipped += [{"path": listing.paths[i], "reason": f"class {listing.group_names[listing.groups[i]]!r} is not one "
+                 "of the run's classes"} for i in outside]
+    if len(outside):
+        kept = np.flatnonzero(labels >= 0)
+        return Samples([listing.paths[i] for i in kept], labels[kept], list(names), skipped,
+                       signatures=listing.signatures[kept])
+    return Samples(listing.paths, labels, list(names), skipped, signatures=listing.signatures)
 
 
 def _one_row_per_id(rows: list[tuple[str, str]]) -> tuple[list[tuple[str, str]], dict[str, list[str]]]:
@@ -221,27 +171,33 @@ def from_csv(root: str | Path, labels_csv: str | Path, id_col: str = "id", label
         raise UserError(f"Received: id {picture_id!r} listed in {labels_csv} with two labels, "
                         f"{' and '.join(map(repr, labels))}{more}; expected one label per id (fix the CSV, or "
                         "--clean to leave such ids out)")
+    listing = list_tree(root)
+    names = [os.path.basename(p) for p in listing.paths]
     if ext is not None:
         ext = ext if ext.startswith(".") else "." + ext
-        by_id = {p.name[: -len(ext)]: p for p in scan_pictures(root) if p.name.lower().endswith(ext.lower())}
+        by_id = {name[: -len(ext)]: k for k, name in enumerate(names) if name.lower().endswith(ext.lower())}
     else:
-        by_id = {p.stem: p for p in scan_pictures(root)}
-    pairs, skipped = [], []
+        by_id = {os.path.splitext(name)[0]: k for k, name in enumerate(names)}
+    pairs, positions, skipped = [], [], []
     for picture_id, labels in conflicts.items():
         skipped.append({"path": str(root / f"{picture_id}{ext or '.*'}"),
                         "reason": f"id listed with two labels in the CSV ({' and '.join(map(repr, labels))})"})
     for picture_id, label in rows:
-        path = by_id.get(picture_id)
-        if path is None:
+        position = by_id.get(picture_id)
+        if position is None:
             skipped.append({"path": str(root / f"{picture_id}{ext or '.*'}"), "reason": "id in CSV has no picture"})
         else:
-            pairs.append((str(path), label))
+            pairs.append((listing.paths[position], label))
+            positions.append(position)
+    signatures = listing.signatures[np.asarray(positions, dtype=np.int64)]
     if not pairs:
         raise UserError(f"Received: {len(rows)} ids in {labels_csv}, none with a picture in {root}; "
                         f"expected files named <id>{ext or '.<ext>'} (set --ext if they differ)")
     if multi_label:
-        return _to_multi_label_samples(pairs, skipped, classes, label_sep, labels_csv)
-    return _to_samples(pairs, skipped, classes)
+        samples = _to_multi_label_samples(pairs, skipped, classes, label_sep, labels_csv)
+        samples.signatures = signatures
+        return samples
+    return _to_samples(pairs, skipped, classes, signatures)
 
 
 def _to_multi_label_samples(pairs: list[tuple[str, str]], skipped: list[dict[str, str]], classes: list[str] | None,
@@ -284,17 +240,19 @@ def from_filenames(root: str | Path, pattern: str, classes: list[str] | None = N
         raise UserError(f"Received: --label-pattern {pattern!r}, not a valid regex ({error})") from None
     if regex.groups < 1:
         raise UserError(f"Received: --label-pattern {pattern!r} without a group; expected one, e.g. '^(cat|dog)\\.'")
-    pairs, skipped = [], []
-    for path in scan_pictures(root, skipped):
-        match = regex.search(path.name)
+    listing = list_tree(root)
+    pairs, positions, skipped = [], [], list(listing.skipped)
+    for position, path in enumerate(listing.paths):
+        match = regex.search(os.path.basename(path))
         if match and match.group(1):
-            pairs.append((str(path), match.group(1)))
+            pairs.append((path, match.group(1)))
+            positions.append(position)
         else:
-            skipped.append({"path": str(path), "reason": "file name does not match --label-pattern"})
+            skipped.append({"path": path, "reason": "file name does not match --label-pattern"})
     if not pairs:
         raise UserError(f"Received: --label-pattern {pattern!r} that matches no file name in {root}; "
                         "expected a regex whose first group is the label")
-    return _to_samples(pairs, skipped, classes)
+    return _to_samples(pairs, skipped, classes, listing.signatures[np.asarray(positions, dtype=np.int64)])
 
 
 def load_samples(source: str, labels: str | None = None, id_col: str = "id", label_col: str = "label",
@@ -367,9 +325,9 @@ def list_pictures(path: str | Path, image_col: str = "image") -> tuple[list[str]
     path = Path(path)
     if path.is_file():
         return [str(path)], []
-    skipped: list[dict[str, str]] = []
-    pictures = scan_pictures(_existing_dir(path, "IMAGES"), skipped)
+    listing = list_tree(_existing_dir(path, "IMAGES"))
+    pictures, skipped = listing.paths, list(listing.skipped)
     if not pictures:
         raise UserError(f"Received: IMAGES {path} with no pictures; expected files ending in "
                         f"{', '.join(IMAGE_EXTENSIONS)}")
-    return sorted((str(p) for p in pictures), key=lambda p: (id_sort_key(p), p)), skipped
+    return sorted(pictures, key=lambda p: (id_sort_key(p), p)), skipped

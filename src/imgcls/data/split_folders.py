@@ -18,7 +18,7 @@ from pathlib import Path
 from ..config import DataConfig
 from ..errors import UserError
 from .builtin import resolve_source
-from .sources import IMAGE_EXTENSIONS, is_clutter
+from .listing import IMAGE_EXTENSIONS, is_clutter
 
 log = logging.getLogger(__name__)
 

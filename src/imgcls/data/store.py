@@ -7,12 +7,12 @@ One entry per setting under the cache folder (--cache-dir, else $IMGCLS_CACHE_DI
 $XDG_CACHE_HOME/imgcls, else ~/.cache/imgcls):
 
     decoded-3x32-<key>/pixels.u8    rows of (C, H, W) uint8, appended, never rewritten in place
-    decoded-3x32-<key>/index.json   path → size, mtime, row (or the reason it has none)
+    decoded-3x32-<key>/index.npz    path → size, mtime, row (or the reason it has none): row_index.py
     decoded-3x32-<key>/lock         exclusive while one process appends (the others wait, then read),
                                     shared while a reader opens the entry (eviction skips it then);
                                     data/locking.py makes it die with its process
 
-A picture's row is computed again only when its size or modification time changed. index.json is
+A picture's row is computed again only when its size or modification time changed. The index is
 the commit point: it is replaced atomically after the new rows are on disk, so rows a killed writer
 left beyond it are ignored (and cut off by the next writer); a row file shorter than its index says,
 or an index of another format, is detected and the entry rebuilt, never read as pixels. Readers map
@@ -35,8 +35,9 @@ from typing import Callable, Iterable
 import numpy as np
 
 from ..errors import UserError
-from .archives import signature
+from .archives import SEP, signature
 from .locking import entry_lock
+from .row_index import MISSING, RowIndex, index_file
 
 log = logging.getLogger(__name__)
 
@@ -91,9 +92,24 @@ def available_memory() -> int:
     return free
 
 
-def _signature(path: str) -> list[int] | None:
-    """(size, mtime) of the file, or of the shard holding a picture inside one (archives.py)."""
-    return signature(path)
+def signatures_of(keys: list[str]) -> np.ndarray:
+    """(size, mtime_ns) of each file, or of the shard holding a picture inside one (archives.py: one stat
+    per shard); MISSING where it cannot be stat'ed."""
+    shards: dict[str, list[int] | None] = {}
+    found: list = []
+    for key in keys:
+        if SEP in key:
+            container = key.partition(SEP)[0]
+            if container not in shards:
+                shards[container] = signature(container)
+            found.append(shards[container] or (MISSING, MISSING))
+            continue
+        try:
+            stat = os.stat(key)
+            found.append((stat.st_size, stat.st_mtime_ns))
+        except OSError:
+            found.append((MISSING, MISSING))
+    return np.asarray(found, dtype=np.int64).reshape(-1, 2)
 
 
 def absolute(paths: list[str]) -> list[str]:
@@ -122,109 +138,100 @@ class RowStore:
         self.row_bytes = int(np.prod(self.row_shape, dtype=np.int64)) * self.dtype.itemsize
 
     # -- the index ------------------------------------------------------------------------------
-    def _read_index(self) -> dict:
+    def _read_index(self) -> RowIndex:
         """The committed index, or an empty one when the entry is missing, foreign or damaged."""
-        path = self.dir / "index.json"
-        empty = {**self.settings, "rows": 0, "pictures": {}}
-        if not path.is_file():
-            return empty
+        empty = RowIndex(self.settings)
         try:
-            index = json.loads(path.read_text(encoding="utf-8"))
-            consistent = all(index.get(k) == v for k, v in self.settings.items())
+            index = RowIndex.read(self.dir)
+            if index is None:
+                return empty
+            consistent = all(index.settings.get(k) == v for k, v in self.settings.items())
             pixels = self.dir / PIXELS
             size = pixels.stat().st_size if pixels.is_file() else 0
-            if consistent and size >= index["rows"] * self.row_bytes:
+            if consistent and size >= index.rows * self.row_bytes:
                 return index
             reason = "of another imgcls version or setting" if not consistent else "with a truncated pixel file"
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             reason = "with an unreadable index"
         log.warning("cache: %s is %s; rebuilding it", self.dir, reason)
         return empty
 
-    def _write_index(self, index: dict) -> None:
-        tmp = self.dir / f".index.json.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps(index), encoding="utf-8")
-        os.replace(tmp, self.dir / "index.json")
-
-    @staticmethod
-    def _stale(index: dict, keys: list[str], signatures: list) -> list[int]:
-        pictures = index["pictures"]
-        return [i for i, (p, sig) in enumerate(zip(keys, signatures))
-                if p not in pictures or sig is None or pictures[p][:2] != sig]
-
     # -- use -------------------------------------------------------------------------------------
-    def lookup_rows(self, paths: list[str], compute: Compute, desc: str) -> tuple[np.ndarray, list[dict[str, str]]]:
+    def lookup_rows(self, paths: list[str], compute: Compute, desc: str,
+                    signatures: np.ndarray | None = None) -> tuple[np.ndarray, list[dict[str, str]]]:
         """Rows for `paths` (-1 where a picture has none) and the skipped ones with their reasons,
-        computing rows only for the pictures that are new or changed since they were cached."""
+        computing rows only for the pictures that are new or changed since they were cached.
+        `signatures`: each picture's (size, mtime_ns) as its listing found them (listing.py), else each
+        picture is stat'ed here."""
         keys = absolute(paths)
-        signatures = [_signature(k) for k in keys]  # one stat each: threads were slower (the GIL)
+        signatures = signatures_of(keys) if signatures is None else signatures
         # A reader holds the lock shared while it reads the index and maps the file, so that an eviction
         # (which takes it exclusively, without waiting) never deletes an entry being opened.
         with entry_lock(self.dir, shared=True):
             index = self._read_index()
-            stale = self._stale(index, keys, signatures)
-            if not stale:
-                self._mapped = self._map(index["rows"])
-        if stale:
+            stale = index.stale(keys, signatures)
+            if not len(stale):
+                self._mapped = self._map(index.rows)
+        if len(stale):
             waited = time.perf_counter()
             # Other processes (tune trials, torchrun ranks, a second command) wait here.
             with entry_lock(self.dir, doing=f"{desc} {len(stale):,} pictures"):
                 index = self._read_index()  # another process may have computed them while we waited
-                stale = self._stale(index, keys, signatures)
-                if stale:
-                    index = self._append(index, [keys[i] for i in stale], [signatures[i] for i in stale],
-                                         compute, stale, desc)
+                stale = index.stale(keys, signatures)
+                if len(stale):
+                    self._append(index, [keys[i] for i in stale], signatures[stale], compute, stale.tolist(), desc)
                 else:
                     log.info("cache: another process %s these %d pictures while this one waited %.1f s for %s",
                              DONE.get(desc, desc), len(paths), time.perf_counter() - waited, self.dir)
-                self._mapped = self._map(index["rows"])
+                self._mapped = self._map(index.rows)
             evict(self.root, self.max_gb, keep=self.dir)
         else:
             log.info("cache: all %d pictures already %s in %s", len(paths), DONE.get(desc, "cached"), self.dir)
-        os.utime(self.dir / "index.json")  # last use, for least-recently-used eviction
-        entries = [index["pictures"][k] for k in keys]
-        rows = np.array([e[2] for e in entries], dtype=np.int64)
-        skipped = [{"path": p, "reason": e[3]} for p, e in zip(paths, entries) if e[2] < 0]
+        os.utime(index_file(self.dir))  # last use, for least-recently-used eviction
+        rows, reasons = index.entries(keys)
+        skipped = [{"path": p, "reason": r} for p, r, row in zip(paths, reasons, rows.tolist()) if row < 0]
         return rows, skipped
 
-    def _append(self, index: dict, keys: list[str], signatures: list, compute: Compute, positions: list[int],
-                desc: str) -> dict:
+    def _append(self, index: RowIndex, keys: list[str], signatures: np.ndarray, compute: Compute,
+                positions: list[int], desc: str) -> None:
+        """Compute the rows of `keys`, append them to the file, then commit `index` with them."""
         start_time = time.perf_counter()
-        rows = index["rows"]
+        rows = committed = index.rows
+        row_of = np.full(len(keys), -1, dtype=np.int64)
+        reasons: list[str | None] = [None] * len(keys)
         with open(self.dir / PIXELS, "a+b") as f:
             f.truncate(rows * self.row_bytes)  # rows a killed writer left beyond the index
             drop = (rows + len(keys)) * self.row_bytes > available_memory() // 2
             try:
                 unsynced = 0
-                for start, array, reasons in compute(positions):
-                    good = [j for j, r in enumerate(reasons) if r is None]
+                for start, array, chunk_reasons in compute(positions):
+                    good = [j for j, r in enumerate(chunk_reasons) if r is None]
                     f.write(np.ascontiguousarray(array[good], dtype=self.dtype).tobytes())
                     unsynced += len(good) * self.row_bytes
                     if unsynced >= SYNC_BYTES:
                         _written_out(f, drop)
                         unsynced = 0
-                    for j, reason in enumerate(reasons):
-                        key = keys[start + j]
-                        row = -1
+                    for j, reason in enumerate(chunk_reasons):
                         if reason is None:
-                            row, rows = rows, rows + 1
+                            row_of[start + j], rows = rows, rows + 1
                         else:
-                            log.warning("skipped %s: %s", key, reason)
-                        index["pictures"][key] = [*(signatures[start + j] or [0, 0]), row, reason]
+                            reasons[start + j] = reason
+                            log.warning("skipped %s: %s", keys[start + j], reason)
                 _written_out(f, drop)
             except OSError as error:
-                f.truncate(index["rows"] * self.row_bytes)  # no partial entry
+                f.truncate(committed * self.row_bytes)  # no partial entry
                 if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
                     needed = len(keys) * self.row_bytes / 2**20
                     raise UserError(f"Received: a full disk while caching {desc} results in {self.dir} "
                                     f"({needed:,.0f} MB needed); expected free space there, or --cache-dir "
                                     "elsewhere, or --no-cache") from None
                 raise
-        index["rows"] = rows
-        self._write_index(index)
+        # A stale signature: a picture that vanished is recorded with what it had, so it is tried again.
+        index.update(keys, signatures, row_of, reasons)
+        index.rows = rows
+        index.write(self.dir)
         log.info("cache: %s %d new or changed pictures in %.1f s into %s", DONE.get(desc, desc), len(keys),
                  time.perf_counter() - start_time, self.dir)
-        return index
 
     def _map(self, rows: int) -> np.ndarray:
         if rows == 0:
@@ -236,7 +243,7 @@ class RowStore:
     def array(self) -> np.ndarray:
         """Every row of the last lookup (or of the committed index), memory-mapped."""
         mapped = getattr(self, "_mapped", None)
-        return self._map(self._read_index()["rows"]) if mapped is None else mapped
+        return self._map(self._read_index().rows) if mapped is None else mapped
 
 
 SYNC_BYTES = 64 * 2**20
@@ -268,7 +275,8 @@ class DecodedStore(RowStore):
                          f"{'' if resize == 'squash' else '-' + resize}", settings,
                          (channels, size, size), np.uint8, max_gb)
 
-    def lookup(self, paths: list[str], desc: str = "decoding") -> tuple[np.ndarray, list[dict[str, str]]]:
+    def lookup(self, paths: list[str], desc: str = "decoding",
+               signatures: np.ndarray | None = None) -> tuple[np.ndarray, list[dict[str, str]]]:
         """Rows for `paths`, decoding only the pictures that are new or changed since they were cached."""
         from .decode import decode_chunks
 
@@ -277,7 +285,7 @@ class DecodedStore(RowStore):
         def decode(positions: list[int]):
             return decode_chunks([paths[i] for i in positions], channels, size, desc, trim=self.settings["trim"],
                                  resize=self.settings["resize"])
-        return self.lookup_rows(paths, decode, "decoding")
+        return self.lookup_rows(paths, decode, "decoding", signatures)
 
 
 @dataclass
@@ -296,17 +304,19 @@ class PictureRows:
 
 
 def decode_rows(paths: list[str], channels: int, size: int, desc: str = "decoding", trim: bool = False,
-                cache: CacheSettings | None = None, resize: str = "squash") -> tuple[PictureRows, np.ndarray, list[dict]]:
+                cache: CacheSettings | None = None, resize: str = "squash",
+                signatures: np.ndarray | None = None) -> tuple[PictureRows, np.ndarray, list[dict]]:
     """Decode `paths` at (channels, size), with numpy alone: through the persistent decoded cache (only
     new or changed pictures are decoded; every process and rank maps the same file), or with
     cache.enabled=False in this process's memory. Returns the pictures that decoded, their indices into
-    `paths`, and the skipped ones with their reasons."""
+    `paths`, and the skipped ones with their reasons. `signatures`: the pictures' (size, mtime_ns) as
+    their listing found them (listing.py); else the cache stats each."""
     from .decode import decode_all
 
     cache = cache or CacheSettings()
     if cache.enabled:
         store = DecodedStore(cache.root, channels, size, trim, resize, max_gb=cache.max_gb)
-        rows, skipped = store.lookup(paths, desc)
+        rows, skipped = store.lookup(paths, desc, signatures)
         ok = np.flatnonzero(rows >= 0)
         return PictureRows(store.array(), rows[ok]), ok, skipped
     start = time.perf_counter()
@@ -326,12 +336,12 @@ def list_entries(root: Path, count: bool = True) -> list[dict]:
     entries = []
     folders = sorted(f for f in root.iterdir() if f.is_dir() and f.name.startswith(KINDS)) if root.is_dir() else []
     for folder in folders:
-        index = folder / "index.json"
         try:
-            pictures = len(json.loads(index.read_text(encoding="utf-8"))["pictures"]) if count else None
-            used = index.stat().st_mtime
+            index = RowIndex.read(folder) if count else None
+            pictures = len(index) if index is not None else 0 if count else None
+            used = index_file(folder).stat().st_mtime
             size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, KeyError, TypeError):
             try:
                 pictures, used, size = 0, folder.stat().st_mtime, 0
             except OSError:  # deleted meanwhile by another process's eviction
@@ -359,6 +369,23 @@ def clear(root: Path, older_than_days: float | None = None, keep: Path | None = 
             continue
         if _remove(entry):
             removed.append(entry)
+    return removed
+
+
+LISTINGS = ("listings", "shards")  # kept listings of folders (listing.py) and of tar shards (archives.py)
+
+
+def clear_listings(root: Path, older_than_days: float | None = None) -> int:
+    """Delete the kept listings older than `older_than_days` (all when None); returns how many. A deleted
+    listing is simply made again from the disk."""
+    removed = 0
+    for kept in (f for folder in LISTINGS for f in (root / folder).glob("*") if f.is_file()):
+        try:
+            if older_than_days is None or time.time() - kept.stat().st_mtime >= older_than_days * 86400:
+                kept.unlink()
+                removed += 1
+        except OSError:  # deleted meanwhile by another process
+            pass
     return removed
 
 
