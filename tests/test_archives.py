@@ -13,6 +13,7 @@ import pytest
 
 from imgcls.cli import main
 from imgcls.data.archives import expand_braces
+from imgcls.data.sources import load_samples
 
 from .conftest import COLOURS, coloured_picture, folder_snapshot
 
@@ -122,6 +123,9 @@ def test_parquet_with_hugging_face_class_names_and_a_bad_row(tmp_path: Path):
     assert sum(sum(side.values()) for side in data["counts"].values()) == 17
     assert main(["evaluate", str(run), str(folder), "--out", str(tmp_path / "m.json")]) == 0
     assert json.loads((tmp_path / "m.json").read_text())["count"] == 17
+    # predicting both files: rows numbered through the files, as `datasets` numbers them (no repeated ids)
+    assert main(["predict", str(run), str(folder), "--out", str(tmp_path / "s.csv")]) == 0
+    assert [r["id"] for r in csv.DictReader(open(tmp_path / "s.csv"))] == [str(i) for i in range(18) if i != 5]
 
 
 def test_a_save_to_disk_folder(tmp_path: Path):
@@ -138,6 +142,22 @@ def test_a_save_to_disk_folder(tmp_path: Path):
     assert main(["train", str(folder), "--image-col", "img", "--label-col", "fine_label", "--model", "simple-cnn",
                  "--img-size", "16", "--channels", "3", "--epochs", "1", "--out", str(tmp_path / "run")]) == 0
     assert json.loads((tmp_path / "run" / "data.json").read_text())["classes"] == sorted(CLASSES)
+    assert main(["predict", str(tmp_path / "run"), str(folder), "--image-col", "img", "--out",
+                 str(tmp_path / "s.csv")]) == 0
+    assert [r["id"] for r in csv.DictReader(open(tmp_path / "s.csv"))] == [str(i) for i in range(12)]
+
+
+def test_a_label_under_another_json_key(tmp_path: Path):
+    rng = np.random.default_rng(4)
+    (tmp_path / "shards").mkdir()
+    with tarfile.open(tmp_path / "shards" / "a.tar", "w") as tar:
+        for i in range(6):
+            add(tar, f"{i:04d}.png", png(rng, i % 3))
+            add(tar, f"{i:04d}.json", json.dumps({"fine": CLASSES[i % 3], "label": 0}).encode())
+    samples = load_samples(str(tmp_path / "shards" / "a.tar"), label_key="fine")
+    assert samples.classes == sorted(CLASSES) and len(samples) == 6
+    assert main(["check", str(tmp_path / "shards" / "a.tar"), "--label-key", "fine", "--out",
+                 str(tmp_path / "check")]) == 0
 
 
 def test_a_folder_and_a_tar_of_the_same_pictures_train_identically(tmp_path: Path):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgcls.data.row_index import INDEX, LEGACY_INDEX, RowIndex
+from imgcls.data.row_index import INDEX, LEGACY_INDEX, Keys, RowIndex
 from imgcls.data.sources import from_csv, from_filenames, from_folder, load_samples
 from imgcls.data.store import DecodedStore, cache_root, signatures_of
 
@@ -36,7 +36,7 @@ def settled(tmp_path: Path) -> Path:
     return root
 
 
-def test_a_kept_listing_is_used_while_no_folder_changes_and_matches_the_disk(settled: Path, caplog):
+def test_a_kept_listing_is_used_while_no_folder_changes_and_matches_the_disk(settled: Path, caplog, monkeypatch):
     caplog.set_level("INFO")
     cold = from_folder(settled)
     assert not listed_from_kept(caplog)
@@ -46,7 +46,7 @@ def test_a_kept_listing_is_used_while_no_folder_changes_and_matches_the_disk(set
     assert warm.paths == cold.paths and warm.labels.tolist() == cold.labels.tolist() and warm.classes == cold.classes
     assert np.array_equal(warm.signatures, signatures_of(warm.paths))  # what a stat of each says
     # ./data/ and data list the same paths
-    os.chdir(settled.parent)
+    monkeypatch.chdir(settled.parent)
     assert from_folder("./data/").paths == from_folder("data").paths == [os.path.relpath(p) for p in cold.paths]
 
 
@@ -152,14 +152,22 @@ def test_the_index_migrates_a_legacy_json_index_without_decoding_again(tmp_path:
     assert RowIndex.read(store.dir).row_of.tolist() == [*rows.tolist(), 12]
 
 
-def test_the_index_updates_changed_keys_in_place_and_keeps_reasons():
+def test_the_index_updates_changed_keys_in_place_and_finds_runs_and_scattered_keys():
     index = RowIndex({"format": "x"})
-    index.update(["/a", "/b", "/b"], np.array([[1, 1], [2, 2], [2, 2]]), np.array([0, -1, -1]), [None, "bad", "bad"])
-    assert index.keys == ["/a", "/b"] and index.reasons == {"/b": "bad"}
-    assert index.stale(["/a", "/b", "/c"], np.array([[1, 1], [2, 3], [5, 5]])).tolist() == [1, 2]
-    index.update(["/b"], np.array([[2, 3]]), np.array([1]), [None])
-    assert index.entries(["/b", "/a"])[0].tolist() == [1, 0] and index.reasons == {}
-    assert index.stale(["/a"], np.array([[-1, -1]])).tolist() == [0]  # a file that cannot be stat'ed
+    placed = index.update(["/a", "/b", "/b"], np.array([-1, -1, -1]), np.array([[1, 1], [2, 2], [2, 2]]),
+                          np.array([0, -1, -1]), [None, "bad", "bad"])
+    assert index.keys == ["/a", "/b"] and placed.tolist() == [0, 1, 1] and index.reasons == {"/b": "bad"}
+    positions = index.positions(Keys(["/a", "/b", "/c"]))
+    assert positions.tolist() == [0, 1, -1]
+    assert index.stale(positions, np.array([[1, 1], [2, 3], [5, 5]])).tolist() == [1, 2]
+    index.update(["/b", "/c"], np.array([1, -1]), np.array([[2, 3], [5, 5]]), np.array([1, 2]), [None, None])
+    assert index.row_of.tolist() == [0, 1, 2] and index.reasons == {}
+    assert index.positions(Keys(["/b", "/c"])).tolist() == [1, 2]  # a run of the index's keys
+    assert index.positions(Keys(["/c", "/a"])).tolist() == [2, 0]  # out of order: the dictionary
+    nested = RowIndex({"format": "x"})
+    nested.update(["/x/a", "/a"], np.array([-1, -1]), np.zeros((2, 2), np.int64), np.array([0, 1]), [None, None])
+    assert nested.positions(Keys(["/a"])).tolist() == [1]  # "/a" also ends "/x/a": only a whole key counts
+    assert index.stale(np.array([0]), np.array([[-1, -1]])).tolist() == [0]  # a file that cannot be stat'ed
 
 
 def test_cache_clear_forgets_the_kept_listings(settled: Path, capsys, monkeypatch):
@@ -172,3 +180,21 @@ def test_cache_clear_forgets_the_kept_listings(settled: Path, capsys, monkeypatc
     assert list((cache_root() / "listings").glob("*.npz"))
     assert main(["cache", "clear"]) == 0
     assert "kept listings" in capsys.readouterr().out and not list((cache_root() / "listings").glob("*.npz"))
+
+
+def test_a_kept_shard_listing_is_used_while_no_shard_changes(tmp_path: Path, caplog):
+    from .test_archives import write_shards
+
+    shards = write_shards(tmp_path / "shards")
+    for tar in shards.iterdir():
+        os.utime(tar, ns=(PAST_NS, PAST_NS))
+    pattern = str(shards / "train-{000000..000002}.tar")
+    cold = load_samples(pattern)
+    caplog.set_level("INFO")
+    warm = load_samples(pattern)
+    assert "kept listing" in caplog.text
+    assert warm.paths == cold.paths and warm.labels.tolist() == cold.labels.tolist() and warm.skipped == cold.skipped
+    assert np.array_equal(warm.signatures, signatures_of(warm.paths))  # each picture: its shard's
+    os.utime(shards / "train-000001.tar", ns=(PAST_NS, PAST_NS + 10**9))  # a shard written again
+    caplog.clear()
+    assert load_samples(pattern).paths == cold.paths and "kept listing" not in caplog.text

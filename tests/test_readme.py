@@ -65,6 +65,7 @@ NOT_RUN = {
                                       "bench/RESULTS.md",
     "python bench/sources.py": "CIFAR-10 pictures written as folders, shards and parquet (minutes); figures in "
                                "bench/RESULTS.md",
+    "python bench/million.py": "a million pictures written to disk (~4 GB, ten minutes); figures in bench/RESULTS.md",
     "python bench/speed.py 'matmul|overhead|layout|pipeline|decode|predict|fashion|cifar10|startup'":
         "benchmarks on the real datasets (up to an hour); figures in bench/RESULTS.md",
     "python bench/fashion_recipe.py": "3 seeds of the default Fashion-MNIST command per variant (tens of minutes)",

@@ -230,7 +230,8 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     from .predict import predict  # torch is imported only where the backend needs it
     result = predict(run_dirs if len(run_dirs) > 1 else run_dirs[0], images, args.out, proba=args.proba,
                      template=args.template, tta=args.tta, cache=_cache_settings(args), backend=args.backend,
-                     label_format=args.label_format, device=args.device, sets=args.sets, unknown=args.unknown)
+                     label_format=args.label_format, device=args.device, sets=args.sets, unknown=args.unknown,
+                     image_col=args.image_col)
     print(f"wrote {result['written']} rows to {result['out']} ({len(result['skipped'])} pictures skipped)")
 
 

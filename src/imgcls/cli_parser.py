@@ -275,6 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--proba", metavar="CLASS", nargs="?", const=True,
                    help="write P(CLASS) instead of the class name; alone: a column of probabilities per class")
     p.add_argument("--template", metavar="SAMPLE.csv", help="follow this CSV's ids and column names")
+    p.add_argument("--image-col", default="image", help="parquet / save_to_disk: the picture bytes column "
+                   "(default: image)")
     p.add_argument("--sets", action="store_true", help="add a column with each picture's conformal set: the classes "
                    "that hold the true one with the run's promised probability (train --coverage)")
     p.add_argument("--unknown", action="store_true",

@@ -108,7 +108,7 @@ def ensemble_probabilities(run_dirs: list[str | Path], paths: list[str], *, batc
 def predict(run_dir: str | Path | list, images: str | Path, out: str | Path, *, proba: str | bool | None = None,
             template: str | Path | None = None, batch_size: int | None = None, device: str = "auto",
             tta: bool | int = False, cache: CacheSettings | None = None, backend: str = "auto",
-            label_format: str = "name", sets: bool = False, unknown: bool = False) -> dict:
+            label_format: str = "name", sets: bool = False, unknown: bool = False, image_col: str = "image") -> dict:
     """Write `id,label` per picture (submission.write_submission: numeric ids in numeric order,
     proba=CLASS for P(CLASS), proba=True for a column per class (and ood_score), template=CSV for its ids
     and columns, label_format="index" for class positions, sets=True a column with each picture's
@@ -116,14 +116,15 @@ def predict(run_dir: str | Path | list, images: str | Path, out: str | Path, *, 
     threshold is labelled "unknown" and proba=True adds an ood_score column (off by default: a
     competition file wants a class on every row). tta=True (or 2) averages each
     picture's probabilities with its mirror image's, tta=6 also over one-pixel shifts (tta_views).
-    Several run folders (or a --folds folder): their mean probabilities."""
+    Several run folders (or a --folds folder): their mean probabilities. image_col: the picture column of
+    parquet or save_to_disk files."""
     check_tta(tta)  # a wrong number of views ends here, before any picture is read
     run_dirs = [r for one in (run_dir if isinstance(run_dir, (list, tuple)) else [run_dir]) for r in expand_runs(one)]
     if len(run_dirs) > 1:
         if sets:
             raise UserError(f"Received: --sets for an ensemble of {len(run_dirs)} runs; expected one run (each run's "
                             "sets are calibrated on its own probabilities, not on their mean)")
-        paths, skipped = list_pictures(images)
+        paths, skipped = list_pictures(images, image_col)
         answers, kept, failed, run = ensemble_probabilities(run_dirs, paths, batch_size=batch_size, device=device,
                                                             tta=tta, cache=cache, backend=backend)
         log.info("ensemble of %d runs: mean probabilities", len(run_dirs))
@@ -138,7 +139,7 @@ def predict(run_dir: str | Path | list, images: str | Path, out: str | Path, *, 
             require_sets(run.card, str(run_dirs[0]))
         if unknown:
             require_score(run.card, str(run_dirs[0]), "--unknown")
-        paths, skipped = list_pictures(images)
+        paths, skipped = list_pictures(images, image_col)
         answers, kept, failed = answer_images(run, paths, batch_size, tta, cache)
     return write_submission(answers, kept, skipped + failed, run.card, images, out, proba=proba, template=template,
                             label_format=label_format, sets=sets, unknown=unknown)

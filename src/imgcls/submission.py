@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data.archives import picture_id
+from .data.archives import picture_ids
 from .data.sources import id_sort_key
 from .engine.checkpoint import write_csv
 from .choices import LABEL_FORMATS
@@ -60,7 +60,7 @@ def write_submission(answers, kept: list[str], skipped: list[dict], card, images
     classes, task = card.classes, get_task(card.task)
     if label_format not in LABEL_FORMATS:
         raise UserError(f"Received: --label-format {label_format}; expected one of {', '.join(LABEL_FORMATS)}")
-    ids = [picture_id(p) for p in kept]
+    ids = picture_ids(kept)
     if len(set(ids)) < len(ids):
         raise UserError(f"Received: IMAGES {images} where several pictures share a file name; expected unique ids")
     uniform = f"{1 / len(classes) if task.name == 'single-label' else 0.5:.6f}"  # nothing known about the picture

@@ -45,6 +45,22 @@ def picture_id(path: str) -> str:
     return Path(name).stem
 
 
+def picture_ids(paths: list[str]) -> list[str]:
+    """picture_id of each path, except that the rows of several table files are numbered through the
+    files in their sorted order (as `datasets` numbers a split kept in several files), so that the ids of
+    `train-00000-of-00002.parquet` and `train-00001-of-00002.parquet` do not repeat."""
+    tables = sorted({split_virtual(p)[0] for p in paths if SEP in p and not split_virtual(p)[0].endswith(".tar")})
+    if len(tables) < 2:
+        return [picture_id(p) for p in paths]
+    offsets = dict(zip(tables, np.cumsum([0] + [_open_table(t).rows for t in tables[:-1]]).tolist()))
+    ids = []
+    for path in paths:
+        container, member = split_virtual(path)
+        ids.append(str(offsets[container] + int(member.rpartition("/")[2])) if container in offsets
+                   else picture_id(path))
+    return ids
+
+
 def expand_braces(pattern: str) -> list[str]:
     """`train-{000000..000009}.tar` → ten names, zero-padded as written (WebDataset's and the shell's
     brace ranges); `{a,b}` lists too; then glob patterns."""
@@ -178,11 +194,6 @@ def tar_index(path: str) -> dict[str, tuple[int, int]]:
     return _tar_contents(path, stat.st_size, stat.st_mtime_ns)[0]
 
 
-def _tar_labels(path: str) -> dict[str, bytes]:
-    stat = os.stat(path)
-    return _tar_contents(path, stat.st_size, stat.st_mtime_ns)[1]
-
-
 def _tar_member(path: str, member: str) -> bytes:
     from .decode import DecodeError
 
@@ -283,12 +294,15 @@ class _Table:
 
 
 # -------------------------------------------------------------------------------------- listings
-def list_tar_samples(files: list[str], label_key: str = "label") -> tuple[list[tuple[str, str | None]], list[dict]]:
-    """(virtual path, label or None) for each sample's picture in WebDataset shards, and what was skipped:
-    samples are the members sharing a key (the name up to its first dot after the last slash)."""
-    pairs, skipped = [], []
-    for path in files:
-        index = tar_index(path)
+def list_tar_samples(files: list[str], label_key: str = "label"
+                     ) -> tuple[list[tuple[str, str | None]], list[dict], list[int]]:
+    """(virtual path, label or None) for each sample's picture in WebDataset shards, what was skipped, and
+    the shard of each (its place in `files`): samples are the members sharing a key (the name up to its
+    first dot after the last slash). listing.list_shard_samples keeps the result between commands."""
+    pairs, skipped, shard_of = [], [], []
+    for number, path in enumerate(files):
+        stat = os.stat(path)
+        index, labels = _tar_contents(path, stat.st_size, stat.st_mtime_ns)
         by_key: dict[str, dict[str, str]] = {}
         for name in index:
             folder, _, base = name.rpartition("/")
@@ -304,10 +318,11 @@ def list_tar_samples(files: list[str], label_key: str = "label") -> tuple[list[t
             label = None
             for suffix in LABEL_SUFFIXES:
                 if suffix in members:
-                    label = _label_text(path, members[suffix], suffix, label_key)
+                    label = _label_text(labels.get(members[suffix]), suffix, label_key)
                     break
             pairs.append((f"{path}{SEP}{picture}", label))
-    return pairs, skipped
+            shard_of.append(number)
+    return pairs, skipped, shard_of
 
 
 def _truncated(path: str, index: dict[str, tuple[int, int]]) -> bool:
@@ -315,10 +330,10 @@ def _truncated(path: str, index: dict[str, tuple[int, int]]) -> bool:
     return end > os.path.getsize(path)
 
 
-def _label_text(path: str, member: str, suffix: str, label_key: str) -> str | None:
+def _label_text(data: bytes | None, suffix: str, label_key: str) -> str | None:
     try:
-        text = _tar_labels(path)[member].decode("utf-8").strip()
-    except (KeyError, UnicodeDecodeError):  # a damaged or oversized label member: the sample has no label
+        text = data.decode("utf-8").strip()
+    except (AttributeError, UnicodeDecodeError):  # a damaged or oversized label member: the sample has no label
         return None
     if suffix != ".json":
         return text or None

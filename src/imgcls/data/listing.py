@@ -179,22 +179,12 @@ def _joined(blob: np.ndarray, root: str) -> list[str]:
 
 
 def _save(kept: Path, root: str, walk: _Walk, listing: Listing) -> None:
-    """Write the listing atomically (a reader sees the old file or the new one); a read-only cache folder
-    just keeps nothing."""
     meta = {"format": FORMAT, "group_names": listing.group_names, "skipped": listing.skipped}
-    arrays = {"meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
-              "paths": np.frombuffer(_relative(listing.paths, root), dtype=np.uint8),
-              "signatures": listing.signatures, "groups": listing.groups.astype(np.int32),
-              "folders": np.frombuffer(_relative([f for f, _ in walk.folders], root), dtype=np.uint8),
-              "folder_mtimes": np.asarray([m for _, m in walk.folders], dtype=np.int64)}
-    try:
-        kept.parent.mkdir(parents=True, exist_ok=True)
-        tmp = kept.with_name(f".{kept.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, kept)
-    except OSError as error:
-        log.debug("listing of %s not kept (%s)", root, error)
+    _write(kept, {"meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
+                  "paths": np.frombuffer(_relative(listing.paths, root), dtype=np.uint8),
+                  "signatures": listing.signatures, "groups": listing.groups.astype(np.int32),
+                  "folders": np.frombuffer(_relative([f for f, _ in walk.folders], root), dtype=np.uint8),
+                  "folder_mtimes": np.asarray([m for _, m in walk.folders], dtype=np.int64)})
 
 
 def _load(kept: Path, root: str) -> Listing | None:
@@ -223,3 +213,65 @@ def _load(kept: Path, root: str) -> Listing | None:
             log.info("listing: %s changed in place since the tree was listed; listing it again", paths[i])
             return None
     return Listing(paths, signatures, groups, meta["group_names"], meta["skipped"])
+
+
+# ------------------------------------------------------------------------------ WebDataset shards
+SHARDS_FORMAT = "imgcls-shard-samples/1"
+
+
+def list_shard_samples(files: list[str], label_key: str = "label") -> Listing:
+    """The pictures of WebDataset shards and their labels (archives.list_tar_samples), kept in the cache
+    folder with each shard's size and mtime, so that a later command stats each shard once and reads one
+    file instead of walking every shard's members. `groups`: each picture's label as an index into
+    `group_names`, -1 for a picture with no label; `signatures`: its shard's."""
+    from .archives import SEP, list_tar_samples
+    from .store import cache_root
+
+    stats = [_stat(f) for f in files]
+    signatures = [[s.st_size, s.st_mtime_ns] if s else [-1, -1] for s in stats]
+    key = hashlib.sha1(json.dumps([SHARDS_FORMAT, [os.path.abspath(f) for f in files], label_key]).encode())
+    kept = cache_root() / "listings" / f"shards-{key.hexdigest()[:20]}.npz"
+    start_ns, started = time.time_ns(), time.perf_counter()
+    try:
+        with np.load(kept, allow_pickle=False) as z:
+            meta = json.loads(z["meta"].tobytes())
+            if meta.get("format") == SHARDS_FORMAT and meta.get("signatures") == signatures:
+                members = z["members"].tobytes().decode("utf-8", "surrogateescape").split("\0")[:-1]
+                shard_of, groups = z["shard_of"].astype(np.int64), z["groups"].astype(np.int64)
+                prefixes = [f + SEP for f in files]
+                paths = [prefixes[s] + m for s, m in zip(shard_of.tolist(), members)]
+                log.info("listed %d pictures in %d shards in %.2f s (kept listing; no shard changed)", len(paths),
+                         len(files), time.perf_counter() - started)
+                return Listing(paths, np.asarray(signatures, np.int64)[shard_of], groups, meta["group_names"],
+                               meta["skipped"])
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile, EOFError):
+        pass
+    pairs, skipped, shard_of = list_tar_samples(files, label_key)
+    names = sorted({label for _, label in pairs if label is not None})
+    code = {name: k for k, name in enumerate(names)}
+    groups = np.asarray([code[label] if label is not None else -1 for _, label in pairs], dtype=np.int64)
+    shards = np.asarray(shard_of, dtype=np.int64)
+    paths = [p for p, _ in pairs]
+    listing = Listing(paths, np.asarray(signatures, np.int64).reshape(-1, 2)[shards], groups, names, skipped)
+    if all(s is not None and s.st_mtime_ns < start_ns - RACY_NS for s in stats):
+        prefix_lengths = [len(f + SEP) for f in files]
+        members = "".join(p[prefix_lengths[s]:] + "\0" for p, s in zip(paths, shard_of))
+        meta = {"format": SHARDS_FORMAT, "signatures": signatures, "group_names": names, "skipped": skipped}
+        _write(kept, {"meta": np.frombuffer(json.dumps(meta).encode(), np.uint8),
+                      "members": np.frombuffer(members.encode("utf-8", "surrogateescape"), np.uint8),
+                      "shard_of": shards.astype(np.int32), "groups": groups.astype(np.int32)})
+    log.info("listed %d pictures in %d shards in %.2f s", len(paths), len(files), time.perf_counter() - started)
+    return listing
+
+
+def _write(kept: Path, arrays: dict) -> None:
+    """Write a kept listing atomically (a reader sees the old file or the new one); a read-only cache
+    folder just keeps nothing."""
+    try:
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        tmp = kept.with_name(f".{kept.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, kept)
+    except OSError as error:
+        log.debug("listing %s not kept (%s)", kept, error)

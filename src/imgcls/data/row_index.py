@@ -26,46 +26,90 @@ def index_file(folder: Path) -> Path:
     return path if path.is_file() or not (folder / LEGACY_INDEX).is_file() else folder / LEGACY_INDEX
 
 
+class Keys:
+    """A lookup's paths as the index's keys (absolute paths): one NUL-terminated blob, built at C speed,
+    and the strings themselves only where needed (new or changed pictures, skipped ones)."""
+
+    def __init__(self, paths: list[str]):
+        self.paths = paths
+        prefix = os.getcwd().rstrip("/") + "/"  # what os.path.join does for a relative path
+        raw = "\0".join(paths)
+        if paths and not raw.startswith("/") and "\0/" not in raw:  # all relative
+            text = prefix + ("\0" + prefix).join(paths) + "\0"
+        elif paths and raw.startswith("/") and raw.count("\0/") == len(paths) - 1:  # all absolute
+            text = raw + "\0"
+        else:
+            text = "".join(p + "\0" if p.startswith("/") else prefix + p + "\0" for p in paths)
+        self.blob = text.encode("utf-8", "surrogateescape")
+        self._prefix = prefix
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> str:
+        path = self.paths[i]
+        return path if path.startswith("/") else self._prefix + path
+
+    def strings(self) -> list[str]:
+        return self.blob.decode("utf-8", "surrogateescape").split("\0")[:-1]
+
+
 class RowIndex:
     """Keys (absolute paths) → signature, row (-1: none) and the reason a key has no row."""
 
-    def __init__(self, settings: dict, rows: int = 0, keys: list[str] | None = None,
+    def __init__(self, settings: dict, rows: int = 0, blob: bytes = b"",
                  signatures: np.ndarray | None = None, row_of: np.ndarray | None = None,
                  reasons: dict[str, str] | None = None):
         self.settings = settings
         self.rows = rows  # rows committed in the entry's file
-        self.keys = keys or []
+        self.blob = blob  # the keys, each followed by NUL
         self.signatures = np.zeros((0, 2), np.int64) if signatures is None else signatures
         self.row_of = np.zeros(0, np.int64) if row_of is None else row_of
         self.reasons = reasons or {}
         self._position: dict[str, int] | None = None
 
     def __len__(self) -> int:
-        return len(self.keys)
+        return len(self.row_of)
 
-    def positions(self, keys: list[str]) -> np.ndarray:
-        """Each key's place in the index, -1 where it has none."""
+    @property
+    def keys(self) -> list[str]:
+        return self.blob.decode("utf-8", "surrogateescape").split("\0")[:-1]
+
+    def positions(self, keys: Keys) -> np.ndarray:
+        """Each key's place in the index, -1 where it has none. Keys that are a run of the index's own,
+        in its order (the same folder looked up again, or one of the folders it holds), are found with
+        one search of the blob; others through a dictionary of every key."""
+        if not len(keys):
+            return np.zeros(0, np.int64)
+        at = self.blob.find(keys.blob)
+        while at > 0 and self.blob[at - 1] != 0:  # not at a key's start: look further
+            at = self.blob.find(keys.blob, at + 1)
+        if at >= 0:
+            start = self.blob.count(b"\0", 0, at)
+            return np.arange(start, start + len(keys), dtype=np.int64)
         if self._position is None:
-            self._position = dict(zip(self.keys, range(len(self.keys))))
+            self._position = {k: i for i, k in enumerate(self.keys)}
         get = self._position.get
-        return np.fromiter((get(k, -1) for k in keys), dtype=np.int64, count=len(keys))
+        return np.fromiter((get(k, -1) for k in keys.strings()), dtype=np.int64, count=len(keys))
 
-    def stale(self, keys: list[str], signatures: np.ndarray) -> np.ndarray:
-        """Indices into `keys` of those that are new, changed since their row was computed, or missing."""
-        positions = self.positions(keys)
+    def stale(self, positions: np.ndarray, signatures: np.ndarray) -> np.ndarray:
+        """Indices into a lookup's keys (at `positions`) of those that are new, changed since their row
+        was computed, or missing."""
         known = positions >= 0
-        same = np.zeros(len(keys), dtype=bool)
+        same = np.zeros(len(positions), dtype=bool)
         same[known] = (self.signatures[positions[known]] == signatures[known]).all(axis=1)
         same &= signatures[:, 0] != MISSING
         return np.flatnonzero(~same)
 
-    def update(self, keys: list[str], signatures: np.ndarray, rows: np.ndarray, reasons: list[str | None]) -> None:
-        """Record the keys computed again (in place) or for the first time (appended)."""
-        positions = self.positions(keys)
+    def update(self, keys: list[str], positions: np.ndarray, signatures: np.ndarray, rows: np.ndarray,
+               reasons: list[str | None]) -> np.ndarray:
+        """Record keys computed again (at their `positions`) or for the first time (position -1: appended);
+        returns every key's place."""
+        positions = positions.copy()
         added: dict[str, int] = {}  # a key listed twice is one entry
         for j in np.flatnonzero(positions < 0):
-            positions[j] = added.setdefault(keys[j], len(self.keys) + len(added))
-        self.keys += list(added)
+            positions[j] = added.setdefault(keys[j], len(self) + len(added))
+        self.blob += "".join(k + "\0" for k in added).encode("utf-8", "surrogateescape")
         self.signatures = np.concatenate([self.signatures, np.zeros((len(added), 2), np.int64)])
         self.row_of = np.concatenate([self.row_of, np.full(len(added), -1, np.int64)])
         self.signatures[positions] = signatures
@@ -76,20 +120,14 @@ class RowIndex:
             else:
                 self.reasons[key] = reason
         self._position = None
-
-    def entries(self, keys: list[str]) -> tuple[np.ndarray, list[str | None]]:
-        """(row of each key, reason of each key without one): every key must be in the index."""
-        positions = self.positions(keys)
-        rows = self.row_of[positions]
-        return rows, [self.reasons.get(k) if r < 0 else None for k, r in zip(keys, rows)]
+        return positions
 
     # -- on disk ---------------------------------------------------------------------------------
     def write(self, folder: Path) -> None:
         meta = {**self.settings, "rows": self.rows, "reasons": self.reasons}
-        blob = "".join(k + "\0" for k in self.keys).encode("utf-8", "surrogateescape")
         tmp = folder / f".{INDEX}.{os.getpid()}.tmp"
         with open(tmp, "wb") as f:
-            np.savez(f, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), keys=np.frombuffer(blob, np.uint8),
+            np.savez(f, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), keys=np.frombuffer(self.blob, np.uint8),
                      signatures=self.signatures, rows=self.row_of)
         os.replace(tmp, folder / INDEX)
         (folder / LEGACY_INDEX).unlink(missing_ok=True)  # migrated
@@ -106,14 +144,13 @@ class RowIndex:
         try:
             with np.load(path, allow_pickle=False) as z:
                 meta = json.loads(z["meta"].tobytes())
-                keys = z["keys"].tobytes().decode("utf-8", "surrogateescape").split("\0")[:-1]
-                signatures, row_of = z["signatures"], z["rows"]
+                blob, signatures, row_of = z["keys"].tobytes(), z["signatures"], z["rows"]
         except (KeyError, zipfile.BadZipFile, EOFError) as error:
             raise ValueError(str(error)) from None
-        if not (len(keys) == len(signatures) == len(row_of)) or signatures.shape[1:] != (2,):
+        if blob.count(b"\0") != len(row_of) or len(signatures) != len(row_of) or signatures.shape[1:] != (2,):
             raise ValueError("arrays of different lengths")
         rows, reasons = meta.pop("rows"), meta.pop("reasons")
-        return cls(meta, rows, keys, signatures.astype(np.int64), row_of.astype(np.int64), reasons)
+        return cls(meta, rows, blob, signatures.astype(np.int64), row_of.astype(np.int64), reasons)
 
     @classmethod
     def _from_legacy(cls, index: dict) -> "RowIndex":
@@ -123,4 +160,5 @@ class RowIndex:
         signatures = np.asarray([e[:2] for e in entries], dtype=np.int64).reshape(-1, 2)
         row_of = np.asarray([e[2] for e in entries], dtype=np.int64)
         reasons = {k: e[3] for k, e in pictures.items() if e[2] < 0 and e[3] is not None}
-        return cls(index, rows, list(pictures), signatures, row_of, reasons)
+        blob = "".join(k + "\0" for k in pictures).encode("utf-8", "surrogateescape")
+        return cls(index, rows, blob, signatures, row_of, reasons)

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from .archives import archive_files, archive_kind, list_table_samples, list_tar_samples
+from .archives import archive_files, archive_kind, list_table_samples
 from .builtin import BUILTIN, builtin, resolve_source  # noqa: F401 (builtin: part of this module's API)
-from .listing import IMAGE_EXTENSIONS, list_tree
+from .listing import IMAGE_EXTENSIONS, Listing, list_shard_samples, list_tree
 
 log = logging.getLogger(__name__)
 
@@ -115,15 +115,22 @@ def from_folder(root: str | Path, classes: list[str] | None = None) -> Samples:
         hint = (" (pictures lie directly in it: give --labels CSV or --label-pattern REGEX)" if loose else "")
         raise UserError(f"Received: DATA {root} with no pictures in class sub-folders{hint}; "
                         "expected one sub-folder of pictures per class")
-    # Labels by class folder with numpy: a million pictures would take a Python loop a third of a second.
-    names = classes if classes is not None else _class_order({listing.group_names[g] for g in np.unique(listing.groups)})
+    return _by_group(listing, classes, list(listing.skipped))
+
+
+def _by_group(listing: Listing, classes: list[str] | None, skipped: list[dict[str, str]]) -> Samples:
+    """A listing's pictures labelled by their group (class folder, or a shard sample's label; -1: none, left
+    out) over `classes` (by default the groups present), with numpy: a million pictures would take a Python
+    loop a third of a second. A group outside `classes` leaves its pictures out, listed in skipped."""
+    present = np.unique(listing.groups[listing.groups >= 0])
+    names = classes if classes is not None else _class_order({listing.group_names[g] for g in present})
     index = {name: i for i, name in enumerate(names)}
-    labels = np.asarray([index.get(name, -1) for name in listing.group_names], dtype=np.int64)[listing.groups]
-    skipped = list(listing.skipped)
-    outside = np.flatnonzero(labels < 0)
+    # the last entry: what group -1 (no label) maps to
+    labels = np.asarray([index.get(name, -1) for name in listing.group_names] + [-1], dtype=np.int64)[listing.groups]
+    outside = np.flatnonzero((labels < 0) & (listing.groups >= 0))
     skipped += [{"path": listing.paths[i], "reason": f"class {listing.group_names[listing.groups[i]]!r} is not one "
                  "of the run's classes"} for i in outside]
-    if len(outside):
+    if (labels < 0).any():
         kept = np.flatnonzero(labels >= 0)
         return Samples([listing.paths[i] for i in kept], labels[kept], list(names), skipped,
                        signatures=listing.signatures[kept])
@@ -285,21 +292,29 @@ def from_archive(source: str, kind: str, classes: list[str] | None = None, *, im
     without a label, a damaged member or a truncated shard is listed in skipped."""
     files = archive_files(source, kind)
     if kind == "tar":
-        found, skipped = list_tar_samples(files, label_key)
-    else:
-        found, skipped, _ = list_table_samples(files, image_col, label_col)
+        listing = list_shard_samples(files, label_key)
+        unlabelled = np.flatnonzero(listing.groups < 0)
+        if len(unlabelled) == len(listing.paths):
+            raise _no_labelled_picture(source, files)
+        return _by_group(listing, classes, list(listing.skipped) + [
+            {"path": listing.paths[i], "reason": f"no label beside the picture (.cls, .txt or .json {label_key!r})"}
+            for i in unlabelled])
+    found, skipped, _ = list_table_samples(files, image_col, label_col)
     pairs = []
     for path, label in found:
         if label is None:
-            skipped.append({"path": path, "reason": "no label beside the picture (.cls, .txt or .json "
-                                                    f"{label_key!r})" if kind == "tar" else "no label"})
+            skipped.append({"path": path, "reason": "no label"})
         else:
             pairs.append((path, label))
     if not pairs:
-        raise UserError(f"Received: DATA {source} with no labelled picture in {len(files)} shard file(s); expected "
-                        "pictures with a label beside them (WebDataset: <key>.jpg + <key>.cls; tables: --image-col "
-                        "and --label-col)")
+        raise _no_labelled_picture(source, files)
     return _to_samples(pairs, skipped, classes)
+
+
+def _no_labelled_picture(source: str, files: list[str]) -> UserError:
+    return UserError(f"Received: DATA {source} with no labelled picture in {len(files)} shard file(s); expected "
+                     "pictures with a label beside them (WebDataset: <key>.jpg + <key>.cls; tables: --image-col "
+                     "and --label-col)")
 
 
 def outlier_paths(folder: str | Path) -> list[str]:
@@ -318,9 +333,9 @@ def list_pictures(path: str | Path, image_col: str = "image") -> tuple[list[str]
     if kind is not None:
         files = archive_files(str(path), kind)
         if kind == "tar":
-            found, skipped = list_tar_samples(files)
-        else:
-            found, skipped, _ = list_table_samples(files, image_col, None)
+            listing = list_shard_samples(files)
+            return listing.paths, list(listing.skipped)
+        found, skipped, _ = list_table_samples(files, image_col, None)
         return [p for p, _ in found], skipped
     path = Path(path)
     if path.is_file():

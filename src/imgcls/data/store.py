@@ -12,7 +12,10 @@ $XDG_CACHE_HOME/imgcls, else ~/.cache/imgcls):
                                     shared while a reader opens the entry (eviction skips it then);
                                     data/locking.py makes it die with its process
 
-A picture's row is computed again only when its size or modification time changed. The index is
+A picture's row is computed again only when its size or modification time changed: as the folder's
+kept listing (listing.py) gives them, else from a stat of each (of each shard for pictures in one). A
+lookup of the pictures an index holds, in its order, finds them with one search of its key blob
+(row_index.py): a million pictures' warm lookup is about a second. The index is
 the commit point: it is replaced atomically after the new rows are on disk, so rows a killed writer
 left beyond it are ignored (and cut off by the next writer); a row file shorter than its index says,
 or an index of another format, is detected and the entry rebuilt, never read as pixels. Readers map
@@ -37,7 +40,7 @@ import numpy as np
 from ..errors import UserError
 from .archives import SEP, signature
 from .locking import entry_lock
-from .row_index import MISSING, RowIndex, index_file
+from .row_index import MISSING, Keys, RowIndex, index_file
 
 log = logging.getLogger(__name__)
 
@@ -112,12 +115,6 @@ def signatures_of(keys: list[str]) -> np.ndarray:
     return np.asarray(found, dtype=np.int64).reshape(-1, 2)
 
 
-def absolute(paths: list[str]) -> list[str]:
-    """The cache's keys: absolute paths (os.path.abspath is 10x slower: it normalises too)."""
-    prefix = os.getcwd().rstrip("/") + "/"  # what os.path.join does for a relative path, 2x faster
-    return [p if p.startswith("/") else prefix + p for p in paths]
-
-
 # compute(positions) → (offset into positions, rows array, reasons) per chunk, in order; a reason is
 # None where the row was computed, else why the picture has none (it does not decode, say).
 Compute = Callable[[list[int]], Iterable[tuple[int, np.ndarray, list]]]
@@ -163,13 +160,14 @@ class RowStore:
         computing rows only for the pictures that are new or changed since they were cached.
         `signatures`: each picture's (size, mtime_ns) as its listing found them (listing.py), else each
         picture is stat'ed here."""
-        keys = absolute(paths)
-        signatures = signatures_of(keys) if signatures is None else signatures
+        keys = Keys(paths)
+        signatures = signatures_of(paths) if signatures is None else signatures  # a stat reads a relative path too
         # A reader holds the lock shared while it reads the index and maps the file, so that an eviction
         # (which takes it exclusively, without waiting) never deletes an entry being opened.
         with entry_lock(self.dir, shared=True):
             index = self._read_index()
-            stale = index.stale(keys, signatures)
+            positions = index.positions(keys)
+            stale = index.stale(positions, signatures)
             if not len(stale):
                 self._mapped = self._map(index.rows)
         if len(stale):
@@ -177,9 +175,11 @@ class RowStore:
             # Other processes (tune trials, torchrun ranks, a second command) wait here.
             with entry_lock(self.dir, doing=f"{desc} {len(stale):,} pictures"):
                 index = self._read_index()  # another process may have computed them while we waited
-                stale = index.stale(keys, signatures)
+                positions = index.positions(keys)
+                stale = index.stale(positions, signatures)
                 if len(stale):
-                    self._append(index, [keys[i] for i in stale], signatures[stale], compute, stale.tolist(), desc)
+                    positions[stale] = self._append(index, [keys[i] for i in stale], positions[stale],
+                                                    signatures[stale], compute, stale.tolist(), desc)
                 else:
                     log.info("cache: another process %s these %d pictures while this one waited %.1f s for %s",
                              DONE.get(desc, desc), len(paths), time.perf_counter() - waited, self.dir)
@@ -188,13 +188,14 @@ class RowStore:
         else:
             log.info("cache: all %d pictures already %s in %s", len(paths), DONE.get(desc, "cached"), self.dir)
         os.utime(index_file(self.dir))  # last use, for least-recently-used eviction
-        rows, reasons = index.entries(keys)
-        skipped = [{"path": p, "reason": r} for p, r, row in zip(paths, reasons, rows.tolist()) if row < 0]
+        rows = index.row_of[positions]
+        skipped = [{"path": paths[i], "reason": index.reasons.get(keys[i])} for i in np.flatnonzero(rows < 0)]
         return rows, skipped
 
-    def _append(self, index: RowIndex, keys: list[str], signatures: np.ndarray, compute: Compute,
-                positions: list[int], desc: str) -> None:
-        """Compute the rows of `keys`, append them to the file, then commit `index` with them."""
+    def _append(self, index: RowIndex, keys: list[str], at: np.ndarray, signatures: np.ndarray, compute: Compute,
+                positions: list[int], desc: str) -> np.ndarray:
+        """Compute the rows of `keys` (at `at` in the index, -1 where new), append them to the file, then
+        commit `index` with them; returns the keys' places in it."""
         start_time = time.perf_counter()
         rows = committed = index.rows
         row_of = np.full(len(keys), -1, dtype=np.int64)
@@ -226,12 +227,12 @@ class RowStore:
                                     f"({needed:,.0f} MB needed); expected free space there, or --cache-dir "
                                     "elsewhere, or --no-cache") from None
                 raise
-        # A stale signature: a picture that vanished is recorded with what it had, so it is tried again.
-        index.update(keys, signatures, row_of, reasons)
+        placed = index.update(keys, at, signatures, row_of, reasons)
         index.rows = rows
         index.write(self.dir)
         log.info("cache: %s %d new or changed pictures in %.1f s into %s", DONE.get(desc, desc), len(keys),
                  time.perf_counter() - start_time, self.dir)
+        return placed
 
     def _map(self, rows: int) -> np.ndarray:
         if rows == 0:
