@@ -1,11 +1,17 @@
 """Tiny image folders written by the tests themselves (no downloads, no shared datasets)."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Workers share the cores (pyproject's -n 2 on two): one thread each, for the commands they start too
+    # (read when torch is imported), rather than two threads each that wait on one another.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (40, 60, 220)}
 
@@ -14,7 +20,6 @@ COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (40, 60, 220)}
 def _imgcls_home(tmp_path_factory):
     # Keep the cache (decoded pictures, and the built-in digits beside them) inside the test run, never in
     # the user's home; subprocesses the tests start inherit it.
-    import os
     os.environ["IMGCLS_CACHE_DIR"] = str(tmp_path_factory.mktemp("imgcls_cache"))
 
 
