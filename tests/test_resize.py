@@ -41,6 +41,18 @@ def test_crop_keeps_the_centre_and_pad_letterboxes(wide: Path):
     assert squash[10, 1] < 100 and squash[10, 18] > 200 and (squash[:5] != PAD_GREY).any()
 
 
+def test_a_crop_fraction_resizes_the_short_side_beyond_the_size_as_timm_does(tmp_path: Path):
+    """crop=0.8 at 16 px: the short side resized to round(16 / 0.8) = 20, the centre 16 x 16 kept (timm's
+    eval transform with crop_pct 0.8), and the geometry maps the input back inside that centre."""
+    rng = np.random.default_rng(0)
+    path = tmp_path / "p.png"
+    Image.fromarray(rng.integers(0, 255, (30, 45), dtype=np.uint8), "L").save(path)
+    expected = np.asarray(Image.open(path).resize((30, 20), Image.Resampling.BILINEAR))[2:18, 7:23]
+    assert np.array_equal(decode_image(str(path), 1, 16, resize="crop", crop=0.8)[0], expected)
+    _, geometry = decode_with_geometry(str(path), 1, 16, resize="crop", crop=0.8)
+    assert geometry.box == pytest.approx((7 * 1.5, 2 * 1.5, 23 * 1.5, 18 * 1.5))
+
+
 @pytest.mark.parametrize("resize, box", [("squash", (0, 0, 40, 20)), ("crop", (10, 0, 30, 20)), ("pad", (0, -10, 40, 30))])
 def test_every_mode_maps_the_peak_back(wide: Path, resize: str, box):
     array, geometry = decode_with_geometry(str(wide), 1, 20, resize=resize)

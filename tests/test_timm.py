@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import imgcls
 from imgcls.cli import main
 from imgcls.errors import UserError
 from imgcls.models.registry import create_model, get_spec
@@ -74,6 +75,10 @@ def test_pretrained_from_the_hub_cache_and_one_line_offline(tmp_path: Path):
     card = json.loads((run / "model.json").read_text())
     assert card["architecture"] == "timm/convnext_atto.d2_in1k" and card["resize"] == "crop"
     assert card["pretrained_cfg"]["hf_hub_id"] == "timm/convnext_atto.d2_in1k" and card["mean"][0] == 0.485
+    # timm's eval crop: the short side resized to size / crop_pct, the centre kept, by every command
+    assert card["crop_fraction"] == card["pretrained_cfg"]["crop_pct"] < 1
+    assert main(["predict", str(run), str(data / "red"), "--out", str(tmp_path / "p.csv")]) == 0
+    assert json.loads(Path(imgcls.export(run, "onnx")["path"] + ".json").read_text())["crop_fraction"] < 1
     # no cached file and no network (this machine's state): one line at once, naming the file and where
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "imgcls", "train", str(data), "--model", "timm/resnet18.a1_in1k",

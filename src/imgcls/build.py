@@ -45,7 +45,8 @@ def model_card(config: TrainConfig, data: PreparedData) -> ModelCard:
     training's loaders and every later command use."""
     spec = get_spec(config.model)
     preprocess = Preprocess(data.channels, data.size, tuple(channel_stats(spec.mean, data.channels)),
-                            tuple(channel_stats(spec.std, data.channels)), config.resize_mode(), config.data.clean)
+                            tuple(channel_stats(spec.std, data.channels)), config.resize_mode(), config.data.clean,
+                            config.crop_fraction())
     return ModelCard(architecture=config.model, classes=list(data.classes), preprocess=preprocess,
                      model_args=dict(config.model_args), task=config.task(), given_classes=data.given_classes or None,
                      pretrained_cfg=spec.pretrained_cfg, imgcls_version=__version__, config=config_to_dict(config))
@@ -155,7 +156,8 @@ def _feature_cache(config: TrainConfig, model: torch.nn.Module, data: PreparedDa
     # finetune's stage 2, a second finetune) reuse it.
     key = {"model": config.model, "model_args": json.loads(json.dumps(config.model_args, sort_keys=True)),
            "weights": weights_digest(modules), "channels": p.channels, "size": p.size,
-           "trim": p.trim, **({"resize": p.resize} if p.resize != "squash" else {})}
+           "trim": p.trim, **({"resize": p.resize} if p.resize != "squash" else {}),
+           **({"crop": p.crop} if p.crop != 1.0 else {})}
     cache = config.cache_settings()
     features = {name: frozen_features(key, model, prefix, part, mean=p.mean, std=p.std, device=device,
                                       cache=cache) for name, part in (("train", data.train), ("val", data.val))}

@@ -139,6 +139,17 @@ class TrainConfig:
             return self.data.resize
         return "crop" if self.pretrained else "squash"
 
+    def crop_fraction(self) -> float:
+        """With --resize crop (or auto) and a timm model's pretrained weights: its pretrained config's
+        crop_pct (0.875 at 224 px: the short side resized to 256, the centre 224 kept), as timm's eval
+        transform does; else 1 (the whole short side)."""
+        if self.resize_mode() != "crop" or not self.pretrained:
+            return 1.0
+        from .models.registry import get_spec
+
+        cfg = get_spec(self.model).pretrained_cfg or {}
+        return float(cfg.get("crop_pct") or 1.0)
+
     def task(self) -> str:
         """The kind of answer this run learns (tasks/): single-label or multi-label."""
         return self.data.task()

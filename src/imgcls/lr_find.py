@@ -166,7 +166,8 @@ def lr_find(config: TrainConfig | None = None, *, out: str | Path | None = None,
     samples, excluded = load_training_samples(config.data, config.class_names)
     folder = RunFolder.new(str(out) if out is not None else None, "lr-find")
     data = prepare_data(config.data, samples, excluded, folder, resuming=False, spec=get_spec(config.model),
-                        model_args=config.model_args, resize=config.resize_mode(), cache=config.cache_settings())
+                        model_args=config.model_args, resize=config.resize_mode(), cache=config.cache_settings(),
+                        crop=config.crop_fraction())
     built = build_model(config, data, device, generator, Dist())
     result = range_test(config, built, device, steps)
     write_range_test(folder.path, result)

@@ -63,7 +63,8 @@ def answer_images(predictor: Predictor, paths: list[str], batch_size: int | None
     paths, and the skipped ones."""
     p = predictor.card.preprocess
     # A run trained on border-trimmed pictures sees its test pictures trimmed the same way.
-    pictures, ok, skipped = decode_rows(paths, p.channels, p.size, trim=p.trim, cache=cache, resize=p.resize)
+    pictures, ok, skipped = decode_rows(paths, p.channels, p.size, trim=p.trim, cache=cache, resize=p.resize,
+                                        crop=p.crop)
     return predictor.answers(pictures, tta=tta, batch_size=batch_size), [paths[i] for i in ok], skipped
 
 
@@ -170,7 +171,8 @@ def evaluate(run_dir: str | Path, source: str, *, labels: str | None = None, id_
         raise UserError(f"Received: {source} with no picture of the run's classes; expected some of "
                         f"{', '.join(card.classes)}")
     p = card.preprocess
-    pictures, ok, failed = decode_rows(samples.paths, p.channels, p.size, trim=p.trim, cache=cache, resize=p.resize)
+    pictures, ok, failed = decode_rows(samples.paths, p.channels, p.size, trim=p.trim, cache=cache, resize=p.resize,
+                                       crop=p.crop, signatures=samples.signatures)
     answers = run.answers(pictures, tta=tta, batch_size=batch_size)
     truth = samples.labels[ok]
     metrics = run.task.metrics(truth, answers.probs, card.classes, card)

@@ -36,7 +36,7 @@ def validation_pictures(run, limit: int | None = None, cache=None) -> tuple[np.n
         rows = [r for r in csv.DictReader(f) if r["split"] == "val"][:limit]
     p = run.card.preprocess
     pictures, ok, _ = decode_rows([r["path"] for r in rows], p.channels, p.size, trim=p.trim, cache=cache,
-                                  resize=p.resize)
+                                  resize=p.resize, crop=p.crop)
     if not len(pictures):
         raise UserError(f"Received: RUN_DIR {run.run_dir} whose validation pictures no longer decode; expected "
                         "the pictures it was trained on")

@@ -81,7 +81,8 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
         config.out = str(folder.path)
         folder.write_config(config_to_dict(config))
     data = prepare_data(config.data, samples, excluded, folder, resuming=resume is not None, spec=spec,
-                        model_args=config.model_args, resize=config.resize_mode(), cache=config.cache_settings())
+                        model_args=config.model_args, resize=config.resize_mode(), cache=config.cache_settings(),
+                        crop=config.crop_fraction())
     data.write(folder, config.data)
     if report:
         _write_samples(folder, config, data)
@@ -261,7 +262,8 @@ def _outlier_pictures(config: TrainConfig, card: ModelCard) -> np.ndarray:
 
     paths = outlier_paths(config.outliers)
     p = card.preprocess
-    pictures, ok, _ = decode_rows(paths, p.channels, p.size, trim=p.trim, cache=config.cache_settings(), resize=p.resize)
+    pictures, ok, _ = decode_rows(paths, p.channels, p.size, trim=p.trim, cache=config.cache_settings(), resize=p.resize,
+                                  crop=p.crop)
     if not len(ok):
         raise UserError(f"Received: --outliers {config.outliers} where no picture could be decoded; expected readable "
                         "pictures")

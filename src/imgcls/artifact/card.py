@@ -34,18 +34,20 @@ class Preprocess:
     std: tuple[float, ...]
     resize: str = "squash"  # squash, crop or pad (data/decode.py)
     trim: bool = False  # crop uniform white/black borders first (train --clean)
+    crop: float = 1.0  # with resize crop: the fraction of the short side kept (timm's crop_pct)
 
     def decode(self, path, max_pixels: int | None = None) -> np.ndarray:
         """One picture file (or file object) → (channels, size, size) uint8."""
         from ..data.decode import decode_image
 
-        return decode_image(path, self.channels, self.size, self.trim, max_pixels, resize=self.resize)
+        return decode_image(path, self.channels, self.size, self.trim, max_pixels, resize=self.resize, crop=self.crop)
 
     def decode_with_geometry(self, path, max_pixels: int | None = None):
         """decode() and where the input sits in the picture (explain's overlays)."""
         from ..data.decode import decode_with_geometry
 
-        return decode_with_geometry(path, self.channels, self.size, self.trim, max_pixels, resize=self.resize)
+        return decode_with_geometry(path, self.channels, self.size, self.trim, max_pixels, resize=self.resize,
+                                    crop=self.crop)
 
     def scale(self) -> tuple[np.ndarray, np.ndarray]:
         """(mean, std) in uint8 units, shaped (1, C, 1, 1): input = (pixels - mean) / std."""
@@ -68,14 +70,16 @@ class Preprocess:
 
     def contract(self) -> dict:
         """What a caller outside imgcls must do to a picture (the export contract's input half)."""
+        short = "height" if self.crop == 1.0 else f"round(height / {self.crop:g})"
         steps = {"squash": "resize to height x width (bilinear)",
-                 "crop": "resize the short side to height (bilinear), keep the centre height x width",
+                 "crop": f"resize the short side to {short} (bilinear), keep the centre height x width",
                  "pad": "resize the long side to height (bilinear), pad to height x width with grey 114"}
         return {"input": {"name": "input", "layout": "NCHW", "dtype": "float32", "channels": self.channels,
                           "height": self.size, "width": self.size, "batch": "dynamic"},
                 "preprocess": steps[self.resize] + ", scale to [0, 1], subtract mean, divide by std"
                 + ("; crop uniform borders first (trim_borders)" if self.trim else ""),
-                "mean": list(self.mean), "std": list(self.std), "trim_borders": self.trim, "resize": self.resize}
+                "mean": list(self.mean), "std": list(self.std), "trim_borders": self.trim, "resize": self.resize,
+                **({"crop_fraction": self.crop} if self.crop != 1.0 else {})}
 
 
 @dataclass(frozen=True)
@@ -117,7 +121,7 @@ class ModelCard:
                 "num_classes": self.num_classes, "classes": list(self.classes),
                 **({"given_classes": list(self.given_classes)} if self.given_classes else {}),
                 "input_size": p.size, "channels": p.channels, "mean": list(p.mean), "std": list(p.std),
-                "resize": p.resize, "trim_borders": p.trim,
+                "resize": p.resize, "trim_borders": p.trim, **({"crop_fraction": p.crop} if p.crop != 1.0 else {}),
                 **({"temperature": self.temperature} if self.temperature != 1.0 else {}),
                 **({"thresholds": list(self.thresholds)} if self.thresholds is not None else {}),
                 **({"ood": dict(self.ood)} if self.ood else {}),
@@ -135,7 +139,8 @@ class ModelCard:
                             "(written by a newer imgcls? upgrade imgcls to read it)")
         try:
             preprocess = Preprocess(int(data["channels"]), int(data["input_size"]), tuple(data["mean"]),
-                                    tuple(data["std"]), data.get("resize", "squash"), bool(data.get("trim_borders")))
+                                    tuple(data["std"]), data.get("resize", "squash"), bool(data.get("trim_borders")),
+                                    float(data.get("crop_fraction", 1.0)))
             return cls(architecture=data["architecture"], classes=list(data["classes"]), preprocess=preprocess,
                        model_args=dict(data.get("model_args") or {}), task=data.get("task", "single-label"),
                        temperature=_temperature(data.get("temperature", 1.0)), thresholds=data.get("thresholds"),

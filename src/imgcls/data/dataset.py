@@ -72,14 +72,17 @@ class DecodedImages:
 
 def decode_paths(paths: list[str], labels: np.ndarray, channels: int, size: int, desc: str = "decoding",
                  trim: bool = False, cache: CacheSettings | None = None,
-                 resize: str = "squash", signatures: np.ndarray | None = None) -> tuple[DecodedImages, list[dict[str, str]]]:
+                 resize: str = "squash", signatures: np.ndarray | None = None,
+                 crop: float = 1.0) -> tuple[DecodedImages, list[dict[str, str]]]:
     """decode_rows (data/store.py) as a DecodedImages with the labels of the pictures that decoded."""
-    decoded, ok, skipped = decode_rows(paths, channels, size, desc, trim, cache, resize, signatures)
+    decoded, ok, skipped = decode_rows(paths, channels, size, desc, trim, cache, resize, signatures, crop)
     mapped = cache is None or cache.enabled
     return DecodedImages(torch.from_numpy(decoded.array), torch.from_numpy(np.asarray(labels)[ok]),
                          [paths[i] for i in ok], torch.from_numpy(decoded.rows) if mapped else None, mapped), skipped
 
 
 def decode_samples(samples: Samples, channels: int, size: int, desc: str = "decoding", trim: bool = False,
-                   cache: CacheSettings | None = None, resize: str = "squash") -> tuple[DecodedImages, list[dict[str, str]]]:
-    return decode_paths(samples.paths, samples.labels, channels, size, desc, trim, cache, resize, samples.signatures)
+                   cache: CacheSettings | None = None, resize: str = "squash",
+                   crop: float = 1.0) -> tuple[DecodedImages, list[dict[str, str]]]:
+    return decode_paths(samples.paths, samples.labels, channels, size, desc, trim, cache, resize, samples.signatures,
+                        crop)

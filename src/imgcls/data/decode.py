@@ -134,16 +134,17 @@ def _reason(error: Exception, path: str | BinaryIO) -> str:
 
 
 def decode_image(path: str | BinaryIO, channels: int, size: int | None, trim: bool = False,
-                 max_pixels: int | None = None, resize: str = "squash") -> np.ndarray:
+                 max_pixels: int | None = None, resize: str = "squash", crop: float = 1.0) -> np.ndarray:
     """Read `path` as a (channels, size, size) uint8 array; `size=None` keeps the picture's own size.
 
     trim=True crops uniform white/black margins first (border_box), as `train --clean` and every
     later evaluate/predict of such a run do. max_pixels lowers the pixel limit (TooManyPixels).
-    resize: squash, crop or pad (_square) a picture that is not square.
+    resize: squash, crop or pad (_square) a picture that is not square; with crop, `crop` < 1 keeps that
+    fraction of the short side (timm's crop_pct: 0.875 at 224 px resizes the short side to 256).
     """
     img = open_picture(path, draft=("L" if channels == 1 else "RGB", size) if size is not None else None,
                        max_pixels=max_pixels)
-    return _to_array(img, path, channels, size, trim, resize)[0]
+    return _to_array(img, path, channels, size, trim, resize, crop)[0]
 
 
 @dataclass(frozen=True)
@@ -163,7 +164,8 @@ class Geometry:
 
 
 def decode_with_geometry(path: str | BinaryIO, channels: int, size: int, trim: bool = False,
-                         max_pixels: int | None = None, resize: str = "squash") -> tuple[np.ndarray, Geometry]:
+                         max_pixels: int | None = None, resize: str = "squash",
+                         crop: float = 1.0) -> tuple[np.ndarray, Geometry]:
     """decode_image, and the Geometry that maps the input's pixels back to the picture's (imgcls explain)."""
     img = open_picture(path, draft=("L" if channels == 1 else "RGB", size), max_pixels=max_pixels)
     if not isinstance(path, str):
@@ -172,7 +174,7 @@ def decode_with_geometry(path: str | BinaryIO, channels: int, size: int, trim: b
         width, height = header.size
         if header.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF orientations that swap the sides
             width, height = height, width
-    array, box = _to_array(img, path, channels, size, trim, resize)
+    array, box = _to_array(img, path, channels, size, trim, resize, crop)
     # A JPEG drafted to a smaller scale: its region is in the drafted picture's pixels.
     sx, sy = width / img.width, height / img.height
     left, top, right, bottom = box or (0, 0, img.width, img.height)
@@ -182,15 +184,17 @@ def decode_with_geometry(path: str | BinaryIO, channels: int, size: int, trim: b
 PAD_GREY = 114  # the letterbox's fill (Ultralytics' value)
 
 
-def _square(img: Image.Image, size: int, resize: str) -> tuple[Image.Image, tuple[float, float, float, float]]:
+def _square(img: Image.Image, size: int, resize: str,
+            crop: float = 1.0) -> tuple[Image.Image, tuple[float, float, float, float]]:
     """The picture as a size x size square, and the region of the picture that became the square
     (left, top, right, bottom in its pixels; outside the picture for pad). squash stretches the whole
-    picture; crop scales the short side to `size` and keeps the centre (torchvision's eval preset);
-    pad scales the long side to `size` and fills the rest with grey (a letterbox)."""
+    picture; crop scales the short side to `size` / `crop` and keeps the centre size x size
+    (torchvision's and timm's eval presets); pad scales the long side to `size` and fills the rest with
+    grey (a letterbox)."""
     w, h = img.size
     if resize == "squash":
         return img.resize((size, size), Image.Resampling.BILINEAR), (0.0, 0.0, float(w), float(h))
-    scale = size / (min(w, h) if resize == "crop" else max(w, h))
+    scale = (round(size / crop) if resize == "crop" else size) / (min(w, h) if resize == "crop" else max(w, h))
     nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
     scaled = img.resize((nw, nh), Image.Resampling.BILINEAR)
     left, top = (nw - size) // 2, (nh - size) // 2  # negative for pad: the picture sits inside the square
@@ -203,8 +207,8 @@ def _square(img: Image.Image, size: int, resize: str) -> tuple[Image.Image, tupl
     return square, (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
 
 
-def _to_array(img: Image.Image, path, channels: int, size: int | None, trim: bool,
-              resize: str = "squash") -> tuple[np.ndarray, tuple[float, float, float, float] | None]:
+def _to_array(img: Image.Image, path, channels: int, size: int | None, trim: bool, resize: str = "squash",
+              crop: float = 1.0) -> tuple[np.ndarray, tuple[float, float, float, float] | None]:
     """(C, size, size) uint8 and the region of `img` it shows (None: all of it, unresized)."""
     if resize not in RESIZES:
         raise ValueError(f"resize={resize!r}; expected one of {RESIZES}")
@@ -216,7 +220,7 @@ def _to_array(img: Image.Image, path, channels: int, size: int | None, trim: boo
         offset = box[:2] if box is not None else (0, 0)
         region = (offset[0], offset[1], offset[0] + img.width, offset[1] + img.height) if box is not None else None
         if size is not None and img.size != (size, size):
-            img, (left, top, right, bottom) = _square(img, size, resize)
+            img, (left, top, right, bottom) = _square(img, size, resize, crop)
             region = (offset[0] + left, offset[1] + top, offset[0] + right, offset[1] + bottom)
         array = np.asarray(img, dtype=np.uint8)
     except Exception as error:  # an odd mode Pillow cannot convert: a reason, not a crash
@@ -250,8 +254,8 @@ log = logging.getLogger(__name__)
 
 
 def decode_chunks(paths: list[str], channels: int, size: int, desc: str = "decoding", workers: int | None = None,
-                  trim: bool = False, processes: int | None = None,
-                  resize: str = "squash") -> Iterator[tuple[int, np.ndarray, list]]:
+                  trim: bool = False, processes: int | None = None, resize: str = "squash",
+                  crop: float = 1.0) -> Iterator[tuple[int, np.ndarray, list]]:
     """(start, uint8 array, reasons) per chunk of `paths`, in order: the pictures decoded in parallel,
     threads for a few pictures, forked processes for many (Pillow holds the GIL for most of a small
     picture's decode: 60,000 28x28 PNGs took 12.4 s in three threads and 2.8 s in two processes,
@@ -265,7 +269,7 @@ def decode_chunks(paths: list[str], channels: int, size: int, desc: str = "decod
     # (154 MB, three copies in flight per worker) would take more memory than the decoded set is allowed.
     chunk = max(4, min(CHUNK, 2**24 // (channels * size * size)))
     chunks = [(start, paths[start:start + chunk]) for start in range(0, len(paths), chunk)]
-    job = partial(_decode_chunk, channels, size, trim, resize)
+    job = partial(_decode_chunk, channels, size, trim, resize, crop)
     workers = processes if processes > 1 else workers or min(8, (os.cpu_count() or 1) + 1)
     # Forked workers die with this process (even by SIGKILL) and hold none of its cache locks: see
     # data/locking.py.
@@ -309,14 +313,14 @@ def _start_worker(parent: int) -> None:
 
 def decode_all(paths: list[str], channels: int, size: int, desc: str = "decoding",
                workers: int | None = None, trim: bool = False, processes: int | None = None,
-               resize: str = "squash") -> tuple[np.ndarray, np.ndarray, list[dict[str, str]]]:
+               resize: str = "squash", crop: float = 1.0) -> tuple[np.ndarray, np.ndarray, list[dict[str, str]]]:
     """Decode every picture into memory (decode_chunks). Returns the stacked array of the pictures that
     decoded, the indices into `paths` that did, and {path, reason} for each that did not: a broken
     picture is skipped and reported, never fatal."""
     out = np.zeros((len(paths), channels, size, size), dtype=np.uint8)
     ok = np.zeros(len(paths), dtype=bool)
     skipped: list[dict[str, str]] = []
-    for start, array, reasons in decode_chunks(paths, channels, size, desc, workers, trim, processes, resize):
+    for start, array, reasons in decode_chunks(paths, channels, size, desc, workers, trim, processes, resize, crop):
         out[start:start + len(reasons)] = array
         for i, reason in enumerate(reasons, start):
             if reason is None:
@@ -337,14 +341,14 @@ def _can_fork() -> bool:
     return "fork" in multiprocessing.get_all_start_methods()
 
 
-def _decode_chunk(channels: int, size: int, trim: bool, resize: str,
+def _decode_chunk(channels: int, size: int, trim: bool, resize: str, crop: float,
                   chunk: tuple[int, list[str]]) -> tuple[int, np.ndarray, list[str | None]]:
     start, paths = chunk
     array = np.zeros((len(paths), channels, size, size), dtype=np.uint8)
     reasons: list[str | None] = []
     for j, path in enumerate(paths):
         try:
-            array[j] = decode_image(path, channels, size, trim, resize=resize)
+            array[j] = decode_image(path, channels, size, trim, resize=resize, crop=crop)
             reasons.append(None)
         except DecodeError as error:
             reasons.append(str(error))

@@ -76,16 +76,17 @@ def load_training_samples(data: DataConfig, class_names: str | list[str] | None 
 
 
 def prepare_data(data: DataConfig, samples: Samples, excluded: list[str], folder: RunFolder, *, resuming: bool,
-                 spec, model_args: dict, resize: str, cache: CacheSettings) -> PreparedData:
+                 spec, model_args: dict, resize: str, cache: CacheSettings, crop: float = 1.0) -> PreparedData:
     """Clean, decode through the cache and split `samples` (and decode --val's folder) at the model's
-    (spec, model_args) input shape unless the flags give it; `resize` is resolved (not auto)."""
+    (spec, model_args) input shape unless the flags give it; `resize` is resolved (not auto), `crop` the
+    fraction of the short side a crop keeps (TrainConfig.crop_fraction)."""
     samples, dropped = _clean(data, samples, cache)
     _require_two_classes(samples, data.source, "--clean")
     channels, size = picture_shape(data, spec, model_args, samples)
     log.info("%d classes, %d pictures; decoding each once at %d px, %d channel(s)", len(samples.classes),
              len(samples), size, channels)
     trim = data.clean
-    decoded, skipped = decode_samples(samples, channels, size, trim=trim, cache=cache, resize=resize)
+    decoded, skipped = decode_samples(samples, channels, size, trim=trim, cache=cache, resize=resize, crop=crop)
     skipped = samples.skipped + skipped
     if data.val:
         # A separate validation folder uses the same layout flags; its classes must be the training ones.
@@ -93,7 +94,7 @@ def prepare_data(data: DataConfig, samples: Samples, excluded: list[str], folder
         if samples.given_classes:
             val_samples = val_samples.renamed(samples.classes)
         train_data, (val_data, val_skipped) = decoded, decode_samples(val_samples, channels, size, trim=trim,
-                                                                      cache=cache, resize=resize)
+                                                                      cache=cache, resize=resize, crop=crop)
         skipped += val_samples.skipped + val_skipped
     else:
         train_idx, val_idx = _split(data, decoded, folder, resuming)

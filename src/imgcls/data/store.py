@@ -270,10 +270,11 @@ class DecodedStore(RowStore):
     """Every picture ever decoded with one setting, a (C, H, W) uint8 row each."""
 
     def __init__(self, root: Path, channels: int, size: int, trim: bool, resize: str = "squash",
-                 max_gb: float = DEFAULT_MAX_GB):
-        settings = {"format": FORMAT, "channels": channels, "size": size, "trim": trim, "resize": resize}
+                 max_gb: float = DEFAULT_MAX_GB, crop: float = 1.0):
+        settings = {"format": FORMAT, "channels": channels, "size": size, "trim": trim, "resize": resize,
+                    **({"crop": crop} if crop != 1.0 else {})}  # entries made before crop fractions keep their key
         super().__init__(root, f"decoded-{channels}x{size}{'-trim' if trim else ''}"
-                         f"{'' if resize == 'squash' else '-' + resize}", settings,
+                         f"{'' if resize == 'squash' else '-' + resize}{'' if crop == 1.0 else f'{crop:g}'}", settings,
                          (channels, size, size), np.uint8, max_gb)
 
     def lookup(self, paths: list[str], desc: str = "decoding",
@@ -285,7 +286,7 @@ class DecodedStore(RowStore):
 
         def decode(positions: list[int]):
             return decode_chunks([paths[i] for i in positions], channels, size, desc, trim=self.settings["trim"],
-                                 resize=self.settings["resize"])
+                                 resize=self.settings["resize"], crop=self.settings.get("crop", 1.0))
         return self.lookup_rows(paths, decode, "decoding", signatures)
 
 
@@ -306,22 +307,22 @@ class PictureRows:
 
 def decode_rows(paths: list[str], channels: int, size: int, desc: str = "decoding", trim: bool = False,
                 cache: CacheSettings | None = None, resize: str = "squash",
-                signatures: np.ndarray | None = None) -> tuple[PictureRows, np.ndarray, list[dict]]:
+                signatures: np.ndarray | None = None, crop: float = 1.0) -> tuple[PictureRows, np.ndarray, list[dict]]:
     """Decode `paths` at (channels, size), with numpy alone: through the persistent decoded cache (only
     new or changed pictures are decoded; every process and rank maps the same file), or with
     cache.enabled=False in this process's memory. Returns the pictures that decoded, their indices into
     `paths`, and the skipped ones with their reasons. `signatures`: the pictures' (size, mtime_ns) as
-    their listing found them (listing.py); else the cache stats each."""
+    their listing found them (listing.py); else the cache stats each. `crop`: decode.decode_image's."""
     from .decode import decode_all
 
     cache = cache or CacheSettings()
     if cache.enabled:
-        store = DecodedStore(cache.root, channels, size, trim, resize, max_gb=cache.max_gb)
+        store = DecodedStore(cache.root, channels, size, trim, resize, max_gb=cache.max_gb, crop=crop)
         rows, skipped = store.lookup(paths, desc, signatures)
         ok = np.flatnonzero(rows >= 0)
         return PictureRows(store.array(), rows[ok]), ok, skipped
     start = time.perf_counter()
-    array, ok, skipped = decode_all(paths, channels, size, desc, trim=trim, resize=resize)
+    array, ok, skipped = decode_all(paths, channels, size, desc, trim=trim, resize=resize, crop=crop)
     log.info("decoded %d pictures in %.1f s into this process's memory (--no-cache)", len(paths),
              time.perf_counter() - start)
     return PictureRows(array, np.arange(len(ok))), ok, skipped
