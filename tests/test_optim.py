@@ -82,3 +82,38 @@ def test_nesterov_and_lookahead_from_the_command_line(class_folder, tmp_path):
     assert json.loads((run / "metrics.json").read_text())["epochs_run"] == 2
     assert main(["train", str(class_folder), "--optimizer", "adam", "--nesterov", "--epochs", "1",
                  "--out", str(tmp_path / "refused")]) == 2
+
+
+def test_bias_lr_multiplier_keeps_lr_times_decay():
+    model = create_model("simple-cnn", 10)
+    groups = param_groups(model, 0.01, weight_decay=5e-4, bias_lr_mult=64)
+    small = next(g for g in groups if g["lr"] == 0.64)
+    bn = model.features[0][1]
+    assert {id(bn.bias), id(model.head.bias)} <= {id(p) for p in small["params"]}
+    assert all(p.ndim <= 1 for p in small["params"])
+    assert small["weight_decay"] * small["lr"] == 5e-4 * 0.01  # airbench's decay / 64: lr x decay unchanged
+    assert next(g for g in groups if g["lr"] == 0.01)["weight_decay"] == 5e-4
+
+
+def test_frozen_bn_scales_bias_multiplier_and_validation_every_few_epochs(class_folder, tmp_path):
+    import csv
+    import json
+    import math
+
+    from safetensors.torch import load_file
+
+    from imgcls.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", str(class_folder), "--model", "simple-cnn", "--img-size", "16", "--channels", "3",
+                 "--optimizer", "sgd", "--freeze-bn-scale", "--bias-lr-mult", "8", "--val-every", "2", "--epochs",
+                 "5", "--batch-size", "8", "--out", str(run)]) == 0
+    weights = load_file(str(run / "model.safetensors"))
+    scales = [k for k in weights if k.endswith(".weight") and weights[k].ndim == 1 and "features" in k]
+    assert scales and all(torch.equal(weights[k], torch.ones_like(weights[k])) for k in scales)  # still at 1
+    assert any(not torch.equal(weights[k.replace("weight", "bias")], torch.zeros_like(weights[k])) for k in scales)
+    rows = list(csv.DictReader(open(run / "history.csv")))
+    validated = [int(r["epoch"]) for r in rows if not math.isnan(float(r["val_loss"]))]
+    assert validated == [2, 4, 5]  # every second epoch and the last
+    assert json.loads((run / "metrics.json").read_text())["best_epoch"] in validated
+    assert main(["train", str(class_folder), "--val-every", "0", "--out", str(tmp_path / "refused")]) == 2

@@ -103,7 +103,7 @@ def make_trainer(config: TrainConfig, built: Built, optimizer: torch.optim.Optim
                    batch_transform=batch_mixer(config.mixup, config.cutmix, built.card.num_classes,
                                                  built.card.task == "multi-label"),
                    callbacks=callbacks, train_model=built.train_model, eval_model=built.eval_model,
-                   task=get_task(built.card.task), keep=config.keep,
+                   task=get_task(built.card.task), keep=config.keep, val_every=config.val_every,
                    autocast=_autocast_dtype(config.precision, device))
 
 
@@ -134,6 +134,12 @@ def _build_model(config: TrainConfig, num_classes: int, channels: int, size: int
     if config.freeze != "none" or config.unfreeze or config.unfreeze_last is not None:
         training = apply_freezing(model, config.freeze, config.unfreeze, config.unfreeze_last)
         log.info("%s; training: head%s", describe_freezing(model), "".join(f", {n}" for n in training))
+    if config.freeze_bn_scale:
+        scales = [m.weight for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+                  and m.weight is not None and m.weight.requires_grad]
+        for weight in scales:
+            weight.requires_grad_(False)
+        log.info("--freeze-bn-scale: %d BatchNorm scales fixed, their biases train", len(scales))
     return model
 
 

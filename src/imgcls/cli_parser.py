@@ -121,6 +121,12 @@ def _add_train_flags(parser: argparse.ArgumentParser, *, search: bool = False) -
                      ("--weight-decay", dict(type=float, help="default: 0")),
                      ("--norm-weight-decay", dict(type=float, metavar="F", help="weight decay of norm layers and "
                                                   "biases (default: --weight-decay's; 0: none, as timm does)")),
+                     ("--bias-lr-mult", dict(type=float, metavar="F", help="biases and norm layers' weights at lr * F, "
+                                             "their decay / F (airbench: 64; default: 1)")),
+                     ("--freeze-bn-scale", dict(action=argparse.BooleanOptionalAction, help="BatchNorm scales stay "
+                                                "as they start; their biases train (airbench's)")),
+                     ("--val-every", dict(type=int, metavar="N", help="validate every N epochs and after the last "
+                                          "(default: 1; the best epoch is chosen among those validated)")),
                      ("--scheduler", dict(choices=SCHEDULERS, help="default: none, or the recipe's")),
                      ("--augment", dict(choices=AUGMENT_PRESETS, help="default: none, or the recipe's")),
                      ("--mixup", dict(type=float, metavar="ALPHA", help="MixUp alpha (default: 0 = off)")),

@@ -100,6 +100,9 @@ class TrainConfig:
     lookahead: int = 0  # > 0: Lookahead every this many steps, alpha 0.5 (engine/optim.py; airbench's)
     weight_decay: float = 0.0
     norm_weight_decay: float | None = None  # norm layers' weights and biases; None: weight_decay (engine/optim.py)
+    bias_lr_mult: float = 1.0  # norm layers' weights and biases at lr * this, their decay / this (airbench's 64)
+    freeze_bn_scale: bool = False  # BatchNorm scales stay as they start (airbench's): their biases still train
+    val_every: int = 1  # validate every this many epochs and after the last (speed runs validate less)
     scheduler: str = "none"
     early_stop: int = 0  # stop after this many epochs without a better val loss; 0 = never
     keep: str = "best-loss"  # the epoch whose weights the run keeps: best-loss, best-accuracy or last
@@ -228,6 +231,10 @@ class TrainConfig:
                             "expected sgd with a momentum above 0")
         if self.lookahead < 0:
             raise UserError(f"Received: lookahead={self.lookahead}; expected the steps between syncs (0: off)")
+        if not self.bias_lr_mult > 0:
+            raise UserError(f"Received: bias-lr-mult={self.bias_lr_mult}; expected a number above 0 (1: off)")
+        if self.val_every < 1:
+            raise UserError(f"Received: val-every={self.val_every}; expected an integer >= 1 (1: every epoch)")
         if self.calibrate_min_errors < 0:
             raise UserError(f"Received: calibrate-min-errors={self.calibrate_min_errors}; expected an integer >= 0")
         if not 0 <= self.reject_rate < 1:

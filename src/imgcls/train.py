@@ -153,7 +153,8 @@ def _fit(config: TrainConfig, built: Built, folder: RunFolder, generator: torch.
     """The one engine: optimiser, schedule, the run folder's writer, resume state, then every epoch."""
     steps = min(len(built.train_loader), config.train_batches or len(built.train_loader))
     optimizer = build_optimizer(built.model, config.optimizer, config.lr, config.momentum, config.weight_decay,
-                                config.backbone_lr_mult, config.norm_weight_decay, config.nesterov, config.lookahead)
+                                config.backbone_lr_mult, config.norm_weight_decay, config.nesterov, config.lookahead,
+                                config.bias_lr_mult)
     schedule = Schedule(optimizer, config.scheduler, config.epochs, steps)
     writers = [RunWriter(folder, built.card), ProgressLog(steps), *callbacks] if callbacks is not None else []
     trainer = make_trainer(config, built, optimizer, schedule, device, callbacks=writers, generator=generator)

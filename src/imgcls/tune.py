@@ -91,6 +91,8 @@ class ReportToOptuna(Callback):
 
     def on_epoch_end(self, trainer: Trainer, row: dict, improved: bool) -> None:
         import optuna
+        if row["val_loss"] != row["val_loss"]:  # NaN: an epoch --val-every did not validate
+            return
         self.trial.report(row["val_loss"], row["epoch"])
         if self.trial.should_prune():
             raise optuna.TrialPruned(f"pruned after epoch {row['epoch']} (val loss {row['val_loss']:.4f})")

@@ -10,11 +10,13 @@ DEFAULT_LR = {"adam": 1e-3, "adamw": 1e-3, "sgd": 1e-2, "rmsprop": 1e-3}
 
 
 def param_groups(model: nn.Module, lr: float, backbone_lr_mult: float = 1.0, weight_decay: float = 0.0,
-                 norm_weight_decay: float | None = None) -> list[dict]:
+                 norm_weight_decay: float | None = None, bias_lr_mult: float = 1.0) -> list[dict]:
     """The head at `lr`, every other trainable parameter at lr * backbone_lr_mult (fastai's discriminative
     lr); norm layers' weights and every bias (the 0- and 1-dimensional tensors, timm's
     param_groups_weight_decay rule) at `norm_weight_decay`, the rest at `weight_decay`
-    (norm_weight_decay=None: the same for all, torchvision's --norm-weight-decay default)."""
+    (norm_weight_decay=None: the same for all, torchvision's --norm-weight-decay default). bias_lr_mult:
+    those small tensors' lr times this and their decay divided by it, so that SGD's lr x decay stays as
+    it was (airbench's BatchNorm biases at 64x)."""
     trainable = [p for p in model.parameters() if p.requires_grad]
     head = {id(p) for p in model.head.parameters()} if hasattr(model, "head") else set()
     by_lr = ([(trainable, lr)] if backbone_lr_mult == 1.0 or not head else
@@ -22,32 +24,37 @@ def param_groups(model: nn.Module, lr: float, backbone_lr_mult: float = 1.0, wei
               ([p for p in trainable if id(p) not in head], lr * backbone_lr_mult)])
     groups = []
     for params, group_lr in by_lr:
-        if norm_weight_decay is None or norm_weight_decay == weight_decay:
+        small_decay = weight_decay if norm_weight_decay is None else norm_weight_decay
+        if small_decay == weight_decay and bias_lr_mult == 1.0:
             groups.append({"params": params, "lr": group_lr, "weight_decay": weight_decay})
             continue
         groups.append({"params": [p for p in params if p.ndim > 1], "lr": group_lr, "weight_decay": weight_decay})
-        groups.append({"params": [p for p in params if p.ndim <= 1], "lr": group_lr, "weight_decay": norm_weight_decay})
+        groups.append({"params": [p for p in params if p.ndim <= 1], "lr": group_lr * bias_lr_mult,
+                       "weight_decay": small_decay / bias_lr_mult})
     return [g for g in groups if g["params"]]
 
 
 def build_optimizer(params, name: str, lr: float | None, momentum: float = 0.9,
                     weight_decay: float = 0.0, backbone_lr_mult: float = 1.0,
                     norm_weight_decay: float | None = None, nesterov: bool = False,
-                    lookahead: int = 0) -> torch.optim.Optimizer:
+                    lookahead: int = 0, bias_lr_mult: float = 1.0) -> torch.optim.Optimizer:
     """`params` is a model (its trainable parameters, the backbone's at lr * backbone_lr_mult, norm
-    layers and biases at norm_weight_decay) or a list of parameter groups. nesterov: SGD's Nesterov
-    momentum; lookahead=k > 0 wraps the optimiser in Lookahead (every k steps, airbench's use)."""
-    base = _base_optimizer(params, name, lr, momentum, weight_decay, backbone_lr_mult, norm_weight_decay, nesterov)
+    layers and biases at norm_weight_decay and lr * bias_lr_mult: param_groups) or a list of parameter
+    groups. nesterov: SGD's Nesterov momentum; lookahead=k > 0 wraps the optimiser in Lookahead (every k
+    steps, airbench's use)."""
+    base = _base_optimizer(params, name, lr, momentum, weight_decay, backbone_lr_mult, norm_weight_decay, nesterov,
+                           bias_lr_mult)
     return Lookahead(base, k=lookahead) if lookahead else base
 
 
-def _base_optimizer(params, name, lr, momentum, weight_decay, backbone_lr_mult, norm_weight_decay, nesterov):
+def _base_optimizer(params, name, lr, momentum, weight_decay, backbone_lr_mult, norm_weight_decay, nesterov,
+                    bias_lr_mult=1.0):
     if nesterov and (name != "sgd" or momentum <= 0):
         raise UserError(f"Received: --nesterov with optimizer={name}, momentum={momentum}; expected sgd with a "
                         "momentum above 0")
     lr = lr if lr is not None else DEFAULT_LR.get(name, 1e-3)
     if isinstance(params, nn.Module):
-        params = param_groups(params, lr, backbone_lr_mult, weight_decay, norm_weight_decay)
+        params = param_groups(params, lr, backbone_lr_mult, weight_decay, norm_weight_decay, bias_lr_mult)
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     if name == "adamw":

@@ -86,10 +86,11 @@ class Trainer:
                  batch_transform: Callable | None = None, train_model: nn.Module | None = None,
                  eval_model: nn.Module | None = None, autocast: torch.dtype | None = None,
                  class_weight: torch.Tensor | None = None, ema_decay: float = 0.0, task=None,
-                 keep: str = "best-loss"):
+                 keep: str = "best-loss", val_every: int = 1):
         if keep not in KEEP:
             raise ValueError(f"keep={keep!r}; expected one of {', '.join(KEEP)}")
         self.keep = keep  # which epoch's weights are the run's (KEEP)
+        self.val_every = val_every  # validate every this many epochs, and after the last
         self.task = task or get_task("single-label")
         self.model = model
         self.optimizer = optimizer
@@ -164,10 +165,18 @@ class Trainer:
         while self.state.epoch < epochs and not self.state.stopped_early:
             start = time.perf_counter()
             train_loss, train_acc = self.train_one_epoch(train_loader)
-            val_probs, val_loss, val_acc = predict_proba(self.eval_model, val_loader, task=self.task)
-            lr = self.optimizer.param_groups[0]["lr"]
-            self.schedule.after_epoch(val_loss)
             state = self.state
+            lr = self.optimizer.param_groups[0]["lr"]
+            if (state.epoch + 1) % self.val_every and state.epoch + 1 < epochs:  # --val-every: not this epoch
+                state.epoch += 1
+                row = {"epoch": state.epoch, "train_loss": round(train_loss, 6), "train_acc": round(train_acc, 6),
+                       "val_loss": math.nan, "val_acc": math.nan, "lr": lr,
+                       "seconds": round(time.perf_counter() - start, 3)}
+                state.history.append(row)
+                self._emit("on_epoch_end", row, False)
+                continue
+            val_probs, val_loss, val_acc = predict_proba(self.eval_model, val_loader, task=self.task)
+            self.schedule.after_epoch(val_loss)
             state.epoch += 1
             lower_loss = val_loss < state.best_loss
             # The epoch kept: the lowest validation loss, the best headline (ties: the lower loss), or the last.
