@@ -207,7 +207,8 @@ def _load(kept: Path, root: str) -> Listing | None:
         return None
     if len(paths) != len(signatures) or len(paths) != len(groups):
         return None
-    for i in random.sample(range(len(paths)), min(len(paths), SAMPLE)):
+    sample = random.Random().sample(range(len(paths)), min(len(paths), SAMPLE))  # not the user's global state
+    for i in sample:
         stat = _stat(paths[i])
         if stat is None or (stat.st_size, stat.st_mtime_ns) != tuple(signatures[i].tolist()):
             log.info("listing: %s changed in place since the tree was listed; listing it again", paths[i])

@@ -127,8 +127,8 @@ class RowIndex:
         meta = {**self.settings, "rows": self.rows, "reasons": self.reasons}
         tmp = folder / f".{INDEX}.{os.getpid()}.tmp"
         with open(tmp, "wb") as f:
-            np.savez(f, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), keys=np.frombuffer(self.blob, np.uint8),
-                     signatures=self.signatures, rows=self.row_of)
+            np.savez(f, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8),
+                     keys=np.frombuffer(self.blob, np.uint8), signatures=self.signatures, rows=self.row_of)
         os.replace(tmp, folder / INDEX)
         (folder / LEGACY_INDEX).unlink(missing_ok=True)  # migrated
 
