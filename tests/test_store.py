@@ -14,7 +14,8 @@ from PIL import Image
 import imgcls
 from imgcls.data.decode import decode_image
 from imgcls.data.row_index import INDEX, RowIndex
-from imgcls.data.store import DecodedStore, list_entries
+from imgcls.data.cache_folder import list_entries
+from imgcls.data.store import DecodedStore
 
 from .conftest import folder_snapshot, write_class_folders
 
@@ -201,7 +202,8 @@ def uncached_issues(result) -> list[tuple]:
 
 
 def test_eviction_keeps_an_entry_another_process_holds_and_removes_the_oldest(tmp_path: Path):
-    from imgcls.data.store import entry_lock, evict
+    from imgcls.data.cache_folder import evict
+    from imgcls.data.locking import entry_lock
 
     paths = pictures(tmp_path / "pics", 10)
     stores = [DecodedStore(tmp_path / "cache", 3, size, trim=False) for size in (8, 9, 10)]

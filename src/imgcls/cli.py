@@ -23,7 +23,8 @@ def _cache_settings(args: argparse.Namespace):
 
 
 def _cmd_cache(args: argparse.Namespace) -> None:
-    from .data.store import cache_root, clear, clear_listings, list_entries
+    from .data.cache_folder import clear, clear_listings, list_entries
+    from .data.store import cache_root
 
     root = cache_root(args.cache_dir)
     if args.action == "clear":
