@@ -225,11 +225,11 @@ def list_shard_samples(files: list[str], label_key: str = "label") -> Listing:
     folder with each shard's size and mtime, so that a later command stats each shard once and reads one
     file instead of walking every shard's members. `groups`: each picture's label as an index into
     `group_names`, -1 for a picture with no label; `signatures`: its shard's."""
-    from .archives import SEP, list_tar_samples
+    from .archives import SEP, list_tar_samples, signature
+    from .row_index import MISSING
     from .store import cache_root
 
-    stats = [_stat(f) for f in files]
-    signatures = [[s.st_size, s.st_mtime_ns] if s else [-1, -1] for s in stats]
+    signatures = [signature(f) or [MISSING, MISSING] for f in files]
     key = hashlib.sha1(json.dumps([SHARDS_FORMAT, [os.path.abspath(f) for f in files], label_key]).encode())
     kept = cache_root() / "listings" / f"shards-{key.hexdigest()[:20]}.npz"
     start_ns, started = time.time_ns(), time.perf_counter()
@@ -254,7 +254,7 @@ def list_shard_samples(files: list[str], label_key: str = "label") -> Listing:
     shards = np.asarray(shard_of, dtype=np.int64)
     paths = [p for p, _ in pairs]
     listing = Listing(paths, np.asarray(signatures, np.int64).reshape(-1, 2)[shards], groups, names, skipped)
-    if all(s is not None and s.st_mtime_ns < start_ns - RACY_NS for s in stats):
+    if all(size != MISSING and mtime < start_ns - RACY_NS for size, mtime in signatures):
         prefix_lengths = [len(f + SEP) for f in files]
         members = "".join(p[prefix_lengths[s]:] + "\0" for p, s in zip(paths, shard_of))
         meta = {"format": SHARDS_FORMAT, "signatures": signatures, "group_names": names, "skipped": skipped}
