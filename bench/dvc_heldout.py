@@ -5,6 +5,11 @@ models together, and every run together), with and without the validation-fitted
 
     python bench/dvc_heldout.py [--data ../shared/datasets] [--seeds 0,1,2] [--heldout 0.2]
                                 [--models efficientnet_lite0,efficientnet_lite2] [--no-tta] [-- FINETUNE FLAGS]
+    python bench/dvc_heldout.py --one-command --models efficientnet_lite0,efficientnet_lite2
+
+--one-command: the documented ensemble command (`imgcls finetune ... --models A,B`, one folder) per
+seed, then `imgcls predict OUT` with the TTA that folder chose on its validation pictures; for
+information, the same folder predicted with --tta 1 and --tta 2 too (never used to choose anything).
 
 dogs-vs-cats/train is split once (fixed seed 1234, balanced by class) into a held-out part and the
 pictures imgcls sees; bench/out/dvc-heldout/data links to them (the dataset is never modified). Each
@@ -79,6 +84,40 @@ def short(model: str) -> str:
     return model.replace("efficientnet_lite", "Lite")
 
 
+def one_command(models: list[str], seeds: list[int], seen: Path, heldout: Path, out: Path, extra: list) -> dict:
+    """Each seed: one `finetune --models` command and one `predict OUT`; rows for the table."""
+    rows: dict[str, list[dict]] = {}
+    for seed in seeds:
+        run = out / f"ensemble-seed{seed}"
+        shutil.rmtree(run, ignore_errors=True)
+        _, _, finetune_s = run_imgcls(["finetune", seen, *FINETUNE, "--models", ",".join(models), *extra,
+                                       "--seed", seed, "--out", run])
+        record = json.loads((run / "ensemble.json").read_text())["tta"]
+        temperatures = [json.loads(p.read_text()).get("temperature", 1.0)
+                        for p in sorted(run.glob("*/stage2/model.json"))]
+        for name, flags in (("the command (TTA chosen on validation)", []), ("--tta 1 (for information)", ["--tta", "1"]),
+                            ("--tta 2 (for information)", ["--tta", "2"])):
+            submission = out / f"ensemble-seed{seed}{'-'.join([''] + flags)}.csv"
+            _, _, predict_s = run_imgcls(["predict", run, heldout, "--proba", "dog", *flags, "--out", submission])
+            row = {**score(submission), "finetune_s": finetune_s, "predict_s": predict_s,
+                   "val_log_loss": record["log_loss"][str(record["views"])], "views": record["views"],
+                   "val_log_loss_by_views": record["log_loss"], "temperatures": temperatures}
+            rows.setdefault(name, []).append(row)
+            print(f"seed {seed} {name:40} held-out log loss {row['log_loss']:.4f}  accuracy {row['accuracy']:.4f}  "
+                  f"(finetune {finetune_s:.0f} s, predict {predict_s:.0f} s, chose {record['views']} view(s) on "
+                  f"validation {record['log_loss']}, T {temperatures})", flush=True)
+    table = {}
+    for name, found in rows.items():
+        table[f"{' + '.join(map(short, models))}, {name}: mean ± std over {len(seeds)} seeds"] = {
+            "held-out log loss": mean_std([r["log_loss"] for r in found]),
+            "held-out accuracy": mean_std([r["accuracy"] for r in found]),
+            "val log loss (ensemble, chosen views)": mean_std([r["val_log_loss"] for r in found]),
+            "pipeline s (finetune + predict)": mean_std([r["finetune_s"] + r["predict_s"] for r in found], 1),
+            "views chosen": ",".join(str(r["views"]) for r in found)}
+    (out / "rows.json").write_text(json.dumps(rows, indent=2, default=str))
+    return table
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", default=DEFAULT_DATA)
@@ -87,19 +126,29 @@ def main() -> None:
     parser.add_argument("--models", default="efficientnet_lite0",
                         help="one finetune per model and seed; with several, each seed's models are also ensembled")
     parser.add_argument("--no-tta", action="store_true", help="leave out the flip-TTA predictions")
+    parser.add_argument("--one-command", action="store_true",
+                        help="the documented `finetune --models` command and `predict OUT` per seed")
     argv = sys.argv[1:]
     cut = argv.index("--") if "--" in argv else len(argv)
     args = parser.parse_args(argv[:cut])
     extra = argv[cut + 1:]  # after --: more `imgcls finetune` flags (e.g. --resize crop)
     models = args.models.split(",")
     dvc = unpack(Path(args.data), HERE / "data") / "dogs-vs-cats"
-    suffix = "".join(f"_{a.strip('-')}" for a in extra) + ("" if models == ["efficientnet_lite0"]
-                                                           else "_" + "_".join(map(short, models)))
+    suffix = ("".join(f"_{a.strip('-')}" for a in extra) + ("" if models == ["efficientnet_lite0"]
+                                                            else "_" + "_".join(map(short, models)))
+              + ("_one_command" if args.one_command else ""))
     out = HERE / "out" / ("dvc-heldout" + suffix)
     seen, heldout = hold_out(dvc / "train", out / "data", args.heldout)
     print(f"{len(list(seen.iterdir()))} pictures seen, {len(list(heldout.iterdir()))} held out", flush=True)
     gflops_before = matmul_gflops()
     seeds = [int(s) for s in args.seeds.split(",")]
+    if args.one_command:
+        table = one_command(models, seeds, seen, heldout, out, extra)
+        table["held-out pictures"] = {"held-out log loss": str(len(list(heldout.iterdir())))}
+        table["fp32 matmul 2048² GFLOP/s, before / after"] = {"held-out log loss":
+                                                              f"{gflops_before} / {matmul_gflops()}"}
+        print(f"wrote {record(out.name.replace('-', '_'), table)}; appended to bench/RESULTS.md")
+        return
     ttas = (False,) if args.no_tta else (False, True)
     singles: dict[str, list[dict]] = {}
     # (model, calibration) → each seed's run folder; a calibrated finetune folder predicts with its temperature

@@ -41,7 +41,7 @@ def _cmd_cache(args: argparse.Namespace) -> None:
 
 
 TUNE_ONLY = ("trials", "space", "storage", "study", "timeout", "folds", "stage1_epochs",
-             "stage2_epochs", "drop_implausible", "steps")
+             "stage2_epochs", "drop_implausible", "steps", "models")
 
 
 def _train_config(values: dict):
@@ -102,15 +102,25 @@ def _cmd_audit(args: argparse.Namespace) -> None:
 
 def _cmd_finetune(args: argparse.Namespace) -> None:
     values = vars(args)
+    models = [m for m in (values.get("models") or "").split(",") if m.strip()]
+    if models and not values.get("model"):
+        values["model"] = models[0]  # a named model: the recipe is "none", not "small"
     config = _train_config(values)
     from .finetune import finetune
 
     result = finetune(config, stage1_epochs=args.stage1_epochs, stage2_epochs=args.stage2_epochs,
-                      unfreeze_last=values.get("unfreeze_last", 2), drop_implausible=args.drop_implausible)
-    for name, run in (("stage 1", result.stage1), ("stage 2", result.stage2)):
-        print(f"{name}: best epoch {run.best_epoch}, val {run.score_name.replace('_', '-')} {run.val_accuracy:.4f}, log loss "
-              f"{run.val_log_loss:.4f}, {run.train_seconds:.1f} s -> {run.run_dir}")
-    print(f"predict with: imgcls predict {result.run_dir} IMAGES --out submission.csv [--tta]")
+                      unfreeze_last=values.get("unfreeze_last", 2), drop_implausible=args.drop_implausible,
+                      models=models or None)
+    for model, member in (result.members.items() if models else [(None, result)]):
+        for name, run in (("stage 1", member.stage1), ("stage 2", member.stage2)):
+            print(f"{model + ' ' if model else ''}{name}: best epoch {run.best_epoch}, val "
+                  f"{run.score_name.replace('_', '-')} {run.val_accuracy:.4f}, log loss {run.val_log_loss:.4f}, "
+                  f"{run.train_seconds:.1f} s -> {run.run_dir}")
+    if result.tta is not None:
+        ll = result.tta["log_loss"]
+        print(f"{'ensemble' if models else 'final model'}: validation log loss {ll['1']:.4f} ({ll['2']:.4f} with flip "
+              f"TTA): predict uses {result.tta['views']} view(s) unless --tta is given")
+    print(f"predict with: imgcls predict {result.run_dir} IMAGES --out submission.csv")
 
 
 def _cmd_lr_find(args: argparse.Namespace) -> None:
@@ -239,8 +249,10 @@ def _cmd_predict(args: argparse.Namespace) -> None:
 def _cmd_export(args: argparse.Namespace) -> None:
     from .export import export
     result = export(args.run_dir, args.format, args.out, quantize=args.quantize, cache=_cache_settings(args))
-    print(f"wrote {result['path']} (+ {result['path']}.json, the preprocessing contract); max abs "
-          f"difference of the logits against PyTorch: {result['max_abs_diff']:.2e} (relative {result['max_rel_diff']:.2e})")
+    wrote = (f"{', '.join(result['members'])} and {result['path']} (how to combine them)" if "members" in result
+             else f"{result['path']} (+ {result['path']}.json, the preprocessing contract)")
+    print(f"wrote {wrote}; max abs difference of the logits against PyTorch: {result['max_abs_diff']:.2e} "
+          f"(relative {result['max_rel_diff']:.2e})")
     if "int8" in result:
         q = result["int8"]
         name = q["score"]

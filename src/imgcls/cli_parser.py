@@ -190,6 +190,9 @@ def _add_train_flags(parser: argparse.ArgumentParser, *, search: bool = False) -
     _add_cache_flags(parser)
 
 
+TTA_HELP = ("average over views of each picture: 1 (none), 2 (alone: the picture and its mirror image) or 6 (also "
+            "both shifted by a pixel each way, airbench's multi-crop); default: what a finetune folder chose on its "
+            "validation pictures, else 1")
 CACHE_DIR_HELP = "decoded cache folder (default: $IMGCLS_CACHE_DIR, $XDG_CACHE_HOME/imgcls or ~/.cache/imgcls)"
 
 
@@ -230,7 +233,10 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--stage2-epochs", type=int, default=3, help="epochs with the last blocks unfrozen (default: 3)")
     f.add_argument("--drop-implausible", type=int, default=0, metavar="N",
                    help="leave out the N training pictures stage 1 finds least plausible before stage 2")
-    f.add_argument("--out", metavar="DIR", help="default: runs/finetune-<model>, numbered")
+    f.add_argument("--models", metavar="A,B", help="finetune each of these models on one shared split and keep them "
+                   "as an ensemble in --out (ensemble.json): predict, evaluate, export and serve OUT use their mean")
+    f.add_argument("--out", metavar="DIR", help="default: runs/finetune-<model> (with --models: "
+                   "runs/ensemble-<models>), numbered")
 
     u = sub.add_parser("tune", help="search training settings with Optuna (resumable)", argument_default=s)
     _add_train_flags(u, search=True)
@@ -265,9 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("run_dir", metavar="RUN_DIR")
     _add_data_flags(e)
     e.add_argument("--out", metavar="JSON", help="write the metrics here")
-    e.add_argument("--tta", type=int, nargs="?", const=2, default=0, metavar="VIEWS",
-                   help="average over views of each picture: 2 (alone: the picture and its mirror image) or 6 "
-                        "(also both shifted by a pixel each way, airbench's multi-crop)")
+    e.add_argument("--tta", type=int, nargs="?", const=2, default=None, metavar="VIEWS", help=TTA_HELP)
     e.add_argument("--outliers", metavar="DIR", help="pictures outside the classes (never used to fit anything): how "
                    "well the run's out-of-distribution score separates them (AUROC, FPR at 95 %% TPR)")
     e.add_argument("--device", default="auto", choices=DEVICES)
@@ -291,9 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-format", default="name", choices=LABEL_FORMATS,
                    help="name (default) or index: the class's position 0..K-1 (a run with --class-names whose "
                         "submission wants the number)")
-    p.add_argument("--tta", type=int, nargs="?", const=2, default=0, metavar="VIEWS",
-                   help="average over views of each picture: 2 (alone: the picture and its mirror image) or 6 "
-                        "(also both shifted by a pixel each way, airbench's multi-crop)")
+    p.add_argument("--tta", type=int, nargs="?", const=2, default=None, metavar="VIEWS", help=TTA_HELP)
     p.add_argument("--device", default="auto", choices=DEVICES)
     _add_backend_flag(p)
     _add_cache_flags(p)

@@ -133,8 +133,14 @@ def explain(run_dir: str | Path, pictures: str | Path, out: str | Path, *, metho
     from .predict import load_run
     from .report.plots import plot_grid, save_figure
 
+    from .artifact.files import expand_runs
+
     if top < 1:
         raise UserError(f"Received: --top {top}; expected an integer >= 1")
+    members = expand_runs(run_dir)
+    if len(members) > 1:
+        raise UserError(f"Received: RUN_DIR {run_dir}, an ensemble of {len(members)} runs; expected one run (Grad-CAM "
+                        f"explains one network), such as {members[0]}")
     run = load_run(run_dir, device, "torch")  # Grad-CAM needs the gradients only PyTorch has
     card, model = run.card, run.model
     model.requires_grad_(False)  # only the input's gradient path is needed

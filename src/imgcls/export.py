@@ -13,6 +13,7 @@ import torch
 from .engine.checkpoint import write_json
 from .choices import EXPORT_FORMATS as FORMATS
 from .errors import UserError
+from .artifact.files import expand_runs
 from .artifact.predictor import load_predictor, onnx_file
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,8 @@ def export(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = None
         raise UserError(f"Received: --out {out}; expected a new file name, not one of the run's own files")
     if fmt not in FORMATS:
         raise UserError(f"Received: --format {fmt}; expected one of {', '.join(FORMATS)}")
+    if len(expand_runs(run_dir)) > 1:
+        return _export_ensemble(Path(run_dir), fmt, out, opset, quantize)
     run = load_predictor(run_dir, "torch", device="cpu")
     card = run.card
     out = Path(out) if out is not None else run.run_dir / f"model{SUFFIX[fmt]}"
@@ -100,6 +103,27 @@ def export(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = None
 
         result["int8"] = quantize_int8(run, out, onnx_file(run.run_dir, "int8"), cache)
     return result
+
+
+def _export_ensemble(run_dir: Path, fmt: str, out, opset: int, quantize: str | None) -> dict:
+    """Each member exported into its own folder, and RUN_DIR/ensemble.<fmt>.json: the members' files and
+    contracts, and how to combine them (a caller outside imgcls needs nothing else)."""
+    from .artifact.files import final_run_dir, recorded_tta
+
+    if out is not None or quantize:
+        raise UserError(f"Received: {'--out' if out is not None else '--quantize'} for the ensemble {run_dir}; expected "
+                        "neither (each member is exported into its own folder; quantize one member's folder)")
+    members = [final_run_dir(m, quiet=True) for m in expand_runs(run_dir)]
+    results = [export(member, fmt, opset=opset) for member in members]
+    path = run_dir / f"ensemble{SUFFIX[fmt]}.json"
+    write_json(path, {"format": "imgcls-ensemble-contract/1", "tta_views": recorded_tta(run_dir),
+                      "combine": "the mean of the members' probabilities, each read as its own contract says",
+                      "members": [{"model": str(Path(r["path"]).relative_to(run_dir)),
+                                   "contract": str(Path(r["path"] + ".json").relative_to(run_dir))} for r in results]})
+    log.info("exported the %d members of %s; their contracts and how to combine them: %s", len(members), run_dir, path)
+    return {"path": str(path), "members": [r["path"] for r in results],
+            "max_abs_diff": max(r["max_abs_diff"] for r in results),
+            "max_rel_diff": max(r["max_rel_diff"] for r in results)}
 
 
 def _write_checked(run, fmt: str, out: Path, example: torch.Tensor, sample: torch.Tensor,

@@ -32,6 +32,7 @@ class FinetuneResult:
     stage1: RunResult
     stage2: RunResult
     dropped: list[str]
+    tta: dict | None = None  # the TTA chosen on validation (validation_tta.choose_tta)
 
     @property
     def run_dir(self) -> Path:
@@ -83,13 +84,26 @@ def _run_stage(config: TrainConfig, report: bool = True) -> RunResult:
 
 
 def finetune(config: TrainConfig | None = None, *, stage1_epochs: int = 5, stage2_epochs: int = 3,
-             unfreeze_last: int = 2, drop_implausible: int = 0, report: bool = True, **overrides) -> FinetuneResult:
-    """Run both stages into OUT/stage1 and OUT/stage2 (OUT: config.out or runs/finetune-<model>).
+             unfreeze_last: int = 2, drop_implausible: int = 0, report: bool = True, models: list[str] | None = None,
+             choose_tta: bool = True, **overrides):
+    """Run both stages into OUT/stage1 and OUT/stage2 (OUT: config.out or runs/finetune-<model>), then
+    record in finetune.json whether flip TTA lowers the final model's validation log loss
+    (validation_tta.py; predict, evaluate and serve follow it unless --tta is given).
 
     `config` (or the overrides, TrainConfig/DataConfig field names) gives the data, model and the
     stage-1 learning rate. Stage 1 starts from the pretrained weights unless `weights` is given.
     report=False: no plots or report.html in the stages (as train's report=False).
+    models=[A, B, ...]: one finetune per model on one shared split, kept as an ensemble in OUT
+    (ensemble.finetune_ensemble; returns an EnsembleResult).
     """
+    if models:
+        from .ensemble import finetune_ensemble
+
+        if config is None and not overrides.get("model"):  # a named model: the recipe is "none", not "small"
+            overrides = {**overrides, "model": models[0]}
+        return finetune_ensemble(config_from_dict(overrides, config), models, stage1_epochs=stage1_epochs,
+                                 stage2_epochs=stage2_epochs, unfreeze_last=unfreeze_last,
+                                 drop_implausible=drop_implausible, report=report)
     base = config_from_dict(overrides, config)
     base.pretrained = not base.weights
     # Stage 2 starts from stage 1's weights, not pretrained ones: it must see the pictures as stage 1 did.
@@ -105,8 +119,8 @@ def finetune(config: TrainConfig | None = None, *, stage1_epochs: int = 5, stage
                                       "drop_implausible": drop_implausible}))
     out = _finetune_folder(base, settings)
     # Marks OUT as a finetune folder: predict, evaluate, export and serve of OUT use its final stage.
-    write_json(out / FINETUNE, {"format": "imgcls-finetune/1", "stages": stages, "final": stages[-1],
-                                "settings": settings})
+    marker = {"format": "imgcls-finetune/1", "stages": stages, "final": stages[-1], "settings": settings}
+    write_json(out / FINETUNE, marker)
     lr = base.lr if base.lr is not None else DEFAULT_LR["sgd"]
     # Both stages cache the frozen blocks' output before the last `unfreeze_last` blocks: stage 1 runs
     # those few blocks every epoch, and stage 2 reuses the cache instead of recomputing the backbone.
@@ -116,7 +130,7 @@ def finetune(config: TrainConfig | None = None, *, stage1_epochs: int = 5, stage
     log.info("finetune stage 1: head only, %d epochs, SGD lr %g momentum 0.91, plateau", stage1_epochs, lr)
     first = _run_stage(stage1, report)
     if stage2_epochs == 0:
-        return FinetuneResult(first, first, [])
+        return _finished(FinetuneResult(first, first, []), out, marker, choose_tta, base)
     data = dataclasses.replace(base.data, split_file=str(first.run_dir / "split.csv"))
     dropped: list[str] = []
     if drop_implausible:
@@ -131,4 +145,15 @@ def finetune(config: TrainConfig | None = None, *, stage1_epochs: int = 5, stage
     second = _run_stage(stage2, report)
     log.info("stage 1 val log loss %.5f → stage 2 %.5f; final model: %s", first.val_log_loss,
              second.val_log_loss, second.run_dir)
-    return FinetuneResult(first, second, dropped)
+    return _finished(FinetuneResult(first, second, dropped), out, marker, choose_tta, base)
+
+
+def _finished(result: FinetuneResult, out: Path, marker: dict, choose_tta: bool, base: TrainConfig) -> FinetuneResult:
+    """The finished finetune, with the TTA its validation pictures chose recorded in finetune.json."""
+    from .validation_tta import choose_tta as choose
+
+    record = choose([out], cache=base.cache_settings()) if choose_tta else None
+    if record is not None:
+        write_json(out / FINETUNE, {**marker, "tta": record})
+    result.tta = record
+    return result

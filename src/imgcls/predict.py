@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .artifact.files import expand_runs, final_run_dir
+from .artifact.files import expand_runs, final_run_dir, recorded_tta
 from .artifact.predictor import (Answers, Predictor, check_backend, check_tta, is_current, load_predictor,
                                  onnxruntime_installed)
 from .data.sources import list_pictures, load_samples, outlier_paths
@@ -57,7 +57,34 @@ def load_run(run_dir: str | Path, device: str = "auto", backend: str = "torch") 
     return load_predictor(run_dir, prepare_backend(run_dir, backend), device)
 
 
-def answer_images(predictor: Predictor, paths: list[str], batch_size: int | None = None, tta: bool | int = False,
+def load_model(run_dir: str | Path, device: str = "auto", backend: str = "auto") -> Predictor:
+    """What a folder answers with, as one Predictor: a run (or a finetune folder's final stage), or an
+    ensemble's members averaged (a `finetune --models` or `train --folds` folder: artifact/ensemble.py);
+    its default TTA is the one the folder chose on validation (files.recorded_tta)."""
+    from .artifact.ensemble import EnsemblePredictor
+
+    members = expand_runs(run_dir)
+    run = (load_run(members[0], device, backend) if len(members) == 1
+           else EnsemblePredictor([load_run(m, device, backend) for m in members], Path(run_dir)))
+    run.default_tta = recorded_tta(run_dir)
+    return run
+
+
+def resolve_tta(tta: bool | int | None, run_dir) -> bool | int:
+    """The views to use: `tta` as given, else what the folder chose on validation (one folder), else 1."""
+    if tta is not None:
+        return tta
+    if isinstance(run_dir, (list, tuple)):
+        if len(run_dir) != 1:
+            return 1
+        run_dir = run_dir[0]
+    views = recorded_tta(run_dir)
+    if views > 1:
+        log.info("TTA: %d views, as %s chose on its validation pictures (--tta 1 for none)", views, run_dir)
+    return views
+
+
+def answer_images(predictor: Predictor, paths: list[str], batch_size: int | None = None, tta: bool | int | None = None,
                   cache: CacheSettings | None = None) -> tuple[Answers, list[str], list[dict]]:
     """The answers (probabilities, and the run's scores and sets) for the pictures that decode, their
     paths, and the skipped ones."""
@@ -68,7 +95,7 @@ def answer_images(predictor: Predictor, paths: list[str], batch_size: int | None
     return predictor.answers(pictures, tta=tta, batch_size=batch_size), [paths[i] for i in ok], skipped
 
 
-def predict_images(predictor: Predictor, paths: list[str], batch_size: int | None = None, tta: bool | int = False,
+def predict_images(predictor: Predictor, paths: list[str], batch_size: int | None = None, tta: bool | int | None = None,
                    cache: CacheSettings | None = None) -> tuple[np.ndarray, list[str], list[dict]]:
     """Probabilities (N, classes) for the pictures that decode, their paths, and the skipped ones."""
     answers, kept, skipped = answer_images(predictor, paths, batch_size, tta, cache)
@@ -108,7 +135,7 @@ def ensemble_probabilities(run_dirs: list[str | Path], paths: list[str], *, batc
 
 def predict(run_dir: str | Path | list, images: str | Path, out: str | Path, *, proba: str | bool | None = None,
             template: str | Path | None = None, batch_size: int | None = None, device: str = "auto",
-            tta: bool | int = False, cache: CacheSettings | None = None, backend: str = "auto",
+            tta: bool | int | None = None, cache: CacheSettings | None = None, backend: str = "auto",
             label_format: str = "name", sets: bool = False, unknown: bool = False, image_col: str = "image") -> dict:
     """Write `id,label` per picture (submission.write_submission: numeric ids in numeric order,
     proba=CLASS for P(CLASS), proba=True for a column per class (and ood_score), template=CSV for its ids
@@ -116,10 +143,12 @@ def predict(run_dir: str | Path | list, images: str | Path, out: str | Path, *, 
     conformal set). unknown=True: a picture the run's out-of-distribution score puts beyond its
     threshold is labelled "unknown" and proba=True adds an ood_score column (off by default: a
     competition file wants a class on every row). tta=True (or 2) averages each
-    picture's probabilities with its mirror image's, tta=6 also over one-pixel shifts (tta_views).
-    Several run folders (or a --folds folder): their mean probabilities. image_col: the picture column of
-    parquet or save_to_disk files."""
+    picture's probabilities with its mirror image's, tta=6 also over one-pixel shifts (tta_views); None:
+    what a finetune folder chose on validation (resolve_tta). Several run folders (or a `finetune --models`
+    or `train --folds` folder): their mean probabilities. image_col: the picture column of parquet or
+    save_to_disk files."""
     check_tta(tta)  # a wrong number of views ends here, before any picture is read
+    tta = resolve_tta(tta, run_dir)
     run_dirs = [r for one in (run_dir if isinstance(run_dir, (list, tuple)) else [run_dir]) for r in expand_runs(one)]
     if len(run_dirs) > 1:
         if sets:
@@ -148,16 +177,35 @@ def predict(run_dir: str | Path | list, images: str | Path, out: str | Path, *, 
 
 def evaluate(run_dir: str | Path, source: str, *, labels: str | None = None, id_col: str = "id",
              label_col: str = "label", ext: str | None = None, label_pattern: str | None = None,
-             out: str | Path | None = None, batch_size: int | None = None, device: str = "auto", tta: bool | int = False,
-             cache: CacheSettings | None = None, backend: str = "auto", outliers: str | Path | None = None,
-             image_col: str = "image", label_key: str = "label") -> dict:
-    """Score a saved run on labelled pictures (same layouts as train); classes are matched by name. Where
-    the run has them: its conformal sets' coverage and size, the share answered "unknown" and the score
-    on the rest; outliers=DIR (pictures outside the classes, never used to fit anything): how well the
-    score separates them (AUROC, FPR at 95 % TPR) and the share of them answered "unknown"."""
+             out: str | Path | None = None, batch_size: int | None = None, device: str = "auto",
+             tta: bool | int | None = None, cache: CacheSettings | None = None, backend: str = "auto",
+             outliers: str | Path | None = None, image_col: str = "image", label_key: str = "label") -> dict:
+    """Score a saved run (or an ensemble folder: its members' mean) on labelled pictures (same layouts as
+    train); classes are matched by name. Where the run has them: its conformal sets' coverage and size,
+    the share answered "unknown" and the score on the rest; outliers=DIR (pictures outside the classes,
+    never used to fit anything): how well the score separates them (AUROC, FPR at 95 % TPR) and the share
+    of them answered "unknown". tta=None: what a finetune folder chose on validation."""
+    from .artifact.ensemble import ensemble_card
+
     check_tta(tta)
-    run = load_run(run_dir, device, backend)
-    card = run.card
+    tta = resolve_tta(tta, run_dir)
+    members = expand_runs(run_dir)
+    run = load_run(members[0], device, backend) if len(members) == 1 else None
+    card = run.card if run is not None else ensemble_card(run_dir)
+
+    def answer(paths: list[str], signatures=None) -> tuple[Answers, np.ndarray, list[dict], Predictor]:
+        """The answers for the pictures of `paths` that decode, their indices, the skipped ones, and the
+        predictor whose card reads them (an ensemble's first member)."""
+        if run is not None:
+            p = card.preprocess
+            pictures, ok, failed = decode_rows(paths, p.channels, p.size, trim=p.trim, cache=cache, resize=p.resize,
+                                               crop=p.crop, signatures=signatures)
+            return run.answers(pictures, tta=tta, batch_size=batch_size), ok, failed, run
+        answers, kept, failed, first = ensemble_probabilities(members, paths, batch_size=batch_size, device=device,
+                                                              tta=tta, cache=cache, backend=backend)
+        position = {path: i for i, path in enumerate(paths)}
+        return answers, np.array([position[path] for path in kept], dtype=np.int64), failed, first
+
     if outliers is not None:
         require_score(card, str(run_dir))
         outlier_list = outlier_paths(outliers)  # a folder with no picture ends here
@@ -170,24 +218,28 @@ def evaluate(run_dir: str | Path, source: str, *, labels: str | None = None, id_
     if not len(samples):
         raise UserError(f"Received: {source} with no picture of the run's classes; expected some of "
                         f"{', '.join(card.classes)}")
-    p = card.preprocess
-    pictures, ok, failed = decode_rows(samples.paths, p.channels, p.size, trim=p.trim, cache=cache, resize=p.resize,
-                                       crop=p.crop, signatures=samples.signatures)
-    answers = run.answers(pictures, tta=tta, batch_size=batch_size)
+    answers, ok, failed, reader = answer(samples.paths, samples.signatures)
     truth = samples.labels[ok]
-    metrics = run.task.metrics(truth, answers.probs, card.classes, card)
+    metrics = reader.task.metrics(truth, answers.probs, card.classes, card)
     if answers.sets is not None:
         metrics["conformal"] = {"coverage_promised": card.conformal["coverage"],
                                 **conformal.coverage_and_size(answers.sets, truth)}
     if answers.ood is not None:
-        metrics["ood"] = _rejection(run, truth, answers, run.task.headline(metrics)[0])
+        metrics["ood"] = _rejection(reader, truth, answers, reader.task.headline(metrics)[0])
         if outliers is not None:
-            outside, _, _ = answer_images(run, outlier_list, batch_size, tta, cache)
+            outside = answer(outlier_list)[0]
             metrics["ood"].update(separation(answers.ood, outside.ood), outliers=len(outside),
-                                  outliers_rejected=round(float(np.mean(unknown(card, run.task.decide(outside.probs, card),
+                                  outliers_rejected=round(float(np.mean(unknown(card, reader.task.decide(outside.probs, card),
                                                                                 outside.ood))), 6))
+    elif outliers is not None:
+        raise UserError(f"Received: --outliers for {run_dir}, not all of whose members have an out-of-distribution "
+                        "score; expected runs trained with --ood")
     metrics["skipped"] = samples.skipped + failed
-    metrics["task"], metrics["backend"] = card.task, run.backend
+    metrics["task"] = card.task
+    metrics["backend"] = reader.backend if run is not None else f"{reader.backend} ({len(members)} runs averaged)"
+    if len(members) > 1:
+        metrics["members"] = [str(m) for m in members]
+    metrics["tta"] = check_tta(tta)
     if out is not None:
         write_json(out, metrics)
     return metrics

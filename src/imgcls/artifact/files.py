@@ -21,13 +21,14 @@ REPORT = "report.html"
 FINETUNE = "finetune.json"  # in a finetune folder: its stages and which one is final
 FOLDS = "folds.json"  # in a `train --folds` folder: its folds and the out-of-fold scores
 AUDIT = "audit.json"  # in an `imgcls audit` folder: its settings
+ENSEMBLE = "ensemble.json"  # in a `finetune --models A,B` folder: its members and the TTA chosen on validation
 ONNX = {"onnx": "model.onnx", "int8": "model.int8.onnx"}  # by backend
 OOD = "ood.safetensors"  # the out-of-distribution score's fitted tensors (openset/)
 
 log = logging.getLogger(__name__)
 
 
-def final_run_dir(run_dir: str | Path) -> Path:
+def final_run_dir(run_dir: str | Path, quiet: bool = False) -> Path:
     """The run folder a command should use: `run_dir` itself, or for a finetune folder (the one its
     --out named) its final stage, so that `predict OUT ...` does what a user means."""
     run_dir = Path(run_dir)
@@ -37,19 +38,32 @@ def final_run_dir(run_dir: str | Path) -> Path:
     if not (final / CARD).is_file():
         raise UserError(f"Received: RUN_DIR {run_dir}, a finetune folder whose final stage {final.name} has not "
                         f"finished; expected {final / CARD} (resume it with imgcls train --resume {final})")
-    log.info("%s is a finetune folder: using its final stage, %s", run_dir, final)
+    if not quiet:
+        log.info("%s is a finetune folder: using its final stage, %s", run_dir, final)
     return final
 
 
 def expand_runs(run_dir: str | Path) -> list[Path]:
-    """The run folders a path stands for: a `train --folds` folder's folds, an audit folder's folds,
-    else the folder itself."""
+    """The run folders a path stands for: a `finetune --models` folder's members, a `train --folds`
+    folder's folds, an audit folder's folds, else the folder itself."""
     run_dir = Path(run_dir)
+    if (run_dir / ENSEMBLE).is_file():
+        return [run_dir / name for name in json.loads((run_dir / ENSEMBLE).read_text(encoding="utf-8"))["members"]]
     if (run_dir / FOLDS).is_file():
         return [run_dir / name for name in json.loads((run_dir / FOLDS).read_text(encoding="utf-8"))["folds"]]
     if (run_dir / AUDIT).is_file() and (run_dir / "folds").is_dir():
         return sorted(p.parent for p in (run_dir / "folds").glob(f"fold*/{CARD}"))
     return [run_dir]
+
+
+def recorded_tta(run_dir: str | Path) -> int:
+    """The number of TTA views a finetune (or `finetune --models`) folder chose on its validation
+    pictures, which predict, evaluate and serve use when --tta is not given; 1 for any other folder."""
+    for name in (ENSEMBLE, FINETUNE):
+        path = Path(run_dir) / name
+        if path.is_file():
+            return int(json.loads(path.read_text(encoding="utf-8")).get("tta", {}).get("views", 1))
+    return 1
 
 
 def run_version(run_dir: str | Path) -> str:
@@ -58,11 +72,11 @@ def run_version(run_dir: str | Path) -> str:
     import hashlib
 
     digest = hashlib.sha256()
-    run_dir = Path(run_dir)
-    for name in (CARD, WEIGHTS, OOD):
-        path = run_dir / name
-        if path.is_file():
-            with open(path, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(block)
+    for member in expand_runs(run_dir):  # an ensemble's version: all its members' files
+        for name in (CARD, WEIGHTS, OOD):
+            path = final_run_dir(member, quiet=True) / name
+            if path.is_file():
+                with open(path, "rb") as f:
+                    for block in iter(lambda: f.read(1 << 20), b""):
+                        digest.update(block)
     return digest.hexdigest()[:12]

@@ -51,6 +51,8 @@ class Predictor:
     the run has one), then the task's probabilities."""
 
     backend = "?"
+    default_tta = 1  # views when a caller asks none (a finetune folder's choice: files.recorded_tta)
+    explainable = True
 
     def __init__(self, card: ModelCard, run_dir: Path):
         self.card, self.run_dir = card, run_dir
@@ -72,16 +74,26 @@ class Predictor:
         """(logits, raw out-of-distribution scores or None) of one batch."""
         raise NotImplementedError
 
+    def decode(self, file, max_pixels: int | None = None) -> np.ndarray:
+        """One picture file (or file object) → what `answers` takes for it (a server's uploads)."""
+        return self.card.preprocess.decode(file, max_pixels)
+
+    def blank(self, count: int) -> np.ndarray:
+        """`count` black pictures as `answers` takes them (warm-up and batch timing)."""
+        p = self.card.preprocess
+        return np.zeros((count, p.channels, p.size, p.size), dtype=np.uint8)
+
     def logits(self, pictures: np.ndarray) -> np.ndarray:
         return self.outputs(pictures)[0]
 
-    def answers(self, pictures: np.ndarray, *, tta: bool | int = False, batch_size: int | None = None) -> Answers:
+    def answers(self, pictures: np.ndarray, *, tta: bool | int | None = None, batch_size: int | None = None) -> Answers:
         """Probabilities, scores and sets of every picture; tta averages each picture's probabilities (and
         raw score) over views of it (tta_views: True or 2, with its mirror image; 6, airbench's multi-crop:
-        also both shifted by one pixel each way)."""
+        also both shifted by one pixel each way; None: default_tta)."""
         from ..openset import conformal
         from ..openset.scale import percentile
 
+        tta = self.default_tta if tta is None else tta
         p = self.card.preprocess
         step = batch_size or inference_batch_size(p.channels, p.size)
         probs, raw = [], []
@@ -104,7 +116,8 @@ class Predictor:
                 if self.card.conformal and len(pictures) else None)
         return Answers(probs, ood, sets)
 
-    def probabilities(self, pictures: np.ndarray, *, tta: bool = False, batch_size: int | None = None) -> np.ndarray:
+    def probabilities(self, pictures: np.ndarray, *, tta: bool | int | None = None,
+                      batch_size: int | None = None) -> np.ndarray:
         """The task's probabilities (N, K), calibrated as the card says."""
         return self.answers(pictures, tta=tta, batch_size=batch_size).probs
 

@@ -40,7 +40,6 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from ..artifact.card import read_card
 from ..errors import UserError, first_line
 from ..openset.decide import UNKNOWN, unknown
 from .batcher import Saturated
@@ -61,11 +60,12 @@ def create_app(run_dir: str | Path, *, max_bytes: int = MAX_BYTES, top_k: int = 
     api_key: prediction and admin endpoints require `Authorization: Bearer <key>` (probes and metrics stay
     open). load_in_background: the app answers /health/live at once and /health/ready once the model is
     loaded and warmed (what `imgcls serve` does); otherwise the model is loaded before this returns."""
-    from ..predict import load_run
+    from ..artifact.ensemble import ensemble_card
+    from ..predict import load_model, load_run
 
-    first_card = read_card(check_run_dir(run_dir))  # a folder that is no run ends here, in one line
+    first_card = ensemble_card(check_run_dir(run_dir))  # a folder that is no run ends here, in one line
     telemetry = Telemetry(queue_depth=lambda: models.current.batcher.pending if models.current else 0)
-    models = Models(run_dir, lambda folder: load_run(folder, device, backend), max_batch=max_batch,
+    models = Models(run_dir, lambda folder: load_model(folder, device, backend), max_batch=max_batch,
                     max_wait_ms=max_wait_ms, max_pending=max_pending, on_batch=telemetry.batch_size.observe)
     telemetry.ready.set_function(lambda: 1.0 if models.ready else 0.0)
     limits = Limits(max_bytes, max_pixels, max_files)
@@ -200,10 +200,12 @@ def create_app(run_dir: str | Path, *, max_bytes: int = MAX_BYTES, top_k: int = 
         k = top_k_of(request)
         explain = request.query_params.get("explain", "").lower() in ("1", "true", "yes", "on")
         with held() as loaded:
-            preprocess = loaded.card.preprocess
+            if explain and not loaded.run.explainable:
+                raise Rejected(400, "explain=1 for an ensemble; Grad-CAM explains one network: serve one member's "
+                                    "folder to see where it looks")
             with loaded.batcher.arriving():
                 [upload, *_] = await read_uploads(request, limits, "file")
-                decode = preprocess.decode_with_geometry if explain else preprocess.decode
+                decode = loaded.card.preprocess.decode_with_geometry if explain else loaded.run.decode
                 decoded = await decode_upload(upload, decode, decode_pool, max_pixels)
             picture, geometry = decoded if explain else (decoded, None)
             result = {"filename": upload.filename, "version": loaded.version,
@@ -223,7 +225,7 @@ def create_app(run_dir: str | Path, *, max_bytes: int = MAX_BYTES, top_k: int = 
                 if len(uploads) > max_files:
                     raise Rejected(400, f"expected 1 to {max_files} pictures in multipart fields 'files'; "
                                         f"got {len(uploads)}")
-                pictures = np.stack([await decode_upload(u, loaded.card.preprocess.decode, decode_pool, max_pixels)
+                pictures = np.stack([await decode_upload(u, loaded.run.decode, decode_pool, max_pixels)
                                      for u in uploads])
             answers = await classify(loaded, pictures)
             return JSONResponse({"version": loaded.version,

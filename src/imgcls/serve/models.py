@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-import numpy as np
 
 from ..artifact.files import final_run_dir, run_version
 from ..artifact.predictor import Predictor
@@ -54,10 +53,9 @@ def choose_max_batch(run: Predictor, ceiling: int = BATCH_CANDIDATES[-1], repeat
     A larger batch spreads each call's fixed cost (the batcher, the thread hops) over more pictures, while
     the budget keeps a batch from holding its first picture long: 64 for airnet at 28 px, 1-2 for
     EfficientNet-Lite0 at 224 px on 2 cores."""
-    p = run.card.preprocess
     chosen = 1
     for size in (s for s in BATCH_CANDIDATES if s <= ceiling):
-        pictures = np.zeros((size, p.channels, p.size, p.size), dtype=np.uint8)
+        pictures = run.blank(size)
         run.answers(pictures, batch_size=size)  # a new shape's first call allocates
         took = []
         for _ in range(repeats):
@@ -95,8 +93,7 @@ class Models:
         timing), and give it its own batcher."""
         run_dir = final_run_dir(run_dir)
         run = self.loader(run_dir)
-        p = run.card.preprocess
-        run.answers(np.zeros((1, p.channels, p.size, p.size), dtype=np.uint8))  # warm-up: first calls are slow
+        run.answers(run.blank(1))  # warm-up: first calls are slow
         max_batch = self.max_batch or choose_max_batch(run, self.max_pending)
         batcher = MicroBatcher(run.answers, max_batch=max_batch, max_wait_ms=self.max_wait_ms,
                                max_pending=self.max_pending, on_batch=self.on_batch)
@@ -161,9 +158,9 @@ class Models:
 
 
 def check_run_dir(run_dir: str | Path) -> Path:
-    """A run folder a server can load: refused in one line before the server binds its port."""
-    from ..artifact.card import read_card
+    """A run (or ensemble) folder a server can load: refused in one line before the server binds its port."""
+    from ..artifact.ensemble import ensemble_card
 
     run_dir = final_run_dir(run_dir)
-    read_card(run_dir)  # a missing, damaged or newer model.json ends here
+    ensemble_card(run_dir)  # a missing, damaged or newer model.json (of any member) ends here
     return run_dir
