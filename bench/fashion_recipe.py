@@ -36,7 +36,21 @@ VARIANTS = {
     "batch128": ["--batch-size", "128"],
     # airbench's frozen patch-whitening first layer (issue 26; +0.3 validation points on CIFAR-10)
     "whiten": ["--model-arg", "whiten=1"],
+    # issue 26 part 4: the EMA copy kept at the last epoch rather than at its lowest validation loss
+    "ema-last": ["--ema", "--keep", "last"],
 }
+
+
+def kept_epochs(run_dir: Path) -> dict[str, tuple[int, float]]:
+    """The epoch (and its validation accuracy) each --keep rule would keep, read from one run's
+    history.csv: the rules compared on the same run, no second training."""
+    import csv
+
+    with open(run_dir / "history.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["val_loss"] not in ("", "nan")]
+    pick = {"best-loss": min(rows, key=lambda r: float(r["val_loss"])),
+            "best-accuracy": max(rows, key=lambda r: float(r["val_acc"])), "last": rows[-1]}
+    return {rule: (int(r["epoch"]), float(r["val_acc"])) for rule, r in pick.items()}
 
 
 def main() -> None:
@@ -62,9 +76,10 @@ def main() -> None:
             row = {"seed": seed, "val_accuracy": metrics["validation"]["accuracy"],
                    "val_log_loss": metrics["validation"]["log_loss"], "train_seconds": metrics["train_seconds"],
                    "run": str(run_dir)}
+            row["kept"] = kept_epochs(run_dir)
             results[variant].append(row)
             print(f"{variant:8} seed {seed}: val {row['val_accuracy']:.4f}  log loss {row['val_log_loss']:.4f}  "
-                  f"train {row['train_seconds']:.0f} s", flush=True)
+                  f"train {row['train_seconds']:.0f} s; --keep rules (epoch, val accuracy): {row['kept']}", flush=True)
     chosen = max(variants, key=lambda v: statistics.mean(r["val_accuracy"] for r in results[v]))
     for row in [] if args.no_test else results[chosen]:
         scored = Path(row["run"]) / "test_metrics.json"
@@ -83,6 +98,12 @@ def main() -> None:
             "test_accuracy": mean_std([r["test_accuracy"] for r in rows])
             if variant == chosen and not args.no_test else "not scored",
         }
+    for variant in variants:  # what each --keep rule would have kept in the same runs
+        for rule in ("best-loss", "best-accuracy", "last"):
+            rows = results[variant]
+            table[f"{variant}, --keep {rule} (from history.csv)"] = {
+                "val_accuracy": mean_std([r["kept"][rule][1] for r in rows]),
+                "val_log_loss": "epochs " + ",".join(str(r["kept"][rule][0]) for r in rows)}
     table[f"chosen on validation: {chosen}"] = {"val_accuracy": f"seeds {args.seeds}", "test_accuracy": " / ".join(
         f"{r['test_accuracy']:.4f}" for r in results[chosen]) if not args.no_test else "not scored"}
     table["fp32 matmul 2048² GFLOP/s, before / after"] = {"val_accuracy": f"{gflops_before} / {gflops_after}"}

@@ -8,9 +8,10 @@ training pictures/s, on this machine's CUDA device.
 cifar10, each seed: `imgcls train cifar10/train --recipe cifar10-speed --val-split 0.1 --seed S`, then the
 saved run scored with and without flip TTA on its own validation pictures (the choice) and on the 10,000
 test pictures. Times come from the run's history.csv: every epoch's seconds include its validation pass,
-and epoch 1 includes torch.compile's compilation. airbench times a warmed-up run (compiled beforehand);
-the closest figure here is `steady_10_epochs_s`, ten times the median of epochs 2-10, reported beside the
-measured total rather than instead of it.
+and epoch 1 includes torch.compile's compilation. airbench times a warmed-up run (compiled beforehand)
+and leaves validation out: `airbench_rule_s` is that rule applied to the run's history (each epoch's
+training steps alone, epoch 1's replaced by the median of the others'), reported beside the measured
+total rather than instead of it (issue 26's 3.0 s target is by this rule).
 
 resnet50: the engine's own training step (Trainer over a BatchLoader, uint8 pictures held on the device,
 bf16 autocast, channels_last) at 224 px on random pictures, eager and torch.compile'd, after warm-up.
@@ -72,6 +73,18 @@ def epoch_seconds(run: Path) -> list[float]:
         return [float(row["seconds"]) for row in csv.DictReader(f)]
 
 
+def airbench_rule_seconds(run: Path) -> float | None:
+    """The run's time as airbench times its own: training steps only (each epoch's train_seconds, its
+    validation left out), with torch.compile's compilation and warm-up left out too (airbench compiles
+    and warms up before its timer starts). Here epoch 1 holds the compilation, so its training time is
+    replaced by the median of the later epochs'. None for a run of one epoch."""
+    with open(run / "history.csv", newline="") as f:
+        trained = [float(row["train_seconds"]) for row in csv.DictReader(f)]
+    if len(trained) < 2:
+        return None
+    return round(statistics.median(trained[1:]) + sum(trained[1:]), 2)
+
+
 def cifar10(args) -> dict:
     import imgcls
 
@@ -93,7 +106,7 @@ def cifar10(args) -> dict:
         row = {"train_seconds": round(sum(seconds), 2), "epoch_1_s": seconds[0],
                "later_epoch_median_s": statistics.median(seconds[1:]) if len(seconds) > 1 else None,
                "steady_10_epochs_s": round(10 * statistics.median(seconds[1:]), 2) if len(seconds) > 1 else None,
-               "train_command_wall_s": round(wall, 1), **scores}
+               "airbench_rule_s": airbench_rule_seconds(run), "train_command_wall_s": round(wall, 1), **scores}
         rows.append(row)
         print(f"seed {seed}: {row}", flush=True)
     # Flip TTA is used on test only if it raised the mean validation accuracy: chosen on validation.

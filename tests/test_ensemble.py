@@ -72,3 +72,121 @@ def test_train_folds_keeps_a_k_fold_ensemble(two_runs: Path, tmp_path: Path, cap
 def read_labels(path: Path) -> dict[str, str]:
     with open(path, newline="") as f:
         return {row["id"]: row["label"] for row in csv.DictReader(f)}
+
+
+# -- finetune --models: one folder of finetuned members --------------------------------------------------
+
+PATTERN = r"^(cat|dog)\."
+
+
+@pytest.fixture(scope="module")
+def finetuned_pair(tmp_path_factory) -> Path:
+    """`finetune --models efficientnet_lite0,efficientnet_lite2` (their packages' ImageNet weights) on a
+    small Dogs vs. Cats layout, at 32 px."""
+    import numpy as np
+
+    from .conftest import COLOURS, coloured_picture
+
+    root = tmp_path_factory.mktemp("pair")
+    rng = np.random.default_rng(5)
+    for folder, count in (("train", 10), ("test", 3)):
+        (root / folder).mkdir()
+        for i in range(count):
+            coloured_picture(rng, COLOURS["red"], 36).save(root / folder / f"cat.{i}.jpg")
+            coloured_picture(rng, COLOURS["blue"], 36).save(root / folder / f"dog.{i}.jpg")
+    assert main(["-q", "finetune", str(root / "train"), "--label-pattern", PATTERN, "--split", "balanced",
+                 "--models", "efficientnet_lite0,efficientnet_lite2", "--img-size", "32", "--stage1-epochs", "2",
+                 "--stage2-epochs", "1", "--batch-size", "8", "--out", str(root / "pair")]) == 0
+    return root
+
+
+def validation(run: Path) -> dict[str, tuple[str, float]]:
+    """path → (label, P(dog)) of a run's val_predictions.csv."""
+    with open(run / "val_predictions.csv", newline="") as f:
+        return {r["path"]: (r["label"], float(r["p_dog"])) for r in csv.DictReader(f)}
+
+
+def test_finetune_models_keeps_one_folder_of_members_on_one_split(finetuned_pair: Path):
+    from sklearn.metrics import log_loss
+
+    pair = finetuned_pair / "pair"
+    ensemble = json.loads((pair / "ensemble.json").read_text())
+    assert ensemble["members"] == ["efficientnet_lite0", "efficientnet_lite2"]
+    lite0, lite2 = (validation(pair / m / "stage2") for m in ensemble["members"])
+    assert set(lite0) == set(lite2) and len(lite0) == 4  # one shared, balanced 80/20 split
+    assert json.loads((pair / "efficientnet_lite2" / "stage2" / "model.json").read_text())["input_size"] == 32
+    # The record's figures are the members' mean on those pictures, alone and with the mirror image
+    record = ensemble["tta"]
+    paths = sorted(lite0)
+    labels = [lite0[p][0] == "dog" for p in paths]
+    mean = [(lite0[p][1] + lite2[p][1]) / 2 for p in paths]
+    assert record["log_loss"]["1"] == pytest.approx(log_loss(labels, mean, labels=[False, True]), abs=2e-5)
+    assert record["views"] == (2 if record["log_loss"]["2"] < record["log_loss"]["1"] else 1)
+    assert set(record["members"]) == {"efficientnet_lite0", "efficientnet_lite2"}
+
+
+def test_predict_evaluate_export_and_serve_use_every_member(finetuned_pair: Path, tmp_path: Path, capsys):
+    import warnings
+
+    pair, test = finetuned_pair / "pair", finetuned_pair / "test"
+    assert main(["-q", "predict", str(pair), str(test), "--proba", "dog", "--out", str(tmp_path / "pair.csv")]) == 0
+    assert main(["-q", "predict", str(pair / "efficientnet_lite0"), str(pair / "efficientnet_lite2"), str(test),
+                 "--proba", "dog", "--tta", str(json.loads((pair / "ensemble.json").read_text())["tta"]["views"]),
+                 "--out", str(tmp_path / "members.csv")]) == 0
+    together = read(tmp_path / "pair.csv")
+    assert together == read(tmp_path / "members.csv") and len(together) == 6
+
+    capsys.readouterr()
+    assert main(["evaluate", str(pair), str(test), "--label-pattern", PATTERN, "--out", str(tmp_path / "m.json")]) == 0
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["count"] == 6 and len(metrics["members"]) == 2 and "2 runs averaged" in metrics["backend"]
+
+    assert main(["export", str(pair)]) == 0
+    contract = json.loads((pair / "ensemble.onnx.json").read_text())
+    assert [m["model"] for m in contract["members"]] == ["efficientnet_lite0/stage2/model.onnx",
+                                                         "efficientnet_lite2/stage2/model.onnx"]
+    assert all((pair / m["contract"]).is_file() for m in contract["members"])
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from starlette.testclient import TestClient
+    from imgcls.serve import create_app
+
+    with TestClient(create_app(pair, max_batch=2)) as client:
+        assert client.get("/health").json()["architecture"].startswith("ensemble of 2")
+        answer = client.post("/predict", files={"file": ("dog.1.jpg", (test / "dog.1.jpg").read_bytes())}).json()
+        dog = next(t["probability"] for t in answer["top"] if t["class"] == "dog")
+        assert dog == pytest.approx(together["dog.1"], abs=2e-6)
+        refused = client.post("/predict?explain=1", files={"file": ("dog.1.jpg", (test / "dog.1.jpg").read_bytes())})
+        assert refused.status_code == 400 and "ensemble" in refused.json()["detail"]
+
+    capsys.readouterr()
+    assert main(["explain", str(pair), str(test), "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "an ensemble of 2 runs" in err and len(err.splitlines()) == 1
+
+
+def test_the_tta_chosen_on_validation_is_the_default(finetuned_pair: Path, tmp_path: Path):
+    import shutil
+
+    from imgcls.predict import load_model
+
+    pair, test = tmp_path / "pair", finetuned_pair / "test"
+    shutil.copytree(finetuned_pair / "pair", pair)
+    marker = json.loads((pair / "ensemble.json").read_text())
+    marker["tta"]["views"] = 2
+    (pair / "ensemble.json").write_text(json.dumps(marker))
+    assert load_model(pair).default_tta == 2
+    for name, flags in (("default", []), ("two", ["--tta", "2"]), ("one", ["--tta", "1"])):
+        assert main(["-q", "predict", str(pair), str(test), "--proba", "dog", *flags,
+                     "--out", str(tmp_path / f"{name}.csv")]) == 0
+    default, two, one = (read(tmp_path / f"{n}.csv") for n in ("default", "two", "one"))
+    assert default == two and default != one
+
+
+def test_finetune_models_refuses_one_model(tmp_path: Path, filename_folder: Path, capsys):
+    assert main(["finetune", str(filename_folder), "--label-pattern", PATTERN, "--models", "efficientnet_lite0",
+                 "--out", str(tmp_path / "one")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "two or more different model names" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "one").exists()

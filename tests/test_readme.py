@@ -4,7 +4,8 @@ flowers/, shards/, hub-data/, DATA), so the paths stay as written. What changes 
 
 - sizes: the flags in TINY get the tiny values (--epochs stays as written: on a few dozen pictures an
   epoch is one or two batches); a train/finetune/tune/audit command without --epochs gets --epochs 1;
-  a model in IMG_SIZE without --img-size gets that size (Inception-v3 needs 75 px);
+  a model in IMG_SIZE without --img-size gets that size (Inception-v3 needs 75 px), and the members
+  of `finetune --models` 32 px;
 - placeholders: RUN_DIR and RUN are the newest run folder trained on the command's dataset (the first
   folder of its data path), or the newest run of any dataset when the command names no data; RUN_A and
   RUN_B are the second newest and the newest such run; `...` is
@@ -259,6 +260,8 @@ def tiny_argv(command: str, workspace: Workspace) -> list[str]:
     model = argv[argv.index("--model") + 1] if "--model" in argv else None
     if model in IMG_SIZE and "--img-size" not in argv:
         argv += ["--img-size", IMG_SIZE[model]]
+    if "--models" in argv and "--img-size" not in argv:  # every member at one tiny size
+        argv += ["--img-size", "32"]
     dataset = dataset_of(argv)
     for i, arg in enumerate(argv):
         for placeholder, back in (("RUN_DIR", 1), ("RUN_A", 2), ("RUN_B", 1), ("RUN", 1)):

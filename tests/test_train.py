@@ -44,7 +44,8 @@ def test_run_folder_is_complete_and_user_files_untouched(class_folder: Path, tmp
     with open(run / "history.csv") as f:
         rows = list(csv.DictReader(f))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
-    assert set(rows[0]) == {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"}
+    assert set(rows[0]) == {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "train_seconds"}
+    assert all(0 < float(r["train_seconds"]) <= float(r["seconds"]) for r in rows)
     meta = json.loads((run / "model.json").read_text())
     assert meta["classes"] == ["blue", "green", "red"] and meta["input_size"] == 16 and meta["channels"] == 3
     assert "<img" in (run / "report.html").read_text()

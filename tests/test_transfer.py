@@ -162,6 +162,8 @@ def test_finetune_two_stages_then_predict_with_tta(tmp_path, filename_folder):
     assert len(result.dropped) == 2 and (tmp_path / "ft" / "implausible.csv").is_file()
     data = json.loads((stage2.run_dir / "data.json").read_text())
     assert data["excluded_count"] == 2 and sum(data["counts"]["train"].values()) == 16 - 2
+    chosen = json.loads((tmp_path / "ft" / "finetune.json").read_text())["tta"]  # flip TTA, chosen on validation
+    assert chosen["views"] == (2 if chosen["log_loss"]["2"] < chosen["log_loss"]["1"] else 1) and chosen["pictures"] == 4
 
     out = tmp_path / "submission.csv"
     assert cli.main(["predict", str(result.run_dir), str(filename_folder), "--proba", "dog", "--tta",

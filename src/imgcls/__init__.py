@@ -19,9 +19,10 @@ _EXPORTS = {
     "from_folder": "data.sources", "load_samples": "data.sources",
     "UserError": "errors",
     "export": "export", "explain": "explain",
-    "FinetuneResult": "finetune", "finetune": "finetune",
+    "FinetuneResult": "finetune", "finetune": "finetune", "EnsembleResult": "ensemble",
     "create_model": "models.registry", "get_spec": "models.registry", "list_models": "models.registry",
-    "evaluate": "predict", "load_run": "predict", "predict": "predict", "predict_images": "predict",
+    "evaluate": "predict", "load_model": "predict", "load_run": "predict", "predict": "predict",
+    "predict_images": "predict",
     "RunResult": "train", "train": "train",
 }
 __all__ = [*_EXPORTS, "__version__"]
@@ -32,9 +33,10 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from .errors import UserError  # noqa: F401
     from .explain import explain  # noqa: F401
     from .export import export  # noqa: F401
+    from .ensemble import EnsembleResult  # noqa: F401
     from .finetune import FinetuneResult, finetune  # noqa: F401
     from .models.registry import create_model, get_spec, list_models  # noqa: F401
-    from .predict import evaluate, load_run, predict, predict_images  # noqa: F401
+    from .predict import evaluate, load_model, load_run, predict, predict_images  # noqa: F401
     from .train import RunResult, train  # noqa: F401
 
 

@@ -149,11 +149,14 @@ def finetune(config: TrainConfig | None = None, *, stage1_epochs: int = 5, stage
 
 
 def _finished(result: FinetuneResult, out: Path, marker: dict, choose_tta: bool, base: TrainConfig) -> FinetuneResult:
-    """The finished finetune, with the TTA its validation pictures chose recorded in finetune.json."""
+    """The finished finetune, with the TTA its validation pictures chose recorded in its final stage's
+    metrics.json (and finetune.json)."""
     from .validation_tta import choose_tta as choose
 
     record = choose([out], cache=base.cache_settings()) if choose_tta else None
-    if record is not None:
+    if record is not None:  # in the final stage's metrics.json, so that the stage folder answers the same way
+        metrics = result.stage2.run_dir / METRICS
+        write_json(metrics, {**json.loads(metrics.read_text(encoding="utf-8")), "tta": record})
         write_json(out / FINETUNE, {**marker, "tta": record})
     result.tta = record
     return result

@@ -23,7 +23,9 @@ from .errors import UserError
 
 log = logging.getLogger(__name__)
 
-HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
+# seconds: the whole epoch (training and validation); train_seconds: its training steps alone (airbench's
+# timing rule leaves validation out; bench/gpu.py)
+HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "train_seconds"]
 
 
 def new_run_dir(out: str | None, model: str) -> Path:
@@ -97,7 +99,9 @@ class RunFolder:
         return read_split(self.path / "split.csv") if (self.path / "split.csv").is_file() else None
 
     def write_history(self, history: list[dict]) -> None:
-        self._text("history.csv", csv_text(HISTORY_COLUMNS, ([row[c] for c in HISTORY_COLUMNS] for row in history)))
+        # row.get: a run resumed from before train_seconds existed leaves its old epochs' cell empty
+        rows = ([row.get(c, "") for c in HISTORY_COLUMNS] for row in history)
+        self._text("history.csv", csv_text(HISTORY_COLUMNS, rows))
 
     def save_best(self, model: torch.nn.Module, card) -> None:
         if self.writes:

@@ -30,9 +30,10 @@ def mirrored_probabilities(run, pictures) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros((0, run.card.num_classes), np.float32)
 
 
-def _member_views(run_dir: Path, cache) -> tuple[dict, dict, dict, object] | None:
+def _member_views(run_dir: Path, cache) -> tuple[dict, dict, dict, object, dict] | None:
     """path → label, path → calibrated probabilities of the picture alone, and of it averaged with its
-    mirror image, for one run's validation pictures; None without validation predictions."""
+    mirror image, the card, and path → the mirror image's alone (a diagnosis: is the mirror view a weaker
+    model?), for one run's validation pictures; None without validation predictions."""
     from .artifact.card import read_card
     from .audit import read_predictions
     from .data.store import decode_rows
@@ -51,7 +52,8 @@ def _member_views(run_dir: Path, cache) -> tuple[dict, dict, dict, object] | Non
     kept = [paths[i] for i in ok]
     alone = run.task.calibrated(raw[ok], card)
     both = run.task.calibrated((raw[ok] + mirrored) / 2, card)
-    return dict(zip(kept, labels[ok])), dict(zip(kept, alone)), dict(zip(kept, both)), card
+    mirror = run.task.calibrated(mirrored, card)
+    return dict(zip(kept, labels[ok])), dict(zip(kept, alone)), dict(zip(kept, both)), card, dict(zip(kept, mirror))
 
 
 def choose_tta(run_dirs: list[Path], names: list[str] | None = None, cache=None) -> dict | None:
@@ -71,15 +73,16 @@ def choose_tta(run_dirs: list[Path], names: list[str] | None = None, cache=None)
         return None
     labels = np.stack([views[0][0][p] for p in shared])
     record: dict = {"chosen_on": "validation", "pictures": len(shared), "log_loss": {}, "members": {}}
-    for count in (1, 2):  # views[i][count]: the picture alone (1), averaged with its mirror image (2)
-        probs = np.mean([np.stack([v[count][p] for p in shared]) for v in views], axis=0)
+    # views[i][part]: the picture alone (1), averaged with its mirror image (2), the mirror image alone (4)
+    for key, part in (("1", 1), ("2", 2), ("mirror", 4)):
+        probs = np.mean([np.stack([v[part][p] for p in shared]) for v in views], axis=0)
         metrics = task.metrics(labels, probs, card.classes, card)
         name, value = task.headline(metrics)
-        record["log_loss"][str(count)] = round(float(metrics["log_loss"]), 6)
-        record.setdefault(name, {})[str(count)] = round(float(value), 6)
+        record["log_loss"][key] = round(float(metrics["log_loss"]), 6)
+        record.setdefault(name, {})[key] = round(float(value), 6)
         for member, v in zip(names or [], views):
-            one = task.metrics(labels, np.stack([v[count][p] for p in shared]), card.classes, card)
-            record["members"].setdefault(member, {})[str(count)] = round(float(one["log_loss"]), 6)
+            one = task.metrics(labels, np.stack([v[part][p] for p in shared]), card.classes, card)
+            record["members"].setdefault(member, {})[key] = round(float(one["log_loss"]), 6)
     if not names:
         del record["members"]
     ll = record["log_loss"]

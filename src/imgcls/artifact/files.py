@@ -57,13 +57,18 @@ def expand_runs(run_dir: str | Path) -> list[Path]:
 
 
 def recorded_tta(run_dir: str | Path) -> int:
-    """The number of TTA views a finetune (or `finetune --models`) folder chose on its validation
-    pictures, which predict, evaluate and serve use when --tta is not given; 1 for any other folder."""
-    for name in (ENSEMBLE, FINETUNE):
-        path = Path(run_dir) / name
-        if path.is_file():
-            return int(json.loads(path.read_text(encoding="utf-8")).get("tta", {}).get("views", 1))
-    return 1
+    """The number of TTA views a folder chose on its validation pictures, which predict, evaluate and serve
+    use when --tta is not given: an ensemble's (ensemble.json), else its run's (metrics.json, where
+    finetune records it in its final stage); 1 where none was chosen."""
+    path = Path(run_dir) / ENSEMBLE
+    if not path.is_file():
+        try:
+            path = final_run_dir(run_dir, quiet=True) / METRICS
+        except UserError:  # a finetune whose final stage has not finished: the command that reads it says so
+            return 1
+    if not path.is_file():
+        return 1
+    return int((json.loads(path.read_text(encoding="utf-8")).get("tta") or {}).get("views", 1))
 
 
 def run_version(run_dir: str | Path) -> str:
