@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 from pathlib import Path
@@ -70,6 +71,7 @@ def main() -> None:
     for seed in seeds:
         for variant in variants:
             run_dir = out / f"{variant}-seed{seed}"
+            shutil.rmtree(run_dir, ignore_errors=True)  # this run's own, never an earlier run's
             run_imgcls(["train", fm / "train", "--labels", fm / "train.csv", "--seed", seed, *VARIANTS[variant],
                         "--out", run_dir])
             metrics = json.loads((run_dir / "metrics.json").read_text())

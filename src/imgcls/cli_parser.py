@@ -191,8 +191,8 @@ def _add_train_flags(parser: argparse.ArgumentParser, *, search: bool = False) -
 
 
 TTA_HELP = ("average over views of each picture: 1 (none), 2 (alone: the picture and its mirror image) or 6 (also "
-            "both shifted by a pixel each way, airbench's multi-crop); default: what a finetune folder chose on its "
-            "validation pictures, else 1")
+            "both shifted by a pixel each way, airbench's multi-crop); default: what a finetune (or --models) folder "
+            "chose on its validation pictures, else 1")
 CACHE_DIR_HELP = "decoded cache folder (default: $IMGCLS_CACHE_DIR, $XDG_CACHE_HOME/imgcls or ~/.cache/imgcls)"
 
 

@@ -105,12 +105,13 @@ def predict_images(predictor: Predictor, paths: list[str], batch_size: int | Non
 def ensemble_probabilities(run_dirs: list[str | Path], paths: list[str], *, batch_size: int | None = None,
                            device: str = "auto", tta: bool | int = False, cache: CacheSettings | None = None,
                            backend: str = "auto") -> tuple[Answers, list[str], list[dict], Predictor]:
-    """The mean of several runs' probabilities (each with its own input size, preprocessing and
-    calibration) for the pictures every run could read, and of their out-of-distribution scores where
-    every run has one (on the percentile scale, so that they average); the runs must have the same classes
-    and task. Returns the first run's predictor too: its card says how to read the mean (its score
-    threshold decides "unknown")."""
-    total, kept, failed, first, scores = None, None, {}, None, []  # scores: per run, path → score
+    """The mean of several runs' answers (artifact/ensemble.mean_answers; each run with its own input
+    size, preprocessing and calibration) for the pictures every run could read; the runs must have the
+    same classes and task. Returns the first run's predictor too: its card says how to read the mean
+    (its score threshold decides "unknown")."""
+    from .artifact.ensemble import mean_answers
+
+    runs_answers, failed, first = [], {}, None  # runs_answers: per run, (answers, path → row)
     for run_dir in run_dirs:
         run = load_run(run_dir, device, backend)
         if first is None:
@@ -121,16 +122,12 @@ def ensemble_probabilities(run_dirs: list[str | Path], paths: list[str], *, batc
                             "same classes")
         answers, paths_kept, skipped = answer_images(run, paths, batch_size, tta, cache)
         failed.update({item["path"]: item for item in skipped})
-        by_path = dict(zip(paths_kept, answers.probs))
-        kept = paths_kept if kept is None else [p for p in kept if p in by_path]
-        total = {p: by_path[p] for p in kept} if total is None else {p: total[p] + by_path[p] for p in kept}
-        scores.append(dict(zip(paths_kept, answers.ood)) if answers.ood is not None else None)
+        runs_answers.append((answers, {path: row for row, path in enumerate(paths_kept)}))
         del run
-    probs = (np.stack([total[p] / len(run_dirs) for p in kept]) if kept
-             else np.zeros((0, first.card.num_classes), np.float32))
-    ood = (np.array([np.mean([by_path[p] for by_path in scores]) for p in kept], np.float32)
-           if all(s is not None for s in scores) else None)
-    return Answers(probs, ood), kept, list(failed.values()), first
+    kept = [p for p in runs_answers[0][1] if all(p in rows for _, rows in runs_answers[1:])]
+    mean = mean_answers([answers[np.array([rows[p] for p in kept], dtype=np.int64)] for answers, rows in runs_answers],
+                        first.card.num_classes)
+    return mean, kept, list(failed.values()), first
 
 
 def predict(run_dir: str | Path | list, images: str | Path, out: str | Path, *, proba: str | bool | None = None,

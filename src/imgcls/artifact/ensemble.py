@@ -19,6 +19,18 @@ from .files import expand_runs, final_run_dir
 from .predictor import Answers, Predictor
 
 
+def mean_answers(answers: list[Answers], num_classes: int) -> Answers:
+    """Several runs' answers for the same pictures, averaged: probabilities, and out-of-distribution
+    scores (on the percentile scale, so that they average) where every run has them; no conformal sets
+    (each run's are calibrated on its own probabilities, not on their mean)."""
+    if not len(answers[0]):
+        return Answers(np.zeros((0, num_classes), np.float32))
+    probs = np.mean([a.probs for a in answers], axis=0)
+    ood = (np.mean([a.ood for a in answers], axis=0).astype(np.float32)
+           if all(a.ood is not None for a in answers) else None)
+    return Answers(probs, ood)
+
+
 def ensemble_card(run_dir: str | Path) -> ModelCard:
     """The card a folder answers with: a run's own, or for an ensemble (a `finetune --models` or
     `train --folds` folder) its first member's, named after all members (classes, task, thresholds
@@ -68,9 +80,6 @@ class EnsemblePredictor(Predictor):
     def answers(self, pictures: np.ndarray, *, tta: bool | int | None = None,
                 batch_size: int | None = None) -> Answers:
         tta = self.default_tta if tta is None else tta
-        answers = [member.answers(part, tta=tta, batch_size=batch_size)
-                   for member, part in zip(self.members, self.unpack(np.asarray(pictures)))]
-        probs = np.mean([a.probs for a in answers], axis=0)
-        ood = (np.mean([a.ood for a in answers], axis=0).astype(np.float32)
-               if all(a.ood is not None for a in answers) else None)
-        return Answers(probs, ood)
+        return mean_answers([member.answers(part, tta=tta, batch_size=batch_size)
+                             for member, part in zip(self.members, self.unpack(np.asarray(pictures)))],
+                            self.card.num_classes)
