@@ -184,6 +184,27 @@ def test_the_tta_chosen_on_validation_is_the_default(finetuned_pair: Path, tmp_p
     assert default == two and default != one
 
 
+def test_finetune_models_again_resumes_and_other_settings_are_refused(finetuned_pair: Path, tmp_path: Path, capsys,
+                                                                       caplog):
+    import shutil
+
+    pair = tmp_path / "pair"
+    shutil.copytree(finetuned_pair / "pair", pair)
+    shutil.rmtree(pair / "efficientnet_lite2" / "stage2")  # killed during the second member's stage 2
+    command = ["finetune", str(finetuned_pair / "train"), "--label-pattern", PATTERN, "--split", "balanced",
+               "--models", "efficientnet_lite0,efficientnet_lite2", "--img-size", "32", "--stage1-epochs", "2",
+               "--stage2-epochs", "1", "--batch-size", "8", "--out", str(pair)]
+    with caplog.at_level("INFO", logger="imgcls"):
+        assert main(command) == 0
+    said = [r.getMessage() for r in caplog.records]
+    assert any("resuming the ensemble" in m for m in said) and sum("already finished" in m for m in said) == 3
+    assert (pair / "efficientnet_lite2" / "stage2" / "model.json").is_file()
+    capsys.readouterr()
+    assert main([*command, "--stage2-epochs", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "holds an ensemble with other settings" in err and len(err.splitlines()) == 1
+
+
 def test_finetune_models_refuses_one_model(tmp_path: Path, filename_folder: Path, capsys):
     assert main(["finetune", str(filename_folder), "--label-pattern", PATTERN, "--models", "efficientnet_lite0",
                  "--out", str(tmp_path / "one")]) == 2

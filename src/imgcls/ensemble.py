@@ -68,12 +68,11 @@ def finetune_ensemble(base: TrainConfig, models: list[str], *, stage1_epochs: in
     out = _ensemble_folder(base, settings, models)
     marker = {"format": "imgcls-ensemble/1", "members": names, "models": models, "settings": settings}
     write_json(out / ENSEMBLE, marker)
-    results, split = {}, base.data.split_file
+    results, split = {}, None
     for model, name in zip(models, names):
         log.info("finetune --models: member %d of %d, %s", len(results) + 1, len(models), model)
-        data = dataclasses.replace(base.data, split_file=split)
-        config = dataclasses.replace(base, model=model, data=data, out=str(out / name))
-        results[model] = finetune(config, report=report, choose_tta=False, **stages)
+        config = dataclasses.replace(base, model=model, out=str(out / name))
+        results[model] = finetune(config, report=report, choose_tta=False, shared_split=split, **stages)
         # Later members train and validate on the first member's pictures: one validation set scores all.
         split = split or str(results[model].stage1.run_dir / SPLIT)
     record = choose_tta([out / n for n in names], names, cache=base.cache_settings())

@@ -85,7 +85,7 @@ def _run_stage(config: TrainConfig, report: bool = True) -> RunResult:
 
 def finetune(config: TrainConfig | None = None, *, stage1_epochs: int = 5, stage2_epochs: int = 3,
              unfreeze_last: int = 2, drop_implausible: int = 0, report: bool = True, models: list[str] | None = None,
-             choose_tta: bool = True, **overrides):
+             choose_tta: bool = True, shared_split: str | None = None, **overrides):
     """Run both stages into OUT/stage1 and OUT/stage2 (OUT: config.out or runs/finetune-<model>), then
     record in finetune.json whether flip TTA lowers the final model's validation log loss
     (validation_tta.py; predict, evaluate and serve follow it unless --tta is given).
@@ -94,7 +94,9 @@ def finetune(config: TrainConfig | None = None, *, stage1_epochs: int = 5, stage
     stage-1 learning rate. Stage 1 starts from the pretrained weights unless `weights` is given.
     report=False: no plots or report.html in the stages (as train's report=False).
     models=[A, B, ...]: one finetune per model on one shared split, kept as an ensemble in OUT
-    (ensemble.finetune_ensemble; returns an EnsembleResult).
+    (ensemble.finetune_ensemble; returns an EnsembleResult). shared_split: a split.csv to train on, kept
+    out of the settings that a resume compares (an ensemble's later members take the first member's, whose
+    path changes when the folder is moved).
     """
     if models:
         from .ensemble import finetune_ensemble
@@ -124,8 +126,9 @@ def finetune(config: TrainConfig | None = None, *, stage1_epochs: int = 5, stage
     lr = base.lr if base.lr is not None else DEFAULT_LR["sgd"]
     # Both stages cache the frozen blocks' output before the last `unfreeze_last` blocks: stage 1 runs
     # those few blocks every epoch, and stage 2 reuses the cache instead of recomputing the backbone.
-    stage1 = dataclasses.replace(base, freeze="backbone", unfreeze=[], unfreeze_last=None, optimizer="sgd",
-                                 momentum=0.91, scheduler="plateau", epochs=stage1_epochs, lr=lr,
+    data = dataclasses.replace(base.data, split_file=shared_split) if shared_split else base.data
+    stage1 = dataclasses.replace(base, data=data, freeze="backbone", unfreeze=[], unfreeze_last=None,
+                                 optimizer="sgd", momentum=0.91, scheduler="plateau", epochs=stage1_epochs, lr=lr,
                                  cache_before_last=unfreeze_last, out=str(out / "stage1"))
     log.info("finetune stage 1: head only, %d epochs, SGD lr %g momentum 0.91, plateau", stage1_epochs, lr)
     first = _run_stage(stage1, report)
