@@ -50,7 +50,8 @@ def kept_epochs(run_dir: Path) -> dict[str, tuple[int, float]]:
     with open(run_dir / "history.csv", newline="") as f:
         rows = [r for r in csv.DictReader(f) if r["val_loss"] not in ("", "nan")]
     pick = {"best-loss": min(rows, key=lambda r: float(r["val_loss"])),
-            "best-accuracy": max(rows, key=lambda r: float(r["val_acc"])), "last": rows[-1]}
+            # ties: the lower loss, as the engine breaks them
+            "best-accuracy": max(rows, key=lambda r: (float(r["val_acc"]), -float(r["val_loss"]))), "last": rows[-1]}
     return {rule: (int(r["epoch"]), float(r["val_acc"])) for rule, r in pick.items()}
 
 

@@ -211,3 +211,8 @@ def test_finetune_models_refuses_one_model(tmp_path: Path, filename_folder: Path
     err = capsys.readouterr().err.strip()
     assert "two or more different model names" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "one").exists()
+    assert main(["finetune", str(filename_folder), "--label-pattern", PATTERN, "--models", "efficientnet_lite0,nosuch",
+                 "--out", str(tmp_path / "two")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "'nosuch'" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "two").exists()  # refused before the first member trained

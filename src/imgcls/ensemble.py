@@ -60,7 +60,11 @@ def finetune_ensemble(base: TrainConfig, models: list[str], *, stage1_epochs: in
                         "such as efficientnet_lite0,efficientnet_lite2")
     if base.model is not None and base.model not in models:
         raise UserError(f"Received: --model {base.model} with --models {','.join(models)}; expected one of them")
-    base.validate()
+    from .models.registry import get_spec
+
+    for model in models:  # every member's name and settings, before any of them trains
+        get_spec(model)
+        dataclasses.replace(base, model=model).validate()
     names = [member_folder(m) for m in models]
     stages = dict(stage1_epochs=stage1_epochs, stage2_epochs=stage2_epochs, unfreeze_last=unfreeze_last,
                   drop_implausible=drop_implausible)
