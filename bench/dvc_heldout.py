@@ -84,6 +84,15 @@ def short(model: str) -> str:
     return model.replace("efficientnet_lite", "Lite")
 
 
+def seeds_summary(rows: list[dict], val_column: str) -> dict:
+    """One setting's seeds as table cells: held-out log loss and accuracy, validation log loss (under
+    `val_column`) and the pipeline's seconds, each mean ± std."""
+    return {"held-out log loss": mean_std([r["log_loss"] for r in rows]),
+            "held-out accuracy": mean_std([r["accuracy"] for r in rows]),
+            val_column: mean_std([r["val_log_loss"] for r in rows]),
+            "pipeline s (finetune + predict)": mean_std([r["finetune_s"] + r["predict_s"] for r in rows], 1)}
+
+
 def one_command(models: list[str], seeds: list[int], seen: Path, heldout: Path, out: Path, extra: list) -> dict:
     """Each seed: one `finetune --models` command and one `predict OUT`; rows for the table."""
     rows: dict[str, list[dict]] = {}
@@ -109,10 +118,7 @@ def one_command(models: list[str], seeds: list[int], seen: Path, heldout: Path, 
     table = {}
     for name, found in rows.items():
         table[f"{' + '.join(map(short, models))}, {name}: mean ± std over {len(seeds)} seeds"] = {
-            "held-out log loss": mean_std([r["log_loss"] for r in found]),
-            "held-out accuracy": mean_std([r["accuracy"] for r in found]),
-            "val log loss (ensemble, chosen views)": mean_std([r["val_log_loss"] for r in found]),
-            "pipeline s (finetune + predict)": mean_std([r["finetune_s"] + r["predict_s"] for r in found], 1),
+            **seeds_summary(found, "val log loss (ensemble, chosen views)"),
             "views chosen": ",".join(str(r["views"]) for r in found)}
     (out / "rows.json").write_text(json.dumps(rows, indent=2, default=str))
     return table
@@ -179,11 +185,7 @@ def main() -> None:
                           f"T {temperature})", flush=True)
     table = {}
     for name, rows in singles.items():
-        table[f"{name}: mean ± std over {len(seeds)} seeds"] = {
-            "held-out log loss": mean_std([r["log_loss"] for r in rows]),
-            "held-out accuracy": mean_std([r["accuracy"] for r in rows]),
-            "val log loss (chose the epoch)": mean_std([r["val_log_loss"] for r in rows]),
-            "pipeline s (finetune + predict)": mean_std([r["finetune_s"] + r["predict_s"] for r in rows], 1)}
+        table[f"{name}: mean ± std over {len(seeds)} seeds"] = seeds_summary(rows, "val log loss (chose the epoch)")
     if len(models) > 1:  # each seed's models together: the pipeline a user runs for a mixed ensemble
         for calibration in ("calibrated", "uncalibrated"):
             for tta in ttas:

@@ -109,17 +109,13 @@ def ensemble_probabilities(run_dirs: list[str | Path], paths: list[str], *, batc
     size, preprocessing and calibration) for the pictures every run could read; the runs must have the
     same classes and task. Returns the first run's predictor too: its card says how to read the mean
     (its score threshold decides "unknown")."""
-    from .artifact.ensemble import mean_answers
+    from .artifact.ensemble import check_same_classes, mean_answers
 
     runs_answers, failed, first = [], {}, None  # runs_answers: per run, (answers, path → row)
     for run_dir in run_dirs:
         run = load_run(run_dir, device, backend)
-        if first is None:
-            first = run
-        elif (run.classes, run.card.task) != (first.classes, first.card.task):
-            raise UserError(f"Received: runs with different classes ({run_dir}: {', '.join(run.classes[:6])}; "
-                            f"{run_dirs[0]}: {', '.join(first.classes[:6])}); expected an ensemble of runs of the "
-                            "same classes")
+        first = first or run
+        check_same_classes([(str(run_dirs[0]), first.card), (str(run_dir), run.card)])  # before any prediction
         answers, paths_kept, skipped = answer_images(run, paths, batch_size, tta, cache)
         failed.update({item["path"]: item for item in skipped})
         runs_answers.append((answers, {path: row for row, path in enumerate(paths_kept)}))

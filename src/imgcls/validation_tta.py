@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -30,10 +31,18 @@ def mirrored_probabilities(run, pictures) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros((0, run.card.num_classes), np.float32)
 
 
-def _member_views(run_dir: Path, cache) -> tuple[dict, dict, dict, object, dict] | None:
-    """path → label, path → calibrated probabilities of the picture alone, and of it averaged with its
-    mirror image, the card, and path → the mirror image's alone (a diagnosis: is the mirror view a weaker
-    model?), for one run's validation pictures; None without validation predictions."""
+class MemberViews(NamedTuple):
+    """One run's validation pictures: path → label, and under each view's key ("1": the picture alone,
+    "2": averaged with its mirror image, "mirror": the mirror image alone, a diagnosis of whether the
+    mirror is the weaker view) path → calibrated probabilities."""
+
+    labels: dict
+    probs: dict[str, dict]
+    card: object
+
+
+def _member_views(run_dir: Path, cache) -> MemberViews | None:
+    """The views of one run's validation pictures; None without validation predictions."""
     from .artifact.card import read_card
     from .audit import read_predictions
     from .data.store import decode_rows
@@ -50,10 +59,9 @@ def _member_views(run_dir: Path, cache) -> tuple[dict, dict, dict, object, dict]
     run = load_run(final, backend="torch")  # no ONNX file written as a side effect of training
     mirrored = mirrored_probabilities(run, pictures)
     kept = [paths[i] for i in ok]
-    alone = run.task.calibrated(raw[ok], card)
-    both = run.task.calibrated((raw[ok] + mirrored) / 2, card)
-    mirror = run.task.calibrated(mirrored, card)
-    return dict(zip(kept, labels[ok])), dict(zip(kept, alone)), dict(zip(kept, both)), card, dict(zip(kept, mirror))
+    by_view = {"1": raw[ok], "2": (raw[ok] + mirrored) / 2, "mirror": mirrored}
+    return MemberViews(dict(zip(kept, labels[ok])),
+                       {key: dict(zip(kept, run.task.calibrated(probs, card))) for key, probs in by_view.items()}, card)
 
 
 def choose_tta(run_dirs: list[Path], names: list[str] | None = None, cache=None) -> dict | None:
@@ -66,22 +74,21 @@ def choose_tta(run_dirs: list[Path], names: list[str] | None = None, cache=None)
     views = [_member_views(Path(r), cache) for r in run_dirs]
     if any(v is None for v in views):
         return None
-    card = views[0][3]
+    card = views[0].card
     task = get_task(card.task)
-    shared = [p for p in views[0][1] if all(p in v[1] for v in views[1:])]
+    shared = [p for p in views[0].labels if all(p in v.labels for v in views[1:])]
     if not shared:
         return None
-    labels = np.stack([views[0][0][p] for p in shared])
+    labels = np.stack([views[0].labels[p] for p in shared])
     record: dict = {"chosen_on": "validation", "pictures": len(shared), "log_loss": {}, "members": {}}
-    # views[i][part]: the picture alone (1), averaged with its mirror image (2), the mirror image alone (4)
-    for key, part in (("1", 1), ("2", 2), ("mirror", 4)):
-        probs = np.mean([np.stack([v[part][p] for p in shared]) for v in views], axis=0)
+    for key in ("1", "2", "mirror"):
+        probs = np.mean([np.stack([v.probs[key][p] for p in shared]) for v in views], axis=0)
         metrics = task.metrics(labels, probs, card.classes, card)
         name, value = task.headline(metrics)
         record["log_loss"][key] = round(float(metrics["log_loss"]), 6)
         record.setdefault(name, {})[key] = round(float(value), 6)
         for member, v in zip(names or [], views):
-            one = task.metrics(labels, np.stack([v[part][p] for p in shared]), card.classes, card)
+            one = task.metrics(labels, np.stack([v.probs[key][p] for p in shared]), card.classes, card)
             record["members"].setdefault(member, {})[key] = round(float(one["log_loss"]), 6)
     if not names:
         del record["members"]

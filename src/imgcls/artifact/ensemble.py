@@ -31,20 +31,27 @@ def mean_answers(answers: list[Answers], num_classes: int) -> Answers:
     return Answers(probs, ood)
 
 
+def check_same_classes(named_cards: list[tuple[str, ModelCard]]) -> None:
+    """Refuse, in one line, runs whose classes or task differ from the first's: their mean means nothing."""
+    first_name, first = named_cards[0]
+    for name, card in named_cards[1:]:
+        if (card.classes, card.task) != (first.classes, first.task):
+            raise UserError(f"Received: runs with different classes ({name}: {', '.join(card.classes[:6])}; "
+                            f"{first_name}: {', '.join(first.classes[:6])}); expected an ensemble of runs of the "
+                            "same classes")
+
+
 def ensemble_card(run_dir: str | Path) -> ModelCard:
     """The card a folder answers with: a run's own, or for an ensemble (a `finetune --models` or
     `train --folds` folder) its first member's, named after all members (classes, task, thresholds
     and the out-of-distribution threshold read the mean)."""
-    members = [read_card(final_run_dir(m, quiet=True)) for m in expand_runs(run_dir)]
-    first = members[0]
-    for run, card in zip(expand_runs(run_dir)[1:], members[1:]):
-        if (card.classes, card.task) != (first.classes, first.task):
-            raise UserError(f"Received: an ensemble in {run_dir} whose member {run.name} has other classes or task "
-                            f"({', '.join(card.classes[:6])}); expected members of the same classes")
-    if len(members) == 1:
-        return first
-    names = "+".join(dict.fromkeys(card.architecture for card in members))
-    return first.with_(architecture=f"ensemble of {len(members)}: {names}", conformal=None)
+    members = expand_runs(run_dir)
+    cards = [read_card(final_run_dir(m, quiet=True)) for m in members]
+    check_same_classes([(str(m), card) for m, card in zip(members, cards)])
+    if len(cards) == 1:
+        return cards[0]
+    names = "+".join(dict.fromkeys(card.architecture for card in cards))
+    return cards[0].with_(architecture=f"ensemble of {len(cards)}: {names}", conformal=None)
 
 
 class EnsemblePredictor(Predictor):
