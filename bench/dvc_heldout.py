@@ -108,12 +108,15 @@ def one_command(models: list[str], seeds: list[int], seen: Path, heldout: Path, 
                             ("--tta 2 (for information)", ["--tta", "2"])):
             submission = out / f"ensemble-seed{seed}{'-'.join([''] + flags)}.csv"
             _, _, predict_s = run_imgcls(["predict", run, heldout, "--proba", "dog", *flags, "--out", submission])
+            # each member's views, chosen on its own validation log loss (ensembles before 2026-12-08: one for all)
+            views = ("+".join(str(v) for v in record["member_views"].values()) if "member_views" in record
+                     else str(record["views"]))
             row = {**score(submission), "finetune_s": finetune_s, "predict_s": predict_s,
-                   "val_log_loss": record["log_loss"][str(record["views"])], "views": record["views"],
+                   "val_log_loss": record["log_loss"].get("chosen", record["log_loss"].get(views)), "views": views,
                    "val_log_loss_by_views": record["log_loss"], "temperatures": temperatures}
             rows.setdefault(name, []).append(row)
             print(f"seed {seed} {name:40} held-out log loss {row['log_loss']:.4f}  accuracy {row['accuracy']:.4f}  "
-                  f"(finetune {finetune_s:.0f} s, predict {predict_s:.0f} s, chose {record['views']} view(s) on "
+                  f"(finetune {finetune_s:.0f} s, predict {predict_s:.0f} s, chose {views} view(s) on "
                   f"validation {record['log_loss']}, T {temperatures})", flush=True)
     table = {}
     for name, found in rows.items():

@@ -121,8 +121,17 @@ def test_finetune_models_keeps_one_folder_of_members_on_one_split(finetuned_pair
     labels = [lite0[p][0] == "dog" for p in paths]
     mean = [(lite0[p][1] + lite2[p][1]) / 2 for p in paths]
     assert record["log_loss"]["1"] == pytest.approx(log_loss(labels, mean, labels=[False, True]), abs=2e-5)
-    assert record["views"] == (2 if record["log_loss"]["2"] < record["log_loss"]["1"] else 1)
-    assert set(record["members"]) == {"efficientnet_lite0", "efficientnet_lite2"}
+    # Each member chooses its TTA on its own validation log loss, and its own folder keeps that choice
+    assert set(record["members"]) == set(record["member_views"]) == {"efficientnet_lite0", "efficientnet_lite2"}
+    for name, own in record["members"].items():
+        assert record["member_views"][name] == own["views"] == (2 if own["log_loss"]["2"] < own["log_loss"]["1"] else 1)
+        assert json.loads((pair / name / "finetune.json").read_text())["tta"] == own
+        assert json.loads((pair / name / "stage2" / "metrics.json").read_text())["tta"] == own
+    lite0_own = [lite0[p][1] for p in paths]
+    assert record["members"]["efficientnet_lite0"]["log_loss"]["1"] == pytest.approx(
+        log_loss(labels, lite0_own, labels=[False, True]), abs=2e-5)
+    if len(set(record["member_views"].values())) == 1:  # the same choice for all: the ensemble's figure with it
+        assert record["log_loss"]["chosen"] == record["log_loss"][str(record["member_views"]["efficientnet_lite0"])]
 
 
 def test_predict_evaluate_export_and_serve_use_every_member(finetuned_pair: Path, tmp_path: Path, capsys):
@@ -130,9 +139,9 @@ def test_predict_evaluate_export_and_serve_use_every_member(finetuned_pair: Path
 
     pair, test = finetuned_pair / "pair", finetuned_pair / "test"
     assert main(["-q", "predict", str(pair), str(test), "--proba", "dog", "--out", str(tmp_path / "pair.csv")]) == 0
+    # the member folders, each with the TTA it chose: the same answers
     assert main(["-q", "predict", str(pair / "efficientnet_lite0"), str(pair / "efficientnet_lite2"), str(test),
-                 "--proba", "dog", "--tta", str(json.loads((pair / "ensemble.json").read_text())["tta"]["views"]),
-                 "--out", str(tmp_path / "members.csv")]) == 0
+                 "--proba", "dog", "--out", str(tmp_path / "members.csv")]) == 0
     together = read(tmp_path / "pair.csv")
     assert together == read(tmp_path / "members.csv") and len(together) == 6
 
@@ -146,6 +155,8 @@ def test_predict_evaluate_export_and_serve_use_every_member(finetuned_pair: Path
     assert [m["model"] for m in contract["members"]] == ["efficientnet_lite0/stage2/model.onnx",
                                                          "efficientnet_lite2/stage2/model.onnx"]
     assert all((pair / m["contract"]).is_file() for m in contract["members"])
+    chosen = json.loads((pair / "ensemble.json").read_text())["tta"]["member_views"]
+    assert [m["tta_views"] for m in contract["members"]] == [chosen["efficientnet_lite0"], chosen["efficientnet_lite2"]]
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -166,22 +177,34 @@ def test_predict_evaluate_export_and_serve_use_every_member(finetuned_pair: Path
     assert "an ensemble of 2 runs" in err and len(err.splitlines()) == 1
 
 
-def test_the_tta_chosen_on_validation_is_the_default(finetuned_pair: Path, tmp_path: Path):
+def test_each_members_tta_chosen_on_validation_is_the_default(finetuned_pair: Path, tmp_path: Path):
     import shutil
 
-    from imgcls.predict import load_model
+    from imgcls.predict import evaluate, load_model
 
     pair, test = tmp_path / "pair", finetuned_pair / "test"
     shutil.copytree(finetuned_pair / "pair", pair)
     marker = json.loads((pair / "ensemble.json").read_text())
+    marker["tta"]["member_views"] = {"efficientnet_lite0": 1, "efficientnet_lite2": 2}
+    (pair / "ensemble.json").write_text(json.dumps(marker))
+    assert [m.default_tta for m in load_model(pair).members] == [1, 2]
+    for name, folder, flags in (("default", pair, []), ("two", pair, ["--tta", "2"]), ("one", pair, ["--tta", "1"]),
+                                ("lite0", pair / "efficientnet_lite0", ["--tta", "1"]),
+                                ("lite2", pair / "efficientnet_lite2", ["--tta", "2"])):
+        assert main(["-q", "predict", str(folder), str(test), "--proba", "dog", *flags,
+                     "--out", str(tmp_path / f"{name}.csv")]) == 0
+    default, two, one, lite0, lite2 = (read(tmp_path / f"{n}.csv") for n in ("default", "two", "one", "lite0", "lite2"))
+    assert default != two and default != one
+    for key in default:  # Lite0 alone, Lite2 with its mirror image, averaged
+        assert default[key] == pytest.approx((lite0[key] + lite2[key]) / 2, abs=2e-6)
+    metrics = evaluate(pair, str(test), label_pattern=PATTERN)
+    assert metrics["tta"] == [1, 2] and evaluate(pair, str(test), label_pattern=PATTERN, tta=2)["tta"] == 2
+
+    # An ensemble made before the choice per member recorded one choice for all of them
+    del marker["tta"]["member_views"]
     marker["tta"]["views"] = 2
     (pair / "ensemble.json").write_text(json.dumps(marker))
-    assert load_model(pair).default_tta == 2
-    for name, flags in (("default", []), ("two", ["--tta", "2"]), ("one", ["--tta", "1"])):
-        assert main(["-q", "predict", str(pair), str(test), "--proba", "dog", *flags,
-                     "--out", str(tmp_path / f"{name}.csv")]) == 0
-    default, two, one = (read(tmp_path / f"{n}.csv") for n in ("default", "two", "one"))
-    assert default == two and default != one
+    assert [m.default_tta for m in load_model(pair).members] == [2, 2]
 
 
 def test_finetune_models_again_resumes_and_other_settings_are_refused(finetuned_pair: Path, tmp_path: Path, capsys,

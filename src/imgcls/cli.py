@@ -116,10 +116,15 @@ def _cmd_finetune(args: argparse.Namespace) -> None:
             print(f"{model + ' ' if model else ''}{name}: best epoch {run.best_epoch}, val "
                   f"{run.score_name.replace('_', '-')} {run.val_accuracy:.4f}, log loss {run.val_log_loss:.4f}, "
                   f"{run.train_seconds:.1f} s -> {run.run_dir}")
-    if result.tta is not None:
+    if result.tta is not None and "member_views" in result.tta:
+        ll, chosen = result.tta["log_loss"], result.tta["member_views"]
+        print(f"ensemble: validation log loss {ll['chosen']:.4f} with each member's TTA chosen on it ({ll['1']:.4f} "
+              f"without, {ll['2']:.4f} with flip TTA for all): predict uses "
+              f"{', '.join(f'{m} {v} view(s)' for m, v in chosen.items())} unless --tta is given")
+    elif result.tta is not None:
         ll = result.tta["log_loss"]
-        print(f"{'ensemble' if models else 'final model'}: validation log loss {ll['1']:.4f} ({ll['2']:.4f} with flip "
-              f"TTA): predict uses {result.tta['views']} view(s) unless --tta is given")
+        print(f"final model: validation log loss {ll['1']:.4f} ({ll['2']:.4f} with flip TTA): predict uses "
+              f"{result.tta['views']} view(s) unless --tta is given")
     print(f"predict with: imgcls predict {result.run_dir} IMAGES --out submission.csv")
 
 

@@ -51,7 +51,7 @@ def finetune_ensemble(base: TrainConfig, models: list[str], *, stage1_epochs: in
                       unfreeze_last: int, drop_implausible: int, report: bool = True) -> EnsembleResult:
     """Finetune each of `models` (finetune.finetune's two stages) into OUT/<model>, all on the first
     member's split, then choose the TTA on the shared validation pictures and write OUT/ensemble.json."""
-    from .finetune import finetune
+    from .finetune import finetune, record_tta
     from .validation_tta import choose_tta
 
     models = [m.strip() for m in models if m.strip()]
@@ -81,7 +81,7 @@ def finetune_ensemble(base: TrainConfig, models: list[str], *, stage1_epochs: in
         split = split or str(results[model].stage1.run_dir / SPLIT)
     record = choose_tta([out / n for n in names], names, cache=base.cache_settings())
     if record is not None:
+        for name, own in record["members"].items():  # each member folder alone answers as it does in OUT
+            record_tta(out / name, own)
         write_json(out / ENSEMBLE, {**marker, "tta": record})
-        log.info("ensemble of %d: validation log loss %.5f (members: %s)", len(models), record["log_loss"]["1"],
-                 ", ".join(f"{n} {v['1']:.5f}" for n, v in record["members"].items()))
     return EnsembleResult(out, results, record)

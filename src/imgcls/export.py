@@ -108,7 +108,7 @@ def export(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = None
 def _export_ensemble(run_dir: Path, fmt: str, out, opset: int, quantize: str | None) -> dict:
     """Each member exported into its own folder, and RUN_DIR/ensemble.<fmt>.json: the members' files and
     contracts, and how to combine them (a caller outside imgcls needs nothing else)."""
-    from .artifact.files import final_run_dir, recorded_tta
+    from .artifact.files import final_run_dir, recorded_member_tta
 
     if out is not None or quantize:
         raise UserError(f"Received: {'--out' if out is not None else '--quantize'} for the ensemble {run_dir}; expected "
@@ -116,10 +116,14 @@ def _export_ensemble(run_dir: Path, fmt: str, out, opset: int, quantize: str | N
     members = [final_run_dir(m, quiet=True) for m in expand_runs(run_dir)]
     results = [export(member, fmt, opset=opset) for member in members]
     path = run_dir / f"ensemble{SUFFIX[fmt]}.json"
-    write_json(path, {"format": "imgcls-ensemble-contract/1", "tta_views": recorded_tta(run_dir),
-                      "combine": "the mean of the members' probabilities, each read as its own contract says",
+    write_json(path, {"format": "imgcls-ensemble-contract/2",
+                      "combine": "the mean of the members' probabilities, each read as its own contract says and "
+                                 "averaged over its tta_views (1: the picture; 2: it and its mirror image, 1/2 each; 6: "
+                                 "those 1/4 each, and both shifted one pixel up-left and down-right, reflect-padded, "
+                                 "1/8 each)",
                       "members": [{"model": str(Path(r["path"]).relative_to(run_dir)),
-                                   "contract": str(Path(r["path"] + ".json").relative_to(run_dir))} for r in results]})
+                                   "contract": str(Path(r["path"] + ".json").relative_to(run_dir)), "tta_views": views}
+                                  for r, views in zip(results, recorded_member_tta(run_dir))]})
     log.info("exported the %d members of %s; their contracts and how to combine them: %s", len(members), run_dir, path)
     return {"path": str(path), "members": [r["path"] for r in results],
             "max_abs_diff": max(r["max_abs_diff"] for r in results),

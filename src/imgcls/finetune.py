@@ -133,7 +133,7 @@ def finetune(config: TrainConfig | None = None, *, stage1_epochs: int = 5, stage
     log.info("finetune stage 1: head only, %d epochs, SGD lr %g momentum 0.91, plateau", stage1_epochs, lr)
     first = _run_stage(stage1, report)
     if stage2_epochs == 0:
-        return _finished(FinetuneResult(first, first, []), out, marker, choose_tta, base)
+        return _finished(FinetuneResult(first, first, []), out, choose_tta, base)
     data = dataclasses.replace(base.data, split_file=str(first.run_dir / "split.csv"))
     dropped: list[str] = []
     if drop_implausible:
@@ -148,18 +148,24 @@ def finetune(config: TrainConfig | None = None, *, stage1_epochs: int = 5, stage
     second = _run_stage(stage2, report)
     log.info("stage 1 val log loss %.5f → stage 2 %.5f; final model: %s", first.val_log_loss,
              second.val_log_loss, second.run_dir)
-    return _finished(FinetuneResult(first, second, dropped), out, marker, choose_tta, base)
+    return _finished(FinetuneResult(first, second, dropped), out, choose_tta, base)
 
 
-def _finished(result: FinetuneResult, out: Path, marker: dict, choose_tta: bool, base: TrainConfig) -> FinetuneResult:
-    """The finished finetune, with the TTA its validation pictures chose recorded in its final stage's
-    metrics.json (and finetune.json)."""
+def _finished(result: FinetuneResult, out: Path, choose_tta: bool, base: TrainConfig) -> FinetuneResult:
+    """The finished finetune, with the TTA its validation pictures chose recorded (record_tta)."""
     from .validation_tta import choose_tta as choose
 
     record = choose([out], cache=base.cache_settings()) if choose_tta else None
-    if record is not None:  # in the final stage's metrics.json, so that the stage folder answers the same way
-        metrics = result.stage2.run_dir / METRICS
-        write_json(metrics, {**json.loads(metrics.read_text(encoding="utf-8")), "tta": record})
-        write_json(out / FINETUNE, {**marker, "tta": record})
+    if record is not None:
+        record_tta(out, record)
     result.tta = record
     return result
+
+
+def record_tta(out: Path, record: dict) -> None:
+    """Keep a finetune's TTA choice (validation_tta) in its finetune.json and in its final stage's
+    metrics.json, so that the stage folder alone answers the same way."""
+    marker = json.loads((Path(out) / FINETUNE).read_text(encoding="utf-8"))
+    metrics = Path(out) / marker["final"] / METRICS
+    write_json(metrics, {**json.loads(metrics.read_text(encoding="utf-8")), "tta": record})
+    write_json(Path(out) / FINETUNE, {**marker, "tta": record})

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .artifact.files import expand_runs, final_run_dir, recorded_tta
+from .artifact.files import expand_runs, final_run_dir, recorded_member_tta
 from .artifact.predictor import (Answers, Predictor, check_backend, check_tta, is_current, load_predictor,
                                  onnxruntime_installed)
 from .data.sources import list_pictures, load_samples, outlier_paths
@@ -60,28 +60,29 @@ def load_run(run_dir: str | Path, device: str = "auto", backend: str = "torch") 
 def load_model(run_dir: str | Path, device: str = "auto", backend: str = "auto") -> Predictor:
     """What a folder answers with, as one Predictor: a run (or a finetune folder's final stage), or an
     ensemble's members averaged (a `finetune --models` or `train --folds` folder: artifact/ensemble.py);
-    its default TTA is the one the folder chose on validation (files.recorded_tta)."""
+    each run's default TTA is the one it chose on validation (files.recorded_member_tta)."""
     from .artifact.ensemble import EnsemblePredictor
 
-    members = expand_runs(run_dir)
-    run = (load_run(members[0], device, backend) if len(members) == 1
-           else EnsemblePredictor([load_run(m, device, backend) for m in members], Path(run_dir)))
-    run.default_tta = recorded_tta(run_dir)
-    return run
+    members, views = runs_and_views(run_dir, None)
+    runs = [load_run(m, device, backend) for m in members]
+    for run, chosen in zip(runs, views):
+        run.default_tta = chosen
+    return runs[0] if len(runs) == 1 else EnsemblePredictor(runs, Path(run_dir))
 
 
-def resolve_tta(tta: bool | int | None, run_dir) -> bool | int:
-    """The views to use: `tta` as given, else what the folder chose on validation (one folder), else 1."""
-    if tta is not None:
-        return tta
-    if isinstance(run_dir, (list, tuple)):
-        if len(run_dir) != 1:
-            return 1
-        run_dir = run_dir[0]
-    views = recorded_tta(run_dir)
-    if views > 1:
-        log.info("TTA: %d views, as %s chose on its validation pictures (--tta 1 for none)", views, run_dir)
-    return views
+def runs_and_views(run_dir: str | Path | list, tta: bool | int | None) -> tuple[list[Path], list[int]]:
+    """Every run the folder(s) stand for (expand_runs) and the TTA views each uses: `tta` as given, else
+    what each chose on validation (an ensemble's choice per member; 1 where none was chosen)."""
+    runs: list[Path] = []
+    views: list[int] = []
+    for folder in run_dir if isinstance(run_dir, (list, tuple)) else [run_dir]:
+        members = expand_runs(folder)
+        runs += members
+        views += [check_tta(tta)] * len(members) if tta is not None else recorded_member_tta(folder)
+    if tta is None and any(v > 1 for v in views):
+        log.info("TTA as chosen on validation: %s (--tta 1 for none)",
+                 ", ".join(f"{run} {v} view(s)" for run, v in zip(runs, views)))
+    return runs, views
 
 
 def answer_images(predictor: Predictor, paths: list[str], batch_size: int | None = None, tta: bool | int | None = None,
@@ -103,16 +104,17 @@ def predict_images(predictor: Predictor, paths: list[str], batch_size: int | Non
 
 
 def ensemble_probabilities(run_dirs: list[str | Path], paths: list[str], *, batch_size: int | None = None,
-                           device: str = "auto", tta: bool | int = False, cache: CacheSettings | None = None,
+                           device: str = "auto", views: list[int] | None = None,
+                           cache: CacheSettings | None = None,
                            backend: str = "auto") -> tuple[Answers, list[str], list[dict], Predictor]:
     """The mean of several runs' answers (artifact/ensemble.mean_answers; each run with its own input
-    size, preprocessing and calibration) for the pictures every run could read; the runs must have the
-    same classes and task. Returns the first run's predictor too: its card says how to read the mean
-    (its score threshold decides "unknown")."""
+    size, preprocessing, calibration and TTA views, one view each where `views` is None) for the
+    pictures every run could read; the runs must have the same classes and task. Returns the first
+    run's predictor too: its card says how to read the mean (its score threshold decides "unknown")."""
     from .artifact.ensemble import check_same_classes, mean_answers
 
     runs_answers, failed, first = [], {}, None  # runs_answers: per run, (answers, path → row)
-    for run_dir in run_dirs:
+    for run_dir, tta in zip(run_dirs, views or [1] * len(run_dirs)):
         run = load_run(run_dir, device, backend)
         first = first or run
         check_same_classes([(str(run_dirs[0]), first.card), (str(run_dir), run.card)])  # before any prediction
@@ -137,19 +139,18 @@ def predict(run_dir: str | Path | list, images: str | Path, out: str | Path, *, 
     threshold is labelled "unknown" and proba=True adds an ood_score column (off by default: a
     competition file wants a class on every row). tta=True (or 2) averages each
     picture's probabilities with its mirror image's, tta=6 also over one-pixel shifts (tta_views); None:
-    what a finetune folder chose on validation (resolve_tta). Several run folders (or a `finetune --models`
+    what each run chose on validation (runs_and_views). Several run folders (or a `finetune --models`
     or `train --folds` folder): their mean probabilities. image_col: the picture column of parquet or
     save_to_disk files."""
     check_tta(tta)  # a wrong number of views ends here, before any picture is read
-    tta = resolve_tta(tta, run_dir)
-    run_dirs = [r for one in (run_dir if isinstance(run_dir, (list, tuple)) else [run_dir]) for r in expand_runs(one)]
+    run_dirs, views = runs_and_views(run_dir, tta)
     if len(run_dirs) > 1:
         if sets:
             raise UserError(f"Received: --sets for an ensemble of {len(run_dirs)} runs; expected one run (each run's "
                             "sets are calibrated on its own probabilities, not on their mean)")
         paths, skipped = list_pictures(images, image_col)
         answers, kept, failed, run = ensemble_probabilities(run_dirs, paths, batch_size=batch_size, device=device,
-                                                            tta=tta, cache=cache, backend=backend)
+                                                            views=views, cache=cache, backend=backend)
         log.info("ensemble of %d runs: mean probabilities", len(run_dirs))
         check_proba(proba, run.classes)
         if unknown and answers.ood is None:
@@ -163,7 +164,7 @@ def predict(run_dir: str | Path | list, images: str | Path, out: str | Path, *, 
         if unknown:
             require_score(run.card, str(run_dirs[0]), "--unknown")
         paths, skipped = list_pictures(images, image_col)
-        answers, kept, failed = answer_images(run, paths, batch_size, tta, cache)
+        answers, kept, failed = answer_images(run, paths, batch_size, views[0], cache)
     return write_submission(answers, kept, skipped + failed, run.card, images, out, proba=proba, template=template,
                             label_format=label_format, sets=sets, unknown=unknown)
 
@@ -177,12 +178,11 @@ def evaluate(run_dir: str | Path, source: str, *, labels: str | None = None, id_
     train); classes are matched by name. Where the run has them: its conformal sets' coverage and size,
     the share answered "unknown" and the score on the rest; outliers=DIR (pictures outside the classes,
     never used to fit anything): how well the score separates them (AUROC, FPR at 95 % TPR) and the share
-    of them answered "unknown". tta=None: what a finetune folder chose on validation."""
+    of them answered "unknown". tta=None: what each run chose on validation (runs_and_views)."""
     from .artifact.ensemble import ensemble_card
 
     check_tta(tta)
-    tta = resolve_tta(tta, run_dir)
-    members = expand_runs(run_dir)
+    members, views = runs_and_views(run_dir, tta)
     run = load_run(members[0], device, backend) if len(members) == 1 else None
     card = run.card if run is not None else ensemble_card(run_dir)
 
@@ -193,9 +193,9 @@ def evaluate(run_dir: str | Path, source: str, *, labels: str | None = None, id_
             p = card.preprocess
             pictures, ok, failed = decode_rows(paths, p.channels, p.size, trim=p.trim, cache=cache, resize=p.resize,
                                                crop=p.crop, signatures=signatures)
-            return run.answers(pictures, tta=tta, batch_size=batch_size), ok, failed, run
+            return run.answers(pictures, tta=views[0], batch_size=batch_size), ok, failed, run
         answers, kept, failed, first = ensemble_probabilities(members, paths, batch_size=batch_size, device=device,
-                                                              tta=tta, cache=cache, backend=backend)
+                                                              views=views, cache=cache, backend=backend)
         position = {path: i for i, path in enumerate(paths)}
         return answers, np.array([position[path] for path in kept], dtype=np.int64), failed, first
 
@@ -232,7 +232,8 @@ def evaluate(run_dir: str | Path, source: str, *, labels: str | None = None, id_
     metrics["backend"] = reader.backend if run is not None else f"{reader.backend} ({len(members)} runs averaged)"
     if len(members) > 1:
         metrics["members"] = [str(m) for m in members]
-    metrics["tta"] = check_tta(tta)
+    # the views: one number, or each member's where they differ (an ensemble's choice per member)
+    metrics["tta"] = views[0] if len(set(views)) == 1 else views
     if out is not None:
         write_json(out, metrics)
     return metrics

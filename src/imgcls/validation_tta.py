@@ -4,8 +4,9 @@ Flip TTA (each picture's probabilities averaged with its mirror image's) helped 
 runs and hurt others, with the same recipe: finetune's stages train on cached features of unflipped
 pictures, so the head never sees a mirror image, and on a few hundred validation pictures with one to
 three errors, whether averaging two views helps the log loss is a property of the run, not of the
-recipe (bench/RESULTS.md). So each finetune (or `finetune --models` ensemble) scores its own validation
-pictures both ways and records the winner; predict, evaluate and serve use it unless --tta is given.
+recipe (bench/RESULTS.md). So each finetune (and each member of a `finetune --models` ensemble) scores
+its own validation pictures both ways and records the winner; predict, evaluate and serve use it unless
+--tta is given.
 """
 from __future__ import annotations
 
@@ -64,11 +65,27 @@ def _member_views(run_dir: Path, cache) -> MemberViews | None:
                        {key: dict(zip(kept, run.task.calibrated(probs, card))) for key, probs in by_view.items()}, card)
 
 
+def _record(task, card, labels: np.ndarray, by_view: dict[str, np.ndarray]) -> dict:
+    """Validation log loss and headline score of each view's probabilities, and the views chosen: 2
+    where the mirror image lowered the log loss, else 1."""
+    record: dict = {"chosen_on": "validation", "pictures": len(labels), "log_loss": {}}
+    for key, probabilities in by_view.items():
+        metrics = task.metrics(labels, probabilities, card.classes, card)
+        name, value = task.headline(metrics)
+        record["log_loss"][key] = round(float(metrics["log_loss"]), 6)
+        record.setdefault(name, {})[key] = round(float(value), 6)
+    record["views"] = 2 if record["log_loss"]["2"] < record["log_loss"]["1"] else 1
+    return record
+
+
 def choose_tta(run_dirs: list[Path], names: list[str] | None = None, cache=None) -> dict | None:
-    """Score the validation pictures (shared by `run_dirs`, whose probabilities are averaged) without and
-    with the mirror image; {"views": 2 where that lowered the log loss, else 1, "log_loss": {...},
-    headline score, pictures, and each member's log losses}; None where a run kept no validation
-    predictions."""
+    """Score the validation pictures (shared by `run_dirs`) without and with the mirror image, and
+    choose. One run: {"views": 2 where the mirror lowered its log loss, else 1, "log_loss": {"1", "2",
+    "mirror"}, headline score, pictures}. Several (an ensemble, `names` naming them): each member chooses
+    on its own log loss, as members differ (Dogs vs. Cats: Lite0 worse with the mirror image in every
+    seed, Lite2 better): "members" holds each one's record, "member_views" its choice, and "log_loss"
+    the mean probabilities' with no mirror, with it for all, and with each member's choice ("chosen").
+    None where a run kept no validation predictions."""
     from .tasks import get_task
 
     views = [_member_views(Path(r), cache) for r in run_dirs]
@@ -80,20 +97,24 @@ def choose_tta(run_dirs: list[Path], names: list[str] | None = None, cache=None)
     if not shared:
         return None
     labels = np.stack([views[0].labels[p] for p in shared])
-    record: dict = {"chosen_on": "validation", "pictures": len(shared), "log_loss": {}, "members": {}}
-    for key in ("1", "2", "mirror"):
-        probs = np.mean([np.stack([v.probs[key][p] for p in shared]) for v in views], axis=0)
-        metrics = task.metrics(labels, probs, card.classes, card)
-        name, value = task.headline(metrics)
-        record["log_loss"][key] = round(float(metrics["log_loss"]), 6)
-        record.setdefault(name, {})[key] = round(float(value), 6)
-        for member, v in zip(names or [], views):
-            one = task.metrics(labels, np.stack([v.probs[key][p] for p in shared]), card.classes, card)
-            record["members"].setdefault(member, {})[key] = round(float(one["log_loss"]), 6)
-    if not names:
-        del record["members"]
-    ll = record["log_loss"]
-    record["views"] = 2 if ll["2"] < ll["1"] else 1
-    log.info("TTA chosen on %d validation pictures: %d view(s) (log loss %.5f alone, %.5f with the mirror image)",
-             len(shared), record["views"], ll["1"], ll["2"])
+    per_run = [{key: np.stack([v.probs[key][p] for p in shared]) for key in ("1", "2", "mirror")} for v in views]
+    if len(views) == 1:
+        record = _record(task, card, labels, per_run[0])
+        ll = record["log_loss"]
+        log.info("TTA chosen on %d validation pictures: %d view(s) (log loss %.5f alone, %.5f with the mirror image)",
+                 len(shared), record["views"], ll["1"], ll["2"])
+        return record
+    names = names or [Path(r).name for r in run_dirs]
+    members = {name: _record(task, card, labels, probs) for name, probs in zip(names, per_run)}
+    record = _record(task, card, labels, {key: np.mean([probs[key] for probs in per_run], axis=0)
+                                          for key in ("1", "2", "mirror")})
+    del record["views"]  # each member's own, below
+    record["member_views"] = {name: one["views"] for name, one in members.items()}
+    chosen = np.mean([probs[str(members[name]["views"])] for name, probs in zip(names, per_run)], axis=0)
+    record["log_loss"]["chosen"] = round(float(task.metrics(labels, chosen, card.classes, card)["log_loss"]), 6)
+    record["members"] = members
+    log.info("TTA chosen per member on %d validation pictures: %s; ensemble log loss %.5f (%.5f with no mirror "
+             "image, %.5f with it for all)", len(shared),
+             ", ".join(f"{m} {v} view(s)" for m, v in record["member_views"].items()), record["log_loss"]["chosen"],
+             record["log_loss"]["1"], record["log_loss"]["2"])
     return record

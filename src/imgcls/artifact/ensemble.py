@@ -86,7 +86,7 @@ class EnsemblePredictor(Predictor):
 
     def answers(self, pictures: np.ndarray, *, tta: bool | int | None = None,
                 batch_size: int | None = None) -> Answers:
-        tta = self.default_tta if tta is None else tta
+        # None: each member's own default (the views it chose on validation: predict.load_model)
         return mean_answers([member.answers(part, tta=tta, batch_size=batch_size)
                              for member, part in zip(self.members, self.unpack(np.asarray(pictures)))],
                             self.card.num_classes)

@@ -21,7 +21,7 @@ REPORT = "report.html"
 FINETUNE = "finetune.json"  # in a finetune folder: its stages and which one is final
 FOLDS = "folds.json"  # in a `train --folds` folder: its folds and the out-of-fold scores
 AUDIT = "audit.json"  # in an `imgcls audit` folder: its settings
-ENSEMBLE = "ensemble.json"  # in a `finetune --models A,B` folder: its members and the TTA chosen on validation
+ENSEMBLE = "ensemble.json"  # in a `finetune --models A,B` folder: its members and the TTA each chose on validation
 ONNX = {"onnx": "model.onnx", "int8": "model.int8.onnx"}  # by backend
 OOD = "ood.safetensors"  # the out-of-distribution score's fitted tensors (openset/)
 
@@ -57,18 +57,29 @@ def expand_runs(run_dir: str | Path) -> list[Path]:
 
 
 def recorded_tta(run_dir: str | Path) -> int:
-    """The number of TTA views a folder chose on its validation pictures, which predict, evaluate and serve
-    use when --tta is not given: an ensemble's (ensemble.json), else its run's (metrics.json, where
-    finetune records it in its final stage); 1 where none was chosen."""
-    path = Path(run_dir) / ENSEMBLE
-    if not path.is_file():
-        try:
-            path = final_run_dir(run_dir, quiet=True) / METRICS
-        except UserError:  # a finetune whose final stage has not finished: the command that reads it says so
-            return 1
+    """The number of TTA views one run chose on its validation pictures (finetune records it in its final
+    stage's metrics.json); 1 where none was chosen."""
+    try:
+        path = final_run_dir(run_dir, quiet=True) / METRICS
+    except UserError:  # a finetune whose final stage has not finished: the command that reads it says so
+        return 1
     if not path.is_file():
         return 1
     return int((json.loads(path.read_text(encoding="utf-8")).get("tta") or {}).get("views", 1))
+
+
+def recorded_member_tta(run_dir: str | Path) -> list[int]:
+    """The TTA views each run of a folder (in expand_runs' order) uses when --tta is not given: a
+    `finetune --models` ensemble's choice per member (ensemble.json's tta.member_views; ensembles made
+    before 2026-12-08 recorded one choice for all members, tta.views), else each run's own."""
+    members = expand_runs(run_dir)
+    path = Path(run_dir) / ENSEMBLE
+    record = (json.loads(path.read_text(encoding="utf-8")).get("tta") or {}) if path.is_file() else {}
+    if "member_views" in record:
+        return [int(record["member_views"].get(member.name, 1)) for member in members]
+    if "views" in record:
+        return [int(record["views"])] * len(members)
+    return [recorded_tta(member) for member in members]
 
 
 def run_version(run_dir: str | Path) -> str:

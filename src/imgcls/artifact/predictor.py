@@ -51,7 +51,7 @@ class Predictor:
     the run has one), then the task's probabilities."""
 
     backend = "?"
-    default_tta = 1  # views when a caller asks none (a finetune folder's choice: files.recorded_tta)
+    default_tta = 1  # views when a caller asks none (what the run chose on validation: predict.load_model)
     explainable = True
 
     def __init__(self, card: ModelCard, run_dir: Path):
