@@ -88,7 +88,7 @@ def _add_train_flags(parser: argparse.ArgumentParser, *, search: bool = False) -
                      ("--recipe", dict(choices=("auto", *RECIPES),
                                        help="a named set of defaults that flags override (default: auto = small "
                                        "when no --model is named: airnet, one-cycle AdamW, label smoothing 0.1, "
-                                       "batch 128, 6 epochs; cifar10-speed: airbench's GPU recipe)")),
+                                       "batch 64, 6 epochs; cifar10-speed: airbench's GPU recipe)")),
                      ("--model", dict(help="a name from `imgcls models` (default: the recipe's; none: simple-cnn)")),
                      ("--model-arg", dict(type=_model_arg, action="append", metavar="KEY=VALUE",
                                           help="a model argument, e.g. width=4 (repeatable)")),
@@ -191,8 +191,8 @@ def _add_train_flags(parser: argparse.ArgumentParser, *, search: bool = False) -
 
 
 TTA_HELP = ("average over views of each picture: 1 (none), 2 (alone: the picture and its mirror image) or 6 (also "
-            "both shifted by a pixel each way, airbench's multi-crop); default: what a finetune (or --models) folder "
-            "chose on its validation pictures, else 1")
+            "both shifted by a pixel each way, airbench's multi-crop); default: what a finetune folder (each member "
+            "of a --models folder) chose on its validation pictures, else 1")
 CACHE_DIR_HELP = "decoded cache folder (default: $IMGCLS_CACHE_DIR, $XDG_CACHE_HOME/imgcls or ~/.cache/imgcls)"
 
 
