@@ -180,13 +180,14 @@ def test_predict_evaluate_export_and_serve_use_every_member(finetuned_pair: Path
 def test_each_members_tta_chosen_on_validation_is_the_default(finetuned_pair: Path, tmp_path: Path):
     import shutil
 
+    from imgcls.finetune import record_tta
     from imgcls.predict import evaluate, load_model
 
     pair, test = tmp_path / "pair", finetuned_pair / "test"
     shutil.copytree(finetuned_pair / "pair", pair)
     marker = json.loads((pair / "ensemble.json").read_text())
-    marker["tta"]["member_views"] = {"efficientnet_lite0": 1, "efficientnet_lite2": 2}
-    (pair / "ensemble.json").write_text(json.dumps(marker))
+    for name, views in (("efficientnet_lite0", 1), ("efficientnet_lite2", 2)):  # as if chosen so on validation
+        record_tta(pair / name, {**marker["tta"]["members"][name], "views": views})
     assert [m.default_tta for m in load_model(pair).members] == [1, 2]
     for name, folder, flags in (("default", pair, []), ("two", pair, ["--tta", "2"]), ("one", pair, ["--tta", "1"]),
                                 ("lite0", pair / "efficientnet_lite0", ["--tta", "1"]),
@@ -201,7 +202,6 @@ def test_each_members_tta_chosen_on_validation_is_the_default(finetuned_pair: Pa
     assert metrics["tta"] == [1, 2] and evaluate(pair, str(test), label_pattern=PATTERN, tta=2)["tta"] == 2
 
     # An ensemble made before the choice per member recorded one choice for all of them
-    del marker["tta"]["member_views"]
     marker["tta"]["views"] = 2
     (pair / "ensemble.json").write_text(json.dumps(marker))
     assert [m.default_tta for m in load_model(pair).members] == [2, 2]

@@ -69,14 +69,13 @@ def recorded_tta(run_dir: str | Path) -> int:
 
 
 def recorded_member_tta(run_dir: str | Path) -> list[int]:
-    """The TTA views each run of a folder (in expand_runs' order) uses when --tta is not given: a
-    `finetune --models` ensemble's choice per member (ensemble.json's tta.member_views; ensembles made
-    before 2026-12-08 recorded one choice for all members, tta.views), else each run's own."""
+    """The TTA views each run of a folder (in expand_runs' order) uses when --tta is not given: each
+    run's own choice (a `finetune --models` member keeps its own, so that its folder alone answers as
+    it does in the ensemble). Ensembles made before 2026-12-08 recorded one choice for all their members
+    in ensemble.json (tta.views)."""
     members = expand_runs(run_dir)
     path = Path(run_dir) / ENSEMBLE
     record = (json.loads(path.read_text(encoding="utf-8")).get("tta") or {}) if path.is_file() else {}
-    if "member_views" in record:
-        return [int(record["member_views"].get(member.name, 1)) for member in members]
     if "views" in record:
         return [int(record["views"])] * len(members)
     return [recorded_tta(member) for member in members]
