@@ -104,13 +104,13 @@ def one_command(models: list[str], seeds: list[int], seen: Path, heldout: Path, 
         record = json.loads((run / "ensemble.json").read_text())["tta"]
         temperatures = [json.loads(p.read_text()).get("temperature", 1.0)
                         for p in sorted(run.glob("*/stage2/model.json"))]
+        # each member's views, chosen on its own validation log loss (ensembles before 2026-12-08: one for all)
+        views = ("+".join(str(v) for v in record["member_views"].values()) if "member_views" in record
+                 else str(record["views"]))
         for name, flags in (("the command (TTA chosen on validation)", []), ("--tta 1 (for information)", ["--tta", "1"]),
                             ("--tta 2 (for information)", ["--tta", "2"])):
             submission = out / f"ensemble-seed{seed}{'-'.join([''] + flags)}.csv"
             _, _, predict_s = run_imgcls(["predict", run, heldout, "--proba", "dog", *flags, "--out", submission])
-            # each member's views, chosen on its own validation log loss (ensembles before 2026-12-08: one for all)
-            views = ("+".join(str(v) for v in record["member_views"].values()) if "member_views" in record
-                     else str(record["views"]))
             row = {**score(submission), "finetune_s": finetune_s, "predict_s": predict_s,
                    "val_log_loss": record["log_loss"].get("chosen", record["log_loss"].get(views)), "views": views,
                    "val_log_loss_by_views": record["log_loss"], "temperatures": temperatures}

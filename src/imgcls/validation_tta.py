@@ -108,7 +108,9 @@ def choose_tta(run_dirs: list[Path], names: list[str] | None = None, cache=None)
     members = {name: _record(task, card, labels, probs) for name, probs in zip(names, per_run)}
     record = _record(task, card, labels, {key: np.mean([probs[key] for probs in per_run], axis=0)
                                           for key in ("1", "2", "mirror")})
-    del record["views"]  # each member's own, below
+    # No one choice for all: each member's own, below (a "views" here is how ensembles made before
+    # 2026-12-08 recorded one choice for every member, which files.recorded_member_tta still reads).
+    del record["views"]
     record["member_views"] = {name: one["views"] for name, one in members.items()}
     chosen = np.mean([probs[str(members[name]["views"])] for name, probs in zip(names, per_run)], axis=0)
     record["log_loss"]["chosen"] = round(float(task.metrics(labels, chosen, card.classes, card)["log_loss"]), 6)
